@@ -1,0 +1,22 @@
+# gunicorn settings for openreceipt; every one can be overridden on the command line.
+import multiprocessing
+import os
+
+from web.config import server_bind
+from web.serverlog import ACCESS_LOG_FORMAT
+
+bind = server_bind()
+workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * multiprocessing.cpu_count() + 1, 8)))
+# Start-up (migrations, the first-run link, the GeoIP reader) happens once, before the fork.
+preload_app = True
+timeout = 30
+logger_class = "web.serverlog.PrivateLogger"
+accesslog = "-"
+access_log_format = ACCESS_LOG_FORMAT
+# Pixel fetches can carry very long headers (cookies of a tracking domain, proxy chains):
+# accept them rather than answer a mail client with a 400.
+limit_request_line = 8190
+limit_request_field_size = 65536
+limit_request_fields = 200
+# No runtime control socket: several instances on one host would fight over its default path.
+control_socket_disable = True

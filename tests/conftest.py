@@ -1,0 +1,198 @@
+"""Fixtures: real SQLite files, the real PostgreSQL server, a test GeoIP database.
+
+Every `app` test runs twice, on SQLite and on PostgreSQL. PostgreSQL tests use a schema of their
+own inside TEST_POSTGRESQL_URL (default: the local server's `test` database), dropped at the end.
+Under CI=true a PostgreSQL server or Chromium that cannot be reached fails the run instead of
+skipping, and a run in which no PostgreSQL or browser test passed fails as well.
+"""
+
+import functools
+import os
+import secrets
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+from werkzeug.security import generate_password_hash
+
+from web import create_app
+from web.accounts import create_user, new_token
+from web.models import db
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+POSTGRESQL_URL = os.environ.get("TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+# Networks of the test GeoIP database: MaxMind's own test address 81.2.69.160 is in London.
+GEO_NETWORKS = {
+    "81.2.69.0/24": ("GB", "United Kingdom", "London"),
+    "2001:db8:1234::/48": ("DE", "Germany", "Berlin"),
+    "17.58.0.0/16": ("US", "United States", "Cupertino"),
+}
+
+
+def unavailable(reason):
+    """Skip a test whose real dependency is missing, except in CI, where that is a failure."""
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def build_city_database(path, networks=GEO_NETWORKS, database_type="GeoLite2-City"):
+    writer = MMDBWriter(
+        ip_version=6, database_type=database_type, languages=["en"], ipv4_compatible=True
+    )
+    for network, (iso, country, city) in networks.items():
+        record = {"country": {"iso_code": iso, "names": {"en": country}}}
+        if "City" in database_type:
+            record["city"] = {"names": {"en": city}}
+        writer.insert_network(IPSet([network]), record)
+    writer.to_db_file(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def geoip_path(tmp_path_factory):
+    return build_city_database(tmp_path_factory.mktemp("geoip") / "test-city.mmdb")
+
+
+@pytest.fixture(scope="session")
+def postgresql_schema():
+    """A schema of this run's own in the PostgreSQL test database; yields a DATABASE_URL."""
+    try:
+        connection = psycopg.connect(POSTGRESQL_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        unavailable(f"PostgreSQL at {POSTGRESQL_URL} is unreachable: {error}")
+    schema = f"openreceipt_test_{os.getpid()}_{secrets.token_hex(3)}"
+    connection.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in POSTGRESQL_URL else "?"
+    yield f"{POSTGRESQL_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    connection.close()
+
+
+@pytest.fixture
+def postgresql_url(postgresql_schema):
+    """The run's PostgreSQL schema, emptied before each test."""
+    with psycopg.connect(postgresql_schema, autocommit=True) as connection:
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        ]
+        if tables:
+            names = ", ".join(f'"{table}"' for table in tables)
+            connection.execute(f"DROP TABLE {names} CASCADE")
+    return postgresql_schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'openreceipt.db'}"
+    return request.getfixturevalue("postgresql_url")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """Tests start from code defaults: no OPENRECEIPT_* setting leaks in from the shell."""
+    for name in list(os.environ):
+        if name.startswith("OPENRECEIPT_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def quick_password_hashes(monkeypatch):
+    """Real werkzeug hashes, with a cheap work factor: scrypt's default costs 0.15 s a user."""
+    import web.accounts
+
+    monkeypatch.setattr(
+        web.accounts,
+        "generate_password_hash",
+        functools.partial(generate_password_hash, method="pbkdf2:sha256:1000"),
+    )
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, geoip_path):
+    return {
+        "TESTING": True,
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
+        "GEOIP_DATABASE": str(geoip_path),
+        "PUBLIC_URL": "https://receipts.example.com",
+    }
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    database = app.extensions["openreceipt.database"]
+    if not database.is_closed():
+        database.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def user(app):
+    with app.app_context():
+        return create_user("ada@example.com", "correct horse battery")
+
+
+@pytest.fixture
+def token(app, user):
+    with app.app_context():
+        return new_token(user, "tests")[1]
+
+
+@pytest.fixture
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def other_auth(app):
+    with app.app_context():
+        other = create_user("grace@example.com", "another long password")
+        return {"Authorization": f"Bearer {new_token(other)[1]}"}
+
+
+@pytest.fixture
+def database(app):
+    """The app's database, for reading back what requests stored."""
+    with app.app_context():
+        yield db
+    db.close()
+
+
+# Under CI, the PostgreSQL and browser tests are the point: make sure some actually ran.
+_passed_markers = {"postgresql": 0, "browser": 0}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed:
+        for marker in _passed_markers:
+            if marker in report.keywords:
+                _passed_markers[marker] += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if IN_CI and exitstatus == 0:
+        missing = [marker for marker, count in _passed_markers.items() if count == 0]
+        if missing:
+            session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+                f"CI=true: no {' or '.join(missing)} test passed; failing the run", red=True
+            )
+            session.exitstatus = 1

@@ -1,0 +1,20 @@
+"""Small helpers shared by the HTTP tests."""
+
+import re
+
+
+def csrf_token(response):
+    match = re.search(r'name="csrf_token" value="([^"]+)"', response.get_data(as_text=True))
+    assert match, "the page has no CSRF token"
+    return match.group(1)
+
+
+def mint(client, auth, **body):
+    response = client.post("/api/pixels", json=body, headers=auth)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def pixel_path(url):
+    """The path part of a pixel URL, for the test client."""
+    return "/p/" + url.split("/p/", 1)[1]

@@ -1,0 +1,81 @@
+"""The openreceipt command: users and API tokens."""
+
+from web.accounts import authenticate, user_for_token
+from web.models import ApiToken
+
+
+def test_user_add_with_password_from_stdin(app, runner):
+    result = runner.invoke(
+        args=["user", "add", "Ada@Example.com", "--password-stdin"], input="correct horse battery\n"
+    )
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert authenticate("ada@example.com", "correct horse battery") is not None
+
+
+def test_user_add_with_prompted_password(app, runner):
+    result = runner.invoke(
+        args=["user", "add", "ada@example.com"],
+        input="correct horse battery\ncorrect horse battery\n",
+    )
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert authenticate("ada@example.com", "correct horse battery") is not None
+
+
+def test_user_add_explains_refusals(app, runner, user):
+    duplicate = runner.invoke(
+        args=["user", "add", "ada@example.com", "--password-stdin"], input="another long one\n"
+    )
+    assert duplicate.exit_code == 1 and "already exists" in duplicate.output
+    short = runner.invoke(
+        args=["user", "add", "bob@example.com", "--password-stdin"], input="short\n"
+    )
+    assert short.exit_code == 1 and "at least 10 characters" in short.output
+    bad = runner.invoke(
+        args=["user", "add", "nobody", "--password-stdin"], input="long enough pw\n"
+    )
+    assert bad.exit_code == 1 and "not an email address" in bad.output
+
+
+def test_token_new_prints_only_the_token(app, runner, user):
+    result = runner.invoke(args=["token", "new", "ada@example.com", "--name", "bookmarklet"])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert token.startswith("or_") and "\n" not in token
+    with app.app_context():
+        assert user_for_token(token).email == "ada@example.com"
+        row = ApiToken.get()
+        assert row.name == "bookmarklet" and token not in row.token_hash
+
+
+def test_token_list_and_revoke(app, runner, user, client):
+    token = runner.invoke(
+        args=["token", "new", "ada@example.com", "--name", "laptop"]
+    ).stdout.strip()
+    listing = runner.invoke(args=["token", "list", "ada@example.com"])
+    assert listing.exit_code == 0
+    assert (
+        "laptop" in listing.output
+        and "active" in listing.output
+        and "last used never" in listing.output
+    )
+    assert token not in listing.output
+    token_id = listing.output.split("\t", 1)[0]
+
+    assert (
+        client.get("/api/pixels", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    )
+    revoked = runner.invoke(args=["token", "revoke", token_id])
+    assert revoked.exit_code == 0, revoked.output
+    assert (
+        client.get("/api/pixels", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    )
+    assert "revoked" in runner.invoke(args=["token", "list", "ada@example.com"]).output
+    again = runner.invoke(args=["token", "revoke", token_id])
+    assert again.exit_code == 1 and "no active token" in again.output
+
+
+def test_token_for_unknown_user(app, runner):
+    result = runner.invoke(args=["token", "new", "nobody@example.com"])
+    assert result.exit_code == 1 and "no user nobody@example.com" in result.output

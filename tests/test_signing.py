@@ -1,0 +1,195 @@
+"""PixelSigner: genuine tokens give back their public id, everything else gives None."""
+
+import hashlib
+
+import pytest
+from itsdangerous import Signer
+
+from web.signing import MAX_TOKEN_LENGTH, SALT, PixelSigner
+
+KEY = "current-secret-key"
+OLD_KEY = "old-secret-key"
+OLDER_KEY = "older-secret-key"
+PUBLIC_ID = "Xq3vN8_k2Lm-P0aZ"  # what receipts.new_public_id() makes: token_urlsafe(12)
+
+
+@pytest.fixture(scope="module")
+def signer():
+    return PixelSigner(KEY)
+
+
+@pytest.fixture(scope="module")
+def token(signer):
+    return signer.sign(PUBLIC_ID)
+
+
+@pytest.mark.parametrize(
+    "public_id",
+    [
+        pytest.param(PUBLIC_ID, id="token-urlsafe"),
+        pytest.param("a", id="one-char"),
+        pytest.param("A" * 32, id="longest-public-id"),
+        pytest.param("with.dots.inside", id="dots"),
+        pytest.param("-_-", id="url-safe-punctuation"),
+    ],
+)
+def test_round_trip(signer, public_id):
+    token = signer.sign(public_id)
+    assert isinstance(token, str)
+    assert token.isascii()
+    assert token.startswith(public_id + ".")
+    assert len(token) <= MAX_TOKEN_LENGTH
+    assert signer.unsign(token) == public_id
+
+
+def test_tokens_differ_per_id_and_are_stable(signer):
+    assert signer.sign("one") != signer.sign("two")
+    assert signer.sign("one") == PixelSigner(KEY).sign("one")
+
+
+@pytest.mark.parametrize(
+    ("signed_with", "verified_by", "public_id"),
+    [
+        pytest.param(
+            PixelSigner(OLD_KEY), PixelSigner(KEY, fallbacks=[OLD_KEY]), PUBLIC_ID, id="old-key"
+        ),
+        pytest.param(
+            PixelSigner(OLDER_KEY),
+            PixelSigner(KEY, fallbacks=[OLD_KEY, OLDER_KEY]),
+            PUBLIC_ID,
+            id="older-of-two-fallbacks",
+        ),
+        pytest.param(
+            PixelSigner(OLD_KEY, fallbacks=[OLDER_KEY]),
+            PixelSigner(KEY, fallbacks=(OLD_KEY,)),
+            PUBLIC_ID,
+            id="old-app-with-its-own-fallbacks",
+        ),
+        pytest.param(
+            PixelSigner(KEY, fallbacks=[OLD_KEY]), PixelSigner(KEY), PUBLIC_ID, id="new-key-alone"
+        ),
+        pytest.param(
+            PixelSigner(KEY, fallbacks=[OLD_KEY, OLDER_KEY]),
+            PixelSigner(KEY),
+            PUBLIC_ID,
+            id="new-key-alone-after-two-rotations",
+        ),
+    ],
+)
+def test_key_rotation_verifies(signed_with, verified_by, public_id):
+    assert verified_by.unsign(signed_with.sign(public_id)) == public_id
+
+
+@pytest.mark.parametrize(
+    ("signed_with", "verified_by"),
+    [
+        pytest.param(PixelSigner(OLD_KEY), PixelSigner(KEY), id="old-key-dropped"),
+        pytest.param(
+            PixelSigner(OLDER_KEY),
+            PixelSigner(KEY, fallbacks=[OLD_KEY]),
+            id="older-key-not-in-fallbacks",
+        ),
+        pytest.param(
+            PixelSigner(KEY, fallbacks=[OLD_KEY]),
+            PixelSigner(OLD_KEY),
+            id="new-tokens-not-signed-with-fallback",
+        ),
+        pytest.param(
+            PixelSigner(KEY, fallbacks=[OLD_KEY, OLDER_KEY]),
+            PixelSigner(OLDER_KEY, fallbacks=[OLD_KEY]),
+            id="new-tokens-not-signed-with-any-fallback",
+        ),
+        pytest.param(PixelSigner("another-app"), PixelSigner(KEY), id="another-app"),
+    ],
+)
+def test_key_rotation_refuses(signed_with, verified_by):
+    assert verified_by.unsign(signed_with.sign(PUBLIC_ID)) is None
+
+
+def _flip(char):
+    return "B" if char == "A" else "A"
+
+
+def _change_at(token, index):
+    return token[:index] + _flip(token[index]) + token[index + 1 :]
+
+
+def _signature(token):
+    return token.rsplit(".", 1)[1]
+
+
+FORGERIES = [
+    # The last base64 character of a SHA-256 signature carries 2 padding bits, so only changes
+    # that alter decoded bytes are forgeries; the first and a middle character always do.
+    pytest.param(lambda t: _change_at(t, len(PUBLIC_ID) + 1), id="signature-first-char-changed"),
+    pytest.param(lambda t: _change_at(t, len(PUBLIC_ID) + 20), id="signature-middle-char-changed"),
+    pytest.param(lambda t: t[: len(PUBLIC_ID) + 1] + "A" * 43, id="signature-replaced"),
+    pytest.param(lambda t: "Xq3vN8_k2Lm-P0aY." + _signature(t), id="id-changed-old-signature"),
+    pytest.param(lambda t: "evil" + t, id="id-prefixed"),
+    pytest.param(lambda t: t[1:], id="id-first-char-cut"),
+    pytest.param(lambda t: "." + _signature(t), id="id-empty"),
+    pytest.param(
+        lambda t: PUBLIC_ID + "." + _signature(PixelSigner("another-key").sign(PUBLIC_ID)),
+        id="signature-from-another-key",
+    ),
+    pytest.param(lambda t: t[:-2], id="truncated-by-2"),
+    pytest.param(lambda t: t[:-8], id="truncated-by-8"),
+    pytest.param(lambda t: t[:-30], id="truncated-by-30"),
+    pytest.param(lambda t: t[: len(PUBLIC_ID) + 1], id="truncated-to-id-and-dot"),
+    pytest.param(lambda t: t[: len(PUBLIC_ID)], id="truncated-to-id"),
+    pytest.param(lambda t: t[:5], id="truncated-to-5"),
+    pytest.param(lambda t: t[:1], id="truncated-to-1"),
+    pytest.param(lambda t: "", id="empty"),
+    pytest.param(lambda t: None, id="none"),
+    pytest.param(lambda t: t.replace("X", "Ẍ", 1), id="non-ascii-id"),
+    pytest.param(lambda t: t + "é", id="non-ascii-suffix"),
+    pytest.param(lambda t: "☃." + _signature(t), id="snowman"),
+    pytest.param(lambda t: t + "\x00", id="nul-suffix"),
+    pytest.param(lambda t: t + " ", id="space-suffix"),
+    pytest.param(lambda t: " " + t, id="space-prefix"),
+    pytest.param(lambda t: t + "\n", id="newline-suffix"),
+    pytest.param(lambda t: t + ".", id="extra-dot-at-end"),
+    pytest.param(lambda t: t + "." + _signature(t), id="signature-twice"),
+    pytest.param(lambda t: t.replace(".", ".."), id="double-dot"),
+    pytest.param(lambda t: "." + t, id="leading-dot"),
+    pytest.param(lambda t: t.replace(".", ""), id="no-dot"),
+    pytest.param(lambda t: "...", id="only-dots"),
+    pytest.param(lambda t: t + ".gif", id="gif-suffix-not-removed"),
+    pytest.param(lambda t: t * 3, id="repeated"),
+    pytest.param(lambda t: "A" * 10_000 + "." + _signature(t), id="very-long-id"),
+    pytest.param(lambda t: t + "A" * (MAX_TOKEN_LENGTH - len(t) + 1), id="one-over-max-length"),
+    pytest.param(lambda t: "x" * 1_000_000, id="megabyte"),
+    pytest.param(
+        lambda t: (
+            Signer(KEY, salt="other.salt", digest_method=hashlib.sha256).sign(PUBLIC_ID).decode()
+        ),
+        id="other-salt",
+    ),
+    pytest.param(
+        lambda t: Signer(KEY, digest_method=hashlib.sha256).sign(PUBLIC_ID).decode(),
+        id="default-salt",
+    ),
+    pytest.param(
+        lambda t: Signer(KEY, salt=SALT).sign(PUBLIC_ID).decode(), id="same-salt-sha1-digest"
+    ),
+    pytest.param(
+        lambda t: (
+            Signer(KEY, salt=SALT, digest_method=hashlib.sha256, sep="~").sign(PUBLIC_ID).decode()
+        ),
+        id="other-separator",
+    ),
+]
+
+
+@pytest.mark.parametrize("forge", FORGERIES)
+def test_forged_tokens_are_refused(signer, token, forge):
+    forged = forge(token)
+    assert forged != token
+    assert signer.unsign(forged) is None
+
+
+def test_itsdangerous_signer_with_the_same_settings_agrees(signer, token):
+    """Control for the foreign-token cases: the same key, salt and digest do verify."""
+    same = Signer(KEY, salt=SALT, digest_method=hashlib.sha256).sign(PUBLIC_ID).decode()
+    assert same == token
+    assert signer.unsign(same) == PUBLIC_ID

@@ -1,0 +1,88 @@
+"""openreceipt: self-hosted, privacy-first read receipts for 1-to-1 email."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, jsonify, request
+from flask_cors import CORS
+from flask_wtf.csrf import CSRFProtect
+from ua_parser import Parser
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import api, auth, cli, config, models, pages, pixel
+from .classify import Networks, user_agent_parser
+from .geo import Geolocator, open_geolocator
+from .signing import PixelSigner
+
+ROOT = Path(__file__).resolve().parent.parent
+csrf = CSRFProtect()
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the pixel path needs, built once at start-up and kept on the app."""
+
+    signer: PixelSigner
+    geolocator: Geolocator
+    networks: Networks
+    ua_parser: Parser
+
+
+def create_app(config_overrides=None):
+    """Build the application: defaults, then OPENRECEIPT_* environment, then the mapping given."""
+    app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
+    config.load(app.config, config_overrides)
+    app.logger.setLevel(logging.INFO)
+
+    models.init_app(app)
+    geolocator = open_geolocator(app.config["GEOIP_DATABASE"])
+    app.extensions["openreceipt"] = Services(
+        signer=PixelSigner(app.config["SECRET_KEY"], app.config["SECRET_KEY_FALLBACKS"]),
+        geolocator=geolocator,
+        networks=Networks.default(),
+        ua_parser=user_agent_parser(),
+    )
+
+    hops = app.config["TRUSTED_PROXIES"]
+    if hops:
+        # Only the last `hops` entries of X-Forwarded-For were written by proxies we run.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
+    app.register_blueprint(pixel.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(pages.bp)
+    cli.init_app(app)
+    csrf.init_app(app)
+    csrf.exempt(api.bp)
+    csrf.exempt(pixel.bp)
+    CORS(app, resources={r"/api/*": {"origins": "*"}}, supports_credentials=False, max_age=86400)
+    app.register_error_handler(HTTPException, http_error)
+
+    if app.config.get("ANNOUNCE_STARTUP", True):
+        announce(app, geolocator)
+    return app
+
+
+def announce(app, geolocator):
+    """Start-up lines for the operator: which GeoIP data is in use, and the first-run link."""
+    app.logger.info(geolocator.describe())
+    base = app.config["PUBLIC_URL"] or config.local_url(config.server_bind())
+    link = auth.setup_link(app, base)
+    if link:
+        app.logger.warning(
+            "No user yet. Create the first account at %s (the link works once), "
+            "or run: openreceipt user add EMAIL",
+            link,
+        )
+
+
+def http_error(error):
+    """JSON errors for the API, the one GIF for the pixel path, plain pages elsewhere."""
+    if request.path.startswith("/p/") and request.method in ("GET", "HEAD"):
+        return pixel.gif(f"not recorded: {error.code}")
+    if request.path.startswith("/api/"):
+        return jsonify(error=error.description), error.code
+    return error

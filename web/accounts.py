@@ -1,0 +1,101 @@
+"""Users and their API tokens."""
+
+import hashlib
+import secrets
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .models import ApiToken, User, utcnow
+
+TOKEN_PREFIX = "or_"
+MIN_PASSWORD_LENGTH = 10
+# last_used_at is a hint for the token list, not an audit log: one write a minute is plenty.
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+class AccountError(ValueError):
+    """A user-facing refusal: the message says what to change."""
+
+
+def normalise_email(email):
+    email = (email or "").strip().lower()
+    local, at, domain = email.partition("@")
+    if (
+        not at
+        or not local
+        or "." not in domain
+        or len(email) > 320
+        or any(c.isspace() for c in email)
+    ):
+        raise AccountError(f"{email!r} is not an email address")
+    return email
+
+
+def create_user(email, password):
+    email = normalise_email(email)
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if User.select().where(User.email == email).exists():
+        raise AccountError(f"a user {email} already exists")
+    return User.create(email=email, password_hash=generate_password_hash(password))
+
+
+def authenticate(email, password):
+    """The user with this email and password, or None."""
+    try:
+        email = normalise_email(email)
+    except AccountError:
+        return None
+    user = User.get_or_none(User.email == email)
+    if user is None or not check_password_hash(user.password_hash, password or ""):
+        return None
+    return user
+
+
+def find_user(email):
+    user = User.get_or_none(User.email == normalise_email(email))
+    if user is None:
+        raise AccountError(f"no user {email}")
+    return user
+
+
+def hash_token(token):
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_token(user, name="API token"):
+    """Create a token for the user; returns (row, the token itself, shown this once only)."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken.create(user=user, name=(name or "API token")[:100], token_hash=hash_token(token))
+    return row, token
+
+
+def user_for_token(token):
+    """The owner of a live (not revoked) token, or None; notes when the token was last used."""
+    if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 100:
+        return None
+    row = (
+        ApiToken.select(ApiToken, User)
+        .join(User)
+        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_null())
+        .first()
+    )
+    if row is None:
+        return None
+    now = utcnow()
+    if (
+        row.last_used_at is None
+        or (now - row.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS
+    ):
+        ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
+    return row.user
+
+
+def revoke_token(token_id, user=None):
+    """Revoke a token by id (only the user's own when a user is given); False if none matched."""
+    query = ApiToken.update(revoked_at=utcnow()).where(
+        ApiToken.id == token_id, ApiToken.revoked_at.is_null()
+    )
+    if user is not None:
+        query = query.where(ApiToken.user == user)
+    return query.execute() > 0

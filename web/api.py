@@ -1,0 +1,197 @@
+"""The JSON API: Bearer-token authentication, open to any origin (no cookies involved)."""
+
+import functools
+from email.utils import parseaddr
+
+from flask import Blueprint, current_app, g, jsonify, request, url_for
+from markupsafe import escape
+from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
+
+from . import receipts
+from .accounts import user_for_token
+from .models import Event, Pixel
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_SUBJECT = 998  # the longest line RFC 5322 allows
+MAX_LABEL = 200
+MAX_RECIPIENTS = 100
+MAX_ADDRESS = 320
+MAX_PER_PAGE = 100
+
+
+def token_required(view):
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
+        g.user = user_for_token(token.strip())
+        if g.user is None:
+            raise Unauthorized("this API token is unknown or has been revoked")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def pixel_url(pixel):
+    """The public URL of a pixel's image: PUBLIC_URL when set, else this server's own address."""
+    base = current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
+    token = current_app.extensions["openreceipt"].signer.sign(pixel.public_id)
+    return f"{base}{url_for('pixel.pixel', token=token + '.gif')}"
+
+
+def pixel_html(url):
+    # A real 1x1 image: Gmail never loads an image hidden with display:none.
+    return f'<img src="{escape(url)}" width="1" height="1" alt="">'
+
+
+def iso(moment):
+    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+
+
+def pixel_json(pixel, events=None):
+    url = pixel_url(pixel)
+    body = {
+        "id": pixel.public_id,
+        "url": url,
+        "html": pixel_html(url),
+        "label": pixel.label,
+        "subject": pixel.subject,
+        "recipients": pixel.recipients,
+        "state": pixel.state,
+        "counts": {kind: getattr(pixel, f"{kind}_count") for kind in receipts.COUNTERS},
+        "created_at": iso(pixel.created_at),
+        "sent_at": iso(pixel.sent_at),
+        "first_open_at": iso(pixel.first_open_at),
+        "last_open_at": iso(pixel.last_open_at),
+        "last_event_at": iso(pixel.last_event_at),
+    }
+    if events is not None:
+        body["events"] = [event_json(event) for event in events]
+    return body
+
+
+def event_json(event):
+    return {
+        "id": event.id,
+        "at": iso(event.at),
+        "kind": event.kind,
+        "source": event.source,
+        "reason": event.reason,
+        "ip": event.ip,
+        "country": event.country,
+        "city": event.city,
+        "client": event.client,
+    }
+
+
+def own_pixel(public_id):
+    pixel = Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == g.user)
+    if pixel is None:
+        raise NotFound("no such pixel")
+    return pixel
+
+
+@bp.post("/pixels")
+@token_required
+def create_pixel():
+    body = json_object()
+    subject = text_field(body, "subject", MAX_SUBJECT)
+    label = text_field(body, "label", MAX_LABEL)
+    recipients = recipients_field(body)
+    pixel = receipts.mint(g.user, subject=subject, recipients=recipients, label=label)
+    url = pixel_url(pixel)
+    return jsonify(id=pixel.public_id, url=url, html=pixel_html(url)), 201
+
+
+@bp.get("/pixels")
+@token_required
+def list_pixels():
+    page = int_arg("page", 1, 1, 10**6)
+    per_page = int_arg("per_page", 25, 1, MAX_PER_PAGE)
+    query = Pixel.select().where(Pixel.owner == g.user)
+    pixels = query.order_by(Pixel.created_at.desc(), Pixel.id.desc()).paginate(page, per_page)
+    return jsonify(
+        pixels=[pixel_json(pixel) for pixel in pixels],
+        page=page,
+        per_page=per_page,
+        total=query.count(),
+    )
+
+
+@bp.get("/pixels/<public_id>")
+@token_required
+def show_pixel(public_id):
+    pixel = own_pixel(public_id)
+    events = Event.select().where(Event.pixel == pixel).order_by(Event.at, Event.id)
+    return jsonify(pixel_json(pixel, events))
+
+
+@bp.delete("/pixels/<public_id>")
+@token_required
+def delete_pixel(public_id):
+    own_pixel(public_id).delete_instance(recursive=True)
+    return "", 204
+
+
+def json_object():
+    """The request body as a dict; an empty body counts as {}."""
+    if not request.get_data(cache=True):
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def text_field(body, name, limit):
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    value = value.strip()
+    if len(value) > limit:
+        raise BadRequest(f"'{name}' is longer than {limit} characters")
+    check_storable(value, name)
+    return value or None
+
+
+def recipients_field(body):
+    value = body.get("recipients")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise BadRequest("'recipients' must be a list of email addresses")
+    if len(value) > MAX_RECIPIENTS:
+        raise BadRequest(f"'recipients' holds more than {MAX_RECIPIENTS} addresses")
+    addresses = []
+    for item in value:
+        check_storable(item, "recipients")
+        address = parseaddr(item.strip())[1].lower()
+        local, at, domain = address.rpartition("@")
+        if not local or not at or not domain or len(address) > MAX_ADDRESS:
+            raise BadRequest(f"'recipients' holds {item[:80]!r}, which is not an email address")
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def check_storable(value, name):
+    # PostgreSQL text holds neither NUL nor lone surrogates; refuse them for both databases.
+    if "\x00" in value:
+        raise BadRequest(f"'{name}' contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"'{name}' is not valid Unicode") from None
+
+
+def int_arg(name, default, low, high):
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise BadRequest(f"'{name}' must be a whole number from {low} to {high}")
+    return int(raw)

@@ -1,0 +1,177 @@
+"""Who fetched a pixel: a pure judgement over the facts of one request.
+
+classify() takes a Fetch (the request facts, with the address already masked) and the known
+networks, and returns a Verdict (kind, source, reason) in the vocabulary of DESIGN.md. The order
+of the rules matters: machines that pretend to be mail clients are recognised before the clients.
+"""
+
+import functools
+import re
+from dataclasses import dataclass
+
+from ua_parser import Parser, load_builtins
+
+from .networks import APPLE, MICROSOFT_PROTECTION, NetworkSet
+
+OPEN = "open"
+PREFETCH = "prefetch"
+PREVIEW = "preview"
+SELF = "self"
+BOT = "bot"
+KINDS = (OPEN, PREFETCH, PREVIEW, SELF, BOT)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """What one pixel request tells: user agent, masked address, method, prefetch hints."""
+
+    user_agent: str = ""
+    ip: str | None = None
+    method: str = "GET"
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Networks:
+    """The address ranges the classifier needs, parsed once at start-up."""
+
+    apple: NetworkSet
+    microsoft_protection: NetworkSet
+
+    @classmethod
+    def default(cls):
+        return cls(NetworkSet(APPLE), NetworkSet(MICROSOFT_PROTECTION))
+
+
+GMAIL_PREFETCH_UA = "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246"
+APPLE_MPP_UA = "Mozilla/5.0"
+
+_PREFETCH_PURPOSE = re.compile(r"prefetch|prerender|preview", re.IGNORECASE)
+_OUTLOOK = re.compile(r"Microsoft Outlook|ms-office|MSOffice", re.IGNORECASE)
+_BOTS = re.compile(
+    # "bot" as a word or before a separator ("Googlebot/2.1"), not in a phone's name ("CUBOT X30")
+    r"\bbot\b|bot[/\-;_)]|crawl|spider|slurp|curl/|wget/|python-|python/|aiohttp|httpx|go-http-client"
+    r"|java/|okhttp|libwww|lwp-|perl/|ruby|php/|guzzle|axios|node-fetch|undici|got \("
+    r"|headlesschrome|phantomjs|puppeteer|playwright|selenium|scrapy|httpclient|postman"
+    r"|insomnia|facebookexternalhit|embedly|preview|skypeuripreview|whatsapp|telegram"
+    r"|linkcheck|validator|monitor|uptime|pingdom|feedfetcher|\bfetch\b",
+    re.IGNORECASE,
+)
+
+
+def classify(fetch, networks):
+    """The Verdict for one pixel fetch."""
+    ua = (fetch.user_agent or "").strip()
+
+    if fetch.method == "HEAD":
+        return Verdict(
+            BOT, _source(ua, fetch.ip, networks), "HEAD request: the image was not loaded"
+        )
+    if _PREFETCH_PURPOSE.search(fetch.purpose or ""):
+        return Verdict(
+            PREFETCH,
+            _source(ua, fetch.ip, networks),
+            "the client announced a prefetch, not a view",
+        )
+
+    # Gmail's session prefetch and content sampling come from Google, like its image proxy,
+    # but happen on delivery; the proxy itself fetches when the message is opened.
+    if GMAIL_PREFETCH_UA in ua:
+        return Verdict(PREFETCH, "gmail-prefetch", "Gmail prefetched the message on delivery")
+    if ua.endswith("Gmail-content-sampling"):
+        return Verdict(PREFETCH, "gmail-prefetch", "Gmail sampled the message content")
+    if "GoogleImageProxy" in ua:
+        return Verdict(
+            OPEN, "gmail-proxy", "Gmail's image proxy fetched it as the message was opened"
+        )
+
+    if fetch.ip in networks.microsoft_protection:
+        return Verdict(
+            PREFETCH,
+            "scanner-microsoft",
+            "Microsoft 365 protection scanned the message on delivery",
+        )
+    if ua == APPLE_MPP_UA:
+        if fetch.ip in networks.apple:
+            return Verdict(
+                PREFETCH, "apple-mpp", "Apple Mail Privacy Protection downloads images on delivery"
+            )
+        return Verdict(
+            PREFETCH,
+            "machine",
+            "a bare 'Mozilla/5.0' client outside Apple's ranges: a machine, not a reader",
+        )
+
+    if "YahooMailProxy" in ua:
+        return Verdict(OPEN, "yahoo-proxy", "Yahoo Mail's image proxy fetched it on open")
+    if not ua:
+        return Verdict(BOT, "unknown", "no user agent: a script, not a mail client")
+    if _OUTLOOK.search(ua):
+        return Verdict(
+            OPEN, "outlook", "Outlook fetched the image directly as the message was opened"
+        )
+    if _BOTS.search(ua):
+        return Verdict(BOT, "automated", "a crawler, link checker or HTTP library")
+    if ua.startswith("Mozilla/"):
+        return Verdict(OPEN, "direct", "a mail client or browser fetched the image directly")
+    return Verdict(OPEN, "direct", "an unrecognised client fetched the image: counted as an open")
+
+
+def _source(ua, ip, networks):
+    """The fetcher's name for requests judged on their method or headers alone."""
+    if GMAIL_PREFETCH_UA in ua:
+        return "gmail-prefetch"
+    if "GoogleImageProxy" in ua:
+        return "gmail-proxy"
+    if ip in networks.microsoft_protection:
+        return "scanner-microsoft"
+    if ua == APPLE_MPP_UA and ip in networks.apple:
+        return "apple-mpp"
+    return "direct"
+
+
+CLIENT_NAMES = {
+    "gmail-proxy": "Gmail",
+    "gmail-prefetch": "Gmail",
+    "apple-mpp": "Apple Mail",
+    "yahoo-proxy": "Yahoo Mail",
+    "scanner-microsoft": "Microsoft 365",
+}
+
+
+def user_agent_parser():
+    """A ua-parser Parser with its own result cache, for one application."""
+    return Parser.from_matchers(_builtin_matchers())
+
+
+@functools.cache
+def _builtin_matchers():
+    # Compiling ua-parser's few hundred expressions takes a quarter second: once per process.
+    return load_builtins()
+
+
+def client_name(user_agent, source, parser):
+    """A short human name for the fetching client: the mail service for proxies, else the
+    browser or mail program and its system as ua-parser reads them ("Thunderbird 115, Linux")."""
+    if source in CLIENT_NAMES:
+        return CLIENT_NAMES[source]
+    if source == "outlook":
+        return "Outlook"
+    if not user_agent:
+        return None
+    result = parser.parse(user_agent[:512])
+    agent = result.user_agent
+    name = None
+    if agent and agent.family and agent.family != "Other":
+        name = f"{agent.family} {agent.major}" if agent.major else agent.family
+    system = result.os.family if result.os and result.os.family != "Other" else None
+    if name and system:
+        return f"{name}, {system}"
+    return name or system

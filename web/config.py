@@ -1,0 +1,170 @@
+"""Settings: code defaults, then OPENRECEIPT_* environment variables, then the mapping given to
+create_app(). validate() turns them into checked values or stops start-up with one clear line."""
+
+import difflib
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PREFIX = "OPENRECEIPT"
+
+DEFAULTS = {
+    "DATA_DIR": "./instance",
+    "DATABASE_URL": None,
+    "SECRET_KEY": None,
+    "SECRET_KEY_FALLBACKS": [],
+    "PUBLIC_URL": None,
+    "TRUSTED_PROXIES": 0,
+    "GEOIP_DATABASE": None,
+}
+
+# Read by gunicorn.conf.py, not by the application; listed so they are not reported as unknown.
+SERVER_SETTINGS = {"BIND"}
+
+GEOIP_OFF = {"off", "none", "false", "0"}
+
+
+class ConfigError(SystemExit):
+    """A setting is wrong. Being a SystemExit, it ends start-up (gunicorn or the CLI) with just
+    its message, one line, instead of a traceback."""
+
+    def __init__(self, message):
+        super().__init__(f"openreceipt: {message}")
+        self.message = message
+
+
+def load(config, overrides):
+    """Fill a Flask config from defaults, the environment and overrides, then validate it."""
+    config.from_mapping(DEFAULTS)
+    config["MAX_CONTENT_LENGTH"] = 64 * 1024  # API bodies are small; refuse floods early
+    config.from_prefixed_env(PREFIX)
+    reject_unknown_environment()
+    if overrides:
+        config.from_mapping(overrides)
+    validate(config)
+
+
+def reject_unknown_environment():
+    known = set(DEFAULTS) | SERVER_SETTINGS
+    for name in sorted(os.environ):
+        if not name.startswith(PREFIX + "_"):
+            continue
+        key = name[len(PREFIX) + 1 :]
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {PREFIX}_{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown setting {name}{hint}")
+
+
+def validate(config):
+    """Check and normalise every openreceipt setting in place."""
+    data_dir = Path(str(config["DATA_DIR"])).expanduser().resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"OPENRECEIPT_DATA_DIR {data_dir} cannot be created: {error.strerror}"
+        ) from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"OPENRECEIPT_DATA_DIR {data_dir} is not writable")
+    config["DATA_DIR"] = str(data_dir)
+
+    url = config["DATABASE_URL"] or f"sqlite:///{data_dir / 'openreceipt.db'}"
+    scheme = urlsplit(str(url)).scheme
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        raise ConfigError(
+            f"OPENRECEIPT_DATABASE_URL must start with sqlite:/// or postgresql://, got {scheme!r}"
+        )
+    config["DATABASE_URL"] = str(url)
+
+    config["TRUSTED_PROXIES"] = _whole_number("TRUSTED_PROXIES", config["TRUSTED_PROXIES"])
+    config["PUBLIC_URL"] = _public_url(config["PUBLIC_URL"])
+
+    if not config["SECRET_KEY"]:
+        config["SECRET_KEY"] = stored_secret_key(data_dir)
+    config["SECRET_KEY"] = str(config["SECRET_KEY"])
+    fallbacks = config["SECRET_KEY_FALLBACKS"] or []
+    if isinstance(fallbacks, str):
+        fallbacks = fallbacks.split(",")
+    if not isinstance(fallbacks, list):
+        raise ConfigError("OPENRECEIPT_SECRET_KEY_FALLBACKS must be a comma-separated list")
+    config["SECRET_KEY_FALLBACKS"] = [str(key).strip() for key in fallbacks if str(key).strip()]
+
+    geoip = config["GEOIP_DATABASE"]
+    if geoip is not None and str(geoip).strip().lower() in GEOIP_OFF | {""}:
+        geoip = "off"
+    elif geoip is not None:
+        path = Path(str(geoip)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"OPENRECEIPT_GEOIP_DATABASE {path} does not exist")
+        geoip = str(path.resolve())
+    config["GEOIP_DATABASE"] = geoip
+
+    # The login cookie is marked Secure whenever the public address is HTTPS.
+    config["SESSION_COOKIE_SECURE"] = bool(config["PUBLIC_URL"]) and config[
+        "PUBLIC_URL"
+    ].startswith("https://")
+    config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    config["SESSION_COOKIE_NAME"] = "openreceipt_session"
+
+
+def _whole_number(name, value):
+    if isinstance(value, bool) or not str(value).strip().isdigit():
+        raise ConfigError(f"OPENRECEIPT_{name} must be a whole number >= 0, got {value!r}")
+    return int(str(value).strip())
+
+
+def _public_url(value):
+    if value is None or str(value).strip() == "":
+        return None
+    url = str(value).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"OPENRECEIPT_PUBLIC_URL must look like https://receipts.example.com, got {value!r}"
+        )
+    return url
+
+
+def stored_secret_key(data_dir):
+    """The secret key kept in the data dir, created (mode 0600) on first use.
+
+    Written to a private temporary file and linked into place, so workers that start at the
+    same moment all end up with the one key that won."""
+    path = Path(data_dir) / "secret_key"
+    if not path.exists():
+        temporary = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    key = path.read_text().strip()
+    if not key:
+        raise ConfigError(f"{path} is empty: delete it to generate a new secret key")
+    return key
+
+
+def server_bind(environ=os.environ):
+    """Where gunicorn listens: OPENRECEIPT_BIND, else 0.0.0.0:$PORT (platforms that set PORT),
+    else loopback port 8000, ready for a reverse proxy in front."""
+    if environ.get(f"{PREFIX}_BIND"):
+        return environ[f"{PREFIX}_BIND"]
+    if environ.get("PORT"):
+        return f"0.0.0.0:{environ['PORT']}"
+    return "127.0.0.1:8000"
+
+
+def local_url(bind):
+    """A browsable URL for a gunicorn bind address, for the first-run link."""
+    host, _, port = bind.rpartition(":")
+    if bind.startswith("unix:") or not port.isdigit():
+        return "http://localhost"
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "localhost"
+    return f"http://{host}:{port}"

@@ -1,0 +1,173 @@
+"""Storage: the deferred database, the models, and per-request connections."""
+
+import datetime
+import json
+import os
+from urllib.parse import urlsplit
+
+from peewee import (
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    PostgresqlDatabase,
+    SqliteDatabase,
+    TextField,
+)
+from playhouse.db_url import parse as parse_database_url
+from playhouse.migrations import Runner
+
+db = DatabaseProxy()
+
+MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+# Any constant will do: it names the lock that serialises migrations across hosts.
+MIGRATION_LOCK = 0x6F70656E72637074
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+STATES = ("waiting", "inserted", "delivered", "opened")
+
+
+def utcnow():
+    """Now, in UTC, as the naive datetime the database stores."""
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+class JSONListField(TextField):
+    """A list kept as JSON text, the same on SQLite and PostgreSQL."""
+
+    def db_value(self, value):
+        return json.dumps(list(value or []), ensure_ascii=False)
+
+    def python_value(self, value):
+        return json.loads(value) if value else []
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    email = CharField(max_length=320, unique=True)
+    password_hash = CharField(max_length=255)
+    created_at = DateTimeField(default=utcnow)
+
+
+class ApiToken(BaseModel):
+    """A bearer credential for the API; only its SHA-256 is stored."""
+
+    user = ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
+    name = CharField(max_length=100)
+    token_hash = CharField(max_length=64, unique=True)
+    created_at = DateTimeField(default=utcnow)
+    last_used_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+
+
+class Pixel(BaseModel):
+    """One receipt: the image in one message, with counters kept up to date by its events."""
+
+    public_id = CharField(max_length=32, unique=True)
+    owner = ForeignKeyField(User, backref="pixels", on_delete="CASCADE")
+    label = CharField(max_length=200, null=True)
+    subject = TextField(null=True)
+    recipients = JSONListField(default=list)
+    created_at = DateTimeField(default=utcnow)
+    sent_at = DateTimeField(null=True)
+    state = CharField(max_length=16, default="waiting")
+    open_count = IntegerField(default=0)
+    prefetch_count = IntegerField(default=0)
+    preview_count = IntegerField(default=0)
+    self_count = IntegerField(default=0)
+    bot_count = IntegerField(default=0)
+    first_open_at = DateTimeField(null=True)
+    last_open_at = DateTimeField(null=True)
+    last_event_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("owner", "created_at"), False),
+            (("owner", "last_event_at"), False),
+            (("owner", "state"), False),
+        )
+
+
+class Event(BaseModel):
+    """One fetch of a pixel, as stored: masked address and what it meant, never the raw IP."""
+
+    pixel = ForeignKeyField(Pixel, backref="events", on_delete="CASCADE")
+    at = DateTimeField(default=utcnow)
+    kind = CharField(max_length=16)
+    source = CharField(max_length=32)
+    reason = CharField(max_length=200)
+    ip = CharField(max_length=45, null=True)
+    country = CharField(max_length=2, null=True)
+    city = CharField(max_length=100, null=True)
+    client = CharField(max_length=100, null=True)
+
+    class Meta:
+        indexes = ((("pixel", "at"), False),)
+
+
+class Setting(BaseModel):
+    """Small server-wide values (e.g. the first-run setup nonce)."""
+
+    name = CharField(max_length=64, primary_key=True)
+    value = TextField()
+
+
+MODELS = (User, ApiToken, Pixel, Event, Setting)
+
+
+def open_database(url):
+    """A peewee Database for an OPENRECEIPT_DATABASE_URL (sqlite:///path or postgresql://...)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = url[len("sqlite:///") :] or ":memory:"
+        return SqliteDatabase(
+            path,
+            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+                "synchronous": "normal",
+                "foreign_keys": 1,
+            },
+        )
+    params = parse_database_url(url, unquote_password=True, unquote_user=True)
+    return PostgresqlDatabase(params.pop("database"), prefer_psycopg3=True, **params)
+
+
+def migrate(database):
+    """Create or upgrade the schema, once, even when several processes or hosts start together."""
+    runner = Runner(database, directory=MIGRATIONS, table_name="schema_migration")
+    if isinstance(database, SqliteDatabase):
+        transaction = database.atomic(lock_type="IMMEDIATE")
+    else:
+        transaction = database.atomic()
+    with database.connection_context(), transaction:
+        if isinstance(database, PostgresqlDatabase):
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        return runner.up()
+
+
+def init_app(app):
+    """Bind the models to the configured database, migrate it, and close the connection at the
+    end of every request (and every CLI command or other app context)."""
+    database = open_database(app.config["DATABASE_URL"])
+    db.initialize(database)
+    app.extensions["openreceipt.database"] = database
+    migrate(database)
+
+    @app.teardown_appcontext
+    def close_connection(_exc):
+        if not database.is_closed():
+            database.close()
+
+
+def get_setting(name, default=None):
+    row = Setting.get_or_none(Setting.name == name)
+    return row.value if row else default

@@ -1,0 +1,52 @@
+"""Sets of IP networks with fast membership tests, built once at start-up."""
+
+import bisect
+import ipaddress
+
+# Apple's own block, from which Mail Privacy Protection fetches.
+APPLE = ["17.0.0.0/8"]
+
+# Microsoft 365 / Exchange Online Protection, which scans links and images on delivery.
+MICROSOFT_PROTECTION = [
+    "40.92.0.0/15",
+    "40.107.0.0/16",
+    "52.100.0.0/14",
+    "104.47.0.0/17",
+    "2a01:111:f400::/48",
+    "2a01:111:f403::/48",
+]
+
+
+class NetworkSet:
+    """Membership of an address in many networks by binary search over merged intervals."""
+
+    def __init__(self, networks=()):
+        intervals = {4: [], 6: []}
+        for network in networks:
+            net = ipaddress.ip_network(str(network).strip(), strict=False)
+            intervals[net.version].append((int(net.network_address), int(net.broadcast_address)))
+        self._starts = {}
+        self._ends = {}
+        for version, spans in intervals.items():
+            merged = []
+            for start, end in sorted(spans):
+                if merged and start <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], end)
+                else:
+                    merged.append([start, end])
+            self._starts[version] = [start for start, _ in merged]
+            self._ends[version] = [end for _, end in merged]
+
+    def __len__(self):
+        return len(self._starts[4]) + len(self._starts[6])
+
+    def __contains__(self, address):
+        if not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        value = int(ip)
+        index = bisect.bisect_right(self._starts[ip.version], value) - 1
+        return index >= 0 and value <= self._ends[ip.version][index]

@@ -1,0 +1,34 @@
+"""Masking client addresses at the edge. The raw address never leaves the request that carried it:
+only what anonymize() returns is looked up, classified, stored or shown."""
+
+import ipaddress
+import re
+
+IPV4_PREFIX = 24
+IPV6_PREFIX = 48
+
+# "1.2.3.4:5678" and "[2001:db8::1]:443": some proxies put the client's port in X-Forwarded-For.
+_WITH_PORT = re.compile(r"^\[(?P<v6>[^\]]+)\](?::\d+)?$|^(?P<v4>\d{1,3}(?:\.\d{1,3}){3}):\d+$")
+
+
+def anonymize(address):
+    """Mask a client address: IPv4 to its /24, IPv6 to its /48, IPv4-mapped and 6to4 IPv6 as the
+    IPv4 they carry. Returns the masked address as text, or None if it is not an address."""
+    if not address:
+        return None
+    text = str(address).strip()
+    match = _WITH_PORT.match(text)
+    if match:
+        text = match.group("v6") or match.group("v4")
+    text = text.split("%", 1)[0]  # an IPv6 zone ("fe80::1%eth0") says nothing about the client
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if ip.version == 6:
+        # A /48 of a 6to4 address (2002:AABB:CCDD::/48) still holds the whole IPv4 address.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            ip = embedded
+    prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
+    return str(ipaddress.ip_network((ip, prefix), strict=False).network_address)
