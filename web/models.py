@@ -141,9 +141,10 @@ def open_database(url):
     return PostgresqlDatabase(params.pop("database"), prefer_psycopg3=True, **params)
 
 
-def migrate(database):
-    """Create or upgrade the schema, once, even when several processes or hosts start together."""
-    runner = Runner(database, directory=MIGRATIONS, table_name="schema_migration")
+def migrate(database, directory=MIGRATIONS):
+    """Create or upgrade the schema, once, even when several processes or hosts start together.
+    Returns the names of the migrations applied."""
+    runner = Runner(database, directory=directory, table_name="schema_migration")
     if isinstance(database, SqliteDatabase):
         transaction = database.atomic(lock_type="IMMEDIATE")
     else:
