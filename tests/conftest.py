@@ -196,3 +196,22 @@ def pytest_sessionfinish(session, exitstatus):
                 f"CI=true: no {' or '.join(missing)} test passed; failing the run", red=True
             )
             session.exitstatus = 1
+
+
+@pytest.fixture
+def gunicorn(tmp_path, geoip_path):
+    """Start real gunicorn servers: gunicorn(**settings) -> tests.servers.Gunicorn."""
+    from .servers import start_gunicorn
+
+    started = []
+
+    def start(host="127.0.0.1", **settings):
+        settings.setdefault("DATA_DIR", tmp_path / "data")
+        settings.setdefault("GEOIP_DATABASE", geoip_path)
+        server = start_gunicorn(tmp_path, settings, host=host)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -11,34 +11,46 @@ from .privacy import anonymize
 # Runs of hex digits, dots and colons long enough to be an address; anonymize() decides which
 # really are. A run may end in punctuation that belongs to the sentence ("ip=81.2.69.160: ...").
 _CANDIDATE = re.compile(r"(?<![\w:.])[0-9A-Fa-f:.]{7,}(?!\w)")
+_PORT = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3})(:\d{1,5})$")
 
 # Without %(h)s (remote address) and %(l)s/%(u)s: time, request line, status, size, duration, UA.
 ACCESS_LOG_FORMAT = '%(t)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 
 
-def redact(text):
-    """Replace every IP address in a line by its masked form."""
-    return _CANDIDATE.sub(_mask, text)
+def redact(text, keep=frozenset()):
+    """Replace every IP address in a line by its masked form, except the addresses in `keep`
+    (the server's own listening addresses, which are no one's personal data)."""
+    return _CANDIDATE.sub(lambda match: _mask(match.group(0), keep), text)
 
 
-def _mask(match):
-    core, suffix = match.group(0), ""
+def _mask(text, keep):
+    core, suffix = text, ""
+    port = _PORT.match(core)
+    if port:
+        core, suffix = port.group(1), port.group(2)
     while core:
+        if core in keep:
+            return text
         masked = anonymize(core)
         if masked is not None:
             return masked + suffix
         if core[-1] not in ":.":
             break
         core, suffix = core[:-1], core[-1] + suffix
-    return match.group(0)
+    return text
 
 
 class _Redactor(logging.Filter):
+    def __init__(self, keep):
+        super().__init__()
+        self.keep = keep
+
     def filter(self, record):
-        record.msg = redact(record.getMessage())
+        record.msg = redact(record.getMessage(), self.keep)
         record.args = ()
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            trace = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(trace, self.keep)
         return True
 
 
@@ -47,6 +59,8 @@ class PrivateLogger(Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
+        keep = frozenset(bind.rpartition(":")[0].strip("[]") for bind in cfg.bind)
         for log in (self.error_log, self.access_log):
-            if not any(isinstance(f, _Redactor) for f in log.filters):
-                log.addFilter(_Redactor())
+            for old in [f for f in log.filters if isinstance(f, _Redactor)]:
+                log.removeFilter(old)
+            log.addFilter(_Redactor(keep))
