@@ -97,3 +97,19 @@ def postgresql_dump(url):
         check=True,
         timeout=60,
     ).stdout
+
+
+def test_real_server_answers_huge_headers_with_a_gif(gunicorn):
+    server = gunicorn()
+    headers = {
+        "User-Agent": "Mozilla/5.0 " + "x" * 30_000,
+        "Cookie": "session=" + "c" * 60_000,
+        "X-Forwarded-For": ", ".join(f"10.0.{n // 256}.{n % 256}" for n in range(2_000)),
+    }
+    for path in ("/p/garbage.gif", "/p/" + "A" * 8_000 + ".gif"):
+        status, response_headers, image = server.request("GET", path, headers=headers)
+        assert (status, response_headers["Content-Type"], image[:6]) == (
+            200,
+            "image/gif",
+            b"GIF89a",
+        )
