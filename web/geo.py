@@ -40,6 +40,9 @@ class Geolocator:
             return
         metadata = self._reader.metadata()
         self.database_type = metadata.database_type
+        if "City" not in self.database_type and "Country" not in self.database_type:
+            self._reader.close()
+            raise ValueError(f"a {self.database_type} database has no countries or cities")
         self.built = datetime.datetime.fromtimestamp(metadata.build_epoch, datetime.UTC).date()
         self._has_cities = "City" in self.database_type
 
@@ -58,7 +61,7 @@ class Geolocator:
                 found = self._reader.city(masked_ip)
                 return Location(found.country.iso_code, found.city.name)
             return Location(self._reader.country(masked_ip).country.iso_code, None)
-        except (geoip2.errors.AddressNotFoundError, ValueError):
+        except (geoip2.errors.AddressNotFoundError, ValueError, TypeError):
             return NOWHERE
 
     def close(self):
