@@ -123,6 +123,8 @@ def settings(tmp_path, database_url, geoip_path):
         "DATABASE_URL": database_url,
         "GEOIP_DATABASE": str(geoip_path),
         "PUBLIC_URL": "https://receipts.example.com",
+        # Tests that look up MX records bring their own DNS server (tests/dnsserver.py).
+        "MX_LOOKUP": False,
     }
 
 
@@ -208,6 +210,7 @@ def gunicorn(tmp_path, geoip_path):
     def start(host="127.0.0.1", **settings):
         settings.setdefault("DATA_DIR", tmp_path / "data")
         settings.setdefault("GEOIP_DATABASE", geoip_path)
+        settings.setdefault("MX_LOOKUP", "off")
         server = start_gunicorn(tmp_path, settings, host=host)
         started.append(server)
         return server

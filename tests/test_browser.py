@@ -18,6 +18,13 @@ CHROME_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36"
 )
+FIREFOX_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+SHOW_IMAGE = """async (url) => {
+  const img = document.createElement("img");
+  img.src = url;
+  document.body.appendChild(img);
+  await img.decode();
+}"""
 # Without these, Chromium keeps trying to reach Google's services, which this machine refuses.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -111,14 +118,30 @@ def test_cross_origin_mint_and_real_image_fetch(gunicorn, chromium, compose_orig
     assert (result["width"], result["height"]) == (1, 1)  # a real GIF, decoded by the browser
     assert 'width="1" height="1" alt=""' in result["html"]
 
-    status, _, body = server.request(
-        "GET", f"/api/pixels/{result['id']}", headers={"Authorization": f"Bearer {token}"}
+    auth = {"Authorization": f"Bearer {token}"}
+    detail = json.loads(server.request("GET", f"/api/pixels/{result['id']}", headers=auth)[2])
+    # The sender's own browser showed the draft: the pixel is in the message, nothing more.
+    assert (detail["state"], detail["counts"]["open"]) == ("inserted", 0)
+    [preview] = detail["events"]
+    assert (preview["kind"], preview["source"], preview["ip"]) == ("preview", "direct", "127.0.0.0")
+    assert preview["client"] == "Chrome 131, Linux"
+
+    # Sent; then the recipient's mail program, another browser engine, shows the message.
+    assert server.request("POST", f"/api/pixels/{result['id']}/sent", {}, auth)[0] == 200
+    reader = chromium.new_context(user_agent=FIREFOX_UA)
+    page = reader.new_page()
+    page.goto(f"{compose_origin}/inbox")
+    page.evaluate(SHOW_IMAGE, result["html"].split('"')[1])
+    reader.close()
+
+    detail = json.loads(server.request("GET", f"/api/pixels/{result['id']}", headers=auth)[2])
+    assert (detail["state"], detail["counts"]["open"]) == ("opened", 1)
+    opened = detail["events"][1]
+    assert (opened["kind"], opened["source"], opened["client"]) == (
+        "open",
+        "direct",
+        "Firefox 133, Linux",
     )
-    detail = json.loads(body)
-    assert detail["state"] == "opened"
-    [event] = detail["events"]
-    assert (event["kind"], event["source"], event["ip"]) == ("open", "direct", "127.0.0.0")
-    assert event["client"] == "Chrome 131, Linux"
 
 
 def test_browser_without_a_token_is_told_why(gunicorn, chromium, compose_origin):

@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import api, auth, cli, config, models, pages, pixel
 from .classify import Networks, user_agent_parser
 from .geo import Geolocator, open_geolocator
+from .mailhosts import MailHosts
 from .signing import PixelSigner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,7 @@ class Services:
     geolocator: Geolocator
     networks: Networks
     ua_parser: Parser
+    mail_hosts: MailHosts
 
 
 def create_app(config_overrides=None):
@@ -41,8 +43,9 @@ def create_app(config_overrides=None):
     app.extensions["openreceipt"] = Services(
         signer=PixelSigner(app.config["SECRET_KEY"], app.config["SECRET_KEY_FALLBACKS"]),
         geolocator=geolocator,
-        networks=Networks.default(),
+        networks=Networks.load(app.config["DATA_DIR"]),
         ua_parser=user_agent_parser(),
+        mail_hosts=mail_hosts(app.config["DNS_SERVERS"]),
     )
 
     hops = app.config["TRUSTED_PROXIES"]
@@ -64,6 +67,15 @@ def create_app(config_overrides=None):
     if app.config.get("ANNOUNCE_STARTUP", True):
         announce(app, geolocator)
     return app
+
+
+def mail_hosts(nameservers):
+    try:
+        return MailHosts(nameservers)
+    except ValueError as error:
+        raise config.ConfigError(
+            f"OPENRECEIPT_DNS_SERVERS must list addresses like 127.0.0.1:53: {error}"
+        ) from None
 
 
 def announce(app, geolocator):

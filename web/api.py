@@ -9,7 +9,10 @@ from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
 
 from . import receipts
 from .accounts import user_for_token
-from .models import Event, Pixel
+from .classify import KINDS
+from .models import Event, Pixel, utcnow
+from .pixel import MAX_USER_AGENT
+from .privacy import anonymize, fingerprint
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -66,6 +69,7 @@ def pixel_json(pixel, events=None):
         "first_open_at": iso(pixel.first_open_at),
         "last_open_at": iso(pixel.last_open_at),
         "last_event_at": iso(pixel.last_event_at),
+        "delivered_at": iso(pixel.delivered_at),
     }
     if events is not None:
         body["events"] = [event_json(event) for event in events]
@@ -100,9 +104,80 @@ def create_pixel():
     subject = text_field(body, "subject", MAX_SUBJECT)
     label = text_field(body, "label", MAX_LABEL)
     recipients = recipients_field(body)
-    pixel = receipts.mint(g.user, subject=subject, recipients=recipients, label=label)
+    browser = fingerprint(
+        current_app.config["SECRET_KEY"],
+        request.headers.get("User-Agent", "")[:MAX_USER_AGENT],
+        anonymize(request.remote_addr),
+    )
+    pixel = receipts.mint(
+        g.user, subject=subject, recipients=recipients, label=label, mint_fingerprint=browser
+    )
+    note_mail_hosting(pixel, recipients)
     url = pixel_url(pixel)
     return jsonify(id=pixel.public_id, url=url, html=pixel_html(url)), 201
+
+
+def note_mail_hosting(pixel, recipients):
+    """Look up where the recipients' mail is hosted, waiting a few hundred ms at most; answers
+    that come later are stored by a background thread."""
+    if not current_app.config["MX_LOOKUP"] or not recipients:
+        return
+    app = current_app._get_current_object()
+
+    def store(hosting):
+        with app.app_context():
+            Pixel.update(mail_hosting=hosting).where(Pixel.id == pixel.id).execute()
+
+    hosting = app.extensions["openreceipt"].mail_hosts.hosting(recipients, on_late=store)
+    Pixel.update(mail_hosting=hosting).where(Pixel.id == pixel.id).execute()
+
+
+@bp.post("/pixels/<public_id>/sent")
+@token_required
+def mark_sent(public_id):
+    """The message was sent (the bookmarklet saw it go): record when, and its final subject and
+    recipients if given."""
+    pixel = own_pixel(public_id)
+    body = json_object()
+    changes = {Pixel.sent_at: utcnow()}
+    if "subject" in body:
+        changes[Pixel.subject] = text_field(body, "subject", MAX_SUBJECT)
+    if "recipients" in body:
+        changes[Pixel.recipients] = recipients_field(body)
+    Pixel.update(changes).where(Pixel.id == pixel.id).execute()
+    if "recipients" in body:
+        note_mail_hosting(pixel, changes[Pixel.recipients])
+    return jsonify(pixel_json(Pixel.get_by_id(pixel.id)))
+
+
+@bp.post("/pixels/<public_id>/self-view")
+@token_required
+def self_view(public_id):
+    """The sender's own Gmail tab shows the pixel: its Gmail-proxy fetches around now are theirs."""
+    pixel = own_pixel(public_id)
+    reclassified = receipts.self_view(pixel)
+    return jsonify(id=pixel.public_id, reclassified=reclassified)
+
+
+@bp.post("/events/<int:event_id>/kind")
+@token_required
+def correct_event(event_id):
+    """The sender corrects what an event was: {"kind": "self"} (or back to "open")."""
+    event = (
+        Event.select(Event, Pixel)
+        .join(Pixel)
+        .where(Event.id == event_id, Pixel.owner == g.user)
+        .first()
+    )
+    if event is None:
+        raise NotFound("no such event")
+    kind = json_object().get("kind")
+    if kind not in KINDS:
+        raise BadRequest(f"'kind' must be one of {', '.join(KINDS)}")
+    receipts.correct(event, kind)
+    pixel = Pixel.get_by_id(event.pixel_id)
+    events = Event.select().where(Event.pixel == pixel).order_by(Event.at, Event.id)
+    return jsonify(pixel_json(pixel, events))
 
 
 @bp.get("/pixels")

@@ -5,13 +5,17 @@ networks, and returns a Verdict (kind, source, reason) in the vocabulary of DESI
 of the rules matters: machines that pretend to be mail clients are recognised before the clients.
 """
 
+import datetime
 import functools
+import hmac
 import re
 from dataclasses import dataclass
 
 from ua_parser import Parser, load_builtins
 
+from .mailhosts import OTHER as HOSTED_ELSEWHERE
 from .networks import APPLE, MICROSOFT_PROTECTION, NetworkSet
+from .ranges import apple_networks
 
 OPEN = "open"
 PREFETCH = "prefetch"
@@ -48,6 +52,11 @@ class Networks:
     @classmethod
     def default(cls):
         return cls(NetworkSet(APPLE), NetworkSet(MICROSOFT_PROTECTION))
+
+    @classmethod
+    def load(cls, data_dir):
+        """The built-in ranges plus Apple's egress list from `openreceipt ranges update`."""
+        return cls(apple_networks(data_dir), NetworkSet(MICROSOFT_PROTECTION))
 
 
 GMAIL_PREFETCH_UA = "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246"
@@ -122,6 +131,64 @@ def classify(fetch, networks):
     if ua.startswith("Mozilla/"):
         return Verdict(OPEN, "direct", "a mail client or browser fetched the image directly")
     return Verdict(OPEN, "direct", "an unrecognised client fetched the image: counted as an open")
+
+
+@dataclass(frozen=True)
+class PixelFacts:
+    """What the server knows about a pixel when one of its fetches arrives."""
+
+    mint_fingerprint: str | None = None
+    sent_at: datetime.datetime | None = None
+    last_self_view_at: datetime.datetime | None = None
+    mail_hosting: str | None = None
+
+
+# Gmail-proxy fetches from 5 s before to 15 s after a self-view beacon are the sender's own view.
+SELF_VIEW_BEFORE = datetime.timedelta(seconds=5)
+SELF_VIEW_AFTER = datetime.timedelta(seconds=15)
+# Fetches by the reader's own software, not through a provider's proxy.
+DIRECT_SOURCES = {"direct", "outlook"}
+
+
+def within_self_view(fetched_at, beacon_at):
+    """Whether a fetch at `fetched_at` belongs to the sender's view announced at `beacon_at`."""
+    return beacon_at is not None and -SELF_VIEW_BEFORE <= fetched_at - beacon_at <= SELF_VIEW_AFTER
+
+
+def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True):
+    """The Verdict for a fetch of a known pixel: classify() on the request, then what the pixel's
+    history says about the sender's own views. `fingerprint` is the fetch's, as privacy.fingerprint
+    computes it for the mint request."""
+    verdict = classify(fetch, networks)
+    if verdict.kind != OPEN:
+        return verdict
+    if (
+        verdict.source in DIRECT_SOURCES
+        and facts.sent_at is None
+        and fingerprint
+        and facts.mint_fingerprint
+        and hmac.compare_digest(fingerprint, facts.mint_fingerprint)
+    ):
+        return Verdict(
+            PREVIEW,
+            verdict.source,
+            "the sender's own browser showed the draft (same browser and network as when the "
+            "pixel was made, before sending)",
+        )
+    if verdict.source == "gmail-proxy":
+        if within_self_view(now, facts.last_self_view_at):
+            return Verdict(SELF, verdict.source, SELF_VIEW_REASON)
+        if use_mail_hosting and facts.mail_hosting == HOSTED_ELSEWHERE:
+            return Verdict(
+                SELF,
+                verdict.source,
+                "no recipient's mail is hosted by Google, so only the sender's own Gmail fetches "
+                "it through Gmail's proxy",
+            )
+    return verdict
+
+
+SELF_VIEW_REASON = "the sender's own Gmail tab showed the message (self-view beacon)"
 
 
 def _source(ua, ip, networks):

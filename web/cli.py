@@ -4,11 +4,13 @@ import functools
 import sys
 
 import click
-from flask.cli import FlaskGroup
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
 
 from .accounts import AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
 from .models import ApiToken
+from .ranges import APPLE_EGRESS_URL, RangesError, update_apple_egress
 
 
 def _fail_on_account_error(function):
@@ -97,10 +99,30 @@ def token_revoke(token_id):
     click.echo(f"revoked token {token_id}", err=True)
 
 
+@click.group()
+def ranges():
+    """Manage the address ranges of machines that fetch images on delivery."""
+
+
+@ranges.command("update")
+@click.option(
+    "--url", default=APPLE_EGRESS_URL, show_default=True, help="Where Apple publishes them."
+)
+@with_appcontext
+def ranges_update(url):
+    """Download Apple's iCloud Private Relay egress ranges into the data dir."""
+    try:
+        count = update_apple_egress(current_app.config["DATA_DIR"], url)
+    except RangesError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"stored {count} Apple egress prefixes; restart the server to use them")
+
+
 def init_app(app):
     """Make the commands part of the app, so `openreceipt` and app.test_cli_runner() see them."""
     app.cli.add_command(user)
     app.cli.add_command(token)
+    app.cli.add_command(ranges)
 
 
 def main():

@@ -17,6 +17,8 @@ DEFAULTS = {
     "PUBLIC_URL": None,
     "TRUSTED_PROXIES": 0,
     "GEOIP_DATABASE": None,
+    "MX_LOOKUP": True,
+    "DNS_SERVERS": None,
 }
 
 # Read by gunicorn.conf.py, not by the application; listed so they are not reported as unknown.
@@ -101,6 +103,12 @@ def validate(config):
         geoip = str(path.resolve())
     config["GEOIP_DATABASE"] = geoip
 
+    config["MX_LOOKUP"] = _switch("MX_LOOKUP", config["MX_LOOKUP"])
+    servers = config["DNS_SERVERS"]
+    if isinstance(servers, str):
+        servers = [part.strip() for part in servers.split(",") if part.strip()]
+    config["DNS_SERVERS"] = servers or None
+
     # The login cookie is marked Secure whenever the public address is HTTPS.
     config["SESSION_COOKIE_SECURE"] = bool(config["PUBLIC_URL"]) and config[
         "PUBLIC_URL"
@@ -113,6 +121,15 @@ def _whole_number(name, value):
     if isinstance(value, bool) or not str(value).strip().isdigit():
         raise ConfigError(f"OPENRECEIPT_{name} must be a whole number >= 0, got {value!r}")
     return int(str(value).strip())
+
+
+def _switch(name, value):
+    text = str(value).strip().lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"OPENRECEIPT_{name} must be on or off, got {value!r}")
 
 
 def _public_url(value):

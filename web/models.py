@@ -86,6 +86,12 @@ class Pixel(BaseModel):
     first_open_at = DateTimeField(null=True)
     last_open_at = DateTimeField(null=True)
     last_event_at = DateTimeField(null=True)
+    delivered_at = DateTimeField(null=True)
+    # Keyed hash of the minting browser's user agent and masked network (privacy.fingerprint).
+    mint_fingerprint = CharField(max_length=64, null=True)
+    # Whether the recipients' mail is hosted by Google (mailhosts: google, other, unknown).
+    mail_hosting = CharField(max_length=16, null=True)
+    last_self_view_at = DateTimeField(null=True)
 
     class Meta:
         indexes = (
@@ -145,11 +151,7 @@ def migrate(database, directory=MIGRATIONS):
     """Create or upgrade the schema, once, even when several processes or hosts start together.
     Returns the names of the migrations applied."""
     runner = Runner(database, directory=directory, table_name="schema_migration")
-    if isinstance(database, SqliteDatabase):
-        transaction = database.atomic(lock_type="IMMEDIATE")
-    else:
-        transaction = database.atomic()
-    with database.connection_context(), transaction:
+    with database.connection_context(), write_transaction(database):
         if isinstance(database, PostgresqlDatabase):
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         return runner.up()
@@ -167,6 +169,27 @@ def init_app(app):
     def close_connection(_exc):
         if not database.is_closed():
             database.close()
+
+
+def write_transaction(database=db):
+    """A transaction that holds the write lock from its first statement. On SQLite, BEGIN
+    IMMEDIATE: a read-then-write then never fails half-way on a busy database. PostgreSQL locks
+    rows as they are selected FOR UPDATE (see locked())."""
+    if isinstance(_real(database), SqliteDatabase):
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
+
+
+def locked(query, database=db):
+    """The query with its rows locked until the end of the transaction (a no-op on SQLite,
+    whose write_transaction() already holds the whole database)."""
+    if isinstance(_real(database), PostgresqlDatabase):
+        return query.for_update()
+    return query
+
+
+def _real(database):
+    return database.obj if isinstance(database, DatabaseProxy) else database
 
 
 def get_setting(name, default=None):

@@ -3,8 +3,9 @@
 import bisect
 import ipaddress
 
-# Apple's own block, from which Mail Privacy Protection fetches.
-APPLE = ["17.0.0.0/8"]
+# Apple's own blocks (ARIN 17.0.0.0/8 and 2620:149::/32, RIPE 2a01:b740::/32), from which Mail
+# Privacy Protection fetches; `openreceipt ranges update` adds the iCloud Private Relay egress list.
+APPLE = ["17.0.0.0/8", "2620:149::/32", "2a01:b740::/32"]
 
 # Microsoft 365 / Exchange Online Protection, which scans links and images on delivery.
 MICROSOFT_PROTECTION = [

@@ -6,9 +6,8 @@ from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError
 
 from . import receipts
-from .classify import Fetch, classify, client_name
-from .models import Pixel
-from .privacy import anonymize
+from .classify import Fetch, client_name, judge
+from .privacy import anonymize, fingerprint
 
 bp = Blueprint("pixel", __name__)
 
@@ -58,13 +57,14 @@ def record_fetch(token):
     user_agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
     purpose = " ".join(request.headers.get(name, "") for name in PREFETCH_HEADERS)
     fetch = Fetch(user_agent=user_agent, ip=ip, method=request.method, purpose=purpose)
+    browser = fingerprint(current_app.config["SECRET_KEY"], user_agent, ip)
+    use_mail_hosting = current_app.config["MX_LOOKUP"]
 
-    pixel_id = Pixel.select(Pixel.id).where(Pixel.public_id == public_id).scalar()
-    if pixel_id is None:
-        return "not recorded: no such pixel"
+    def decide(facts, now):
+        return judge(fetch, facts, services.networks, now, browser, use_mail_hosting)
 
-    verdict = classify(fetch, services.networks)
+    def name_client(source):
+        return client_name(user_agent, source, services.ua_parser)
+
     location = services.geolocator.locate(ip)
-    client = client_name(user_agent, verdict.source, services.ua_parser)
-    receipts.record(pixel_id, verdict, ip, location, client)
-    return f"recorded: {verdict.kind}"
+    return receipts.record_fetch(public_id, decide, ip, location, name_client)

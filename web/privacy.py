@@ -1,6 +1,8 @@
 """Masking client addresses at the edge. The raw address never leaves the request that carried it:
 only what anonymize() returns is looked up, classified, stored or shown."""
 
+import hashlib
+import hmac
 import ipaddress
 import re
 
@@ -32,3 +34,10 @@ def anonymize(address):
             ip = embedded
     prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
     return str(ipaddress.ip_network((ip, prefix), strict=False).network_address)
+
+
+def fingerprint(secret, user_agent, masked_ip):
+    """A keyed hash of a browser (user agent) and its masked network: enough to recognise the
+    sender's own browser fetching a pixel it just made, useless for finding anyone."""
+    message = f"{user_agent or ''}\n{masked_ip or ''}".encode("utf-8", "surrogatepass")
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]

@@ -1,10 +1,13 @@
-"""Receipts: minting pixels and recording what their fetches meant."""
+"""Receipts: minting pixels, recording what their fetches meant, and keeping each pixel's
+counters and state exact."""
 
+import datetime
 import secrets
 
 from peewee import Case, fn
 
-from .models import STATES, Event, Pixel, db, utcnow
+from .classify import OPEN, PREFETCH, SELF, SELF_VIEW_REASON, PixelFacts, within_self_view
+from .models import STATES, Event, Pixel, db, locked, utcnow, write_transaction
 
 COUNTERS = {
     "open": Pixel.open_count,
@@ -14,6 +17,8 @@ COUNTERS = {
     "bot": Pixel.bot_count,
 }
 STATE_REACHED = {"preview": "inserted", "prefetch": "delivered", "open": "opened"}
+# Mail clients and proxies often fetch an image twice: the same fetcher within 10 s is one event.
+REPEAT_WINDOW = datetime.timedelta(seconds=10)
 
 
 def new_public_id():
@@ -21,7 +26,7 @@ def new_public_id():
     return secrets.token_urlsafe(12)
 
 
-def mint(owner, subject=None, recipients=(), label=None):
+def mint(owner, subject=None, recipients=(), label=None, mint_fingerprint=None):
     """Create a waiting pixel for a message."""
     return Pixel.create(
         public_id=new_public_id(),
@@ -29,28 +34,35 @@ def mint(owner, subject=None, recipients=(), label=None):
         subject=subject,
         recipients=list(recipients),
         label=label,
+        mint_fingerprint=mint_fingerprint,
     )
 
 
-def record(pixel_id, verdict, ip, location, client, at=None):
-    """Store one event (with the masked address `ip`) and move the pixel's counters and state,
-    in one short transaction.
+def facts(pixel):
+    return PixelFacts(
+        mint_fingerprint=pixel.mint_fingerprint,
+        sent_at=pixel.sent_at,
+        last_self_view_at=pixel.last_self_view_at,
+        mail_hosting=pixel.mail_hosting,
+    )
 
-    Counters and state are updated in SQL, not from a copy read earlier, so concurrent fetches
-    of the same pixel never overwrite each other."""
+
+def record_fetch(public_id, decide, ip, location, name_client, at=None):
+    """Judge and store one fetch of the pixel `public_id`, under a lock on the pixel so that
+    concurrent fetches see each other: `decide(facts, at)` gives the Verdict, `name_client(source)`
+    the client's name. Returns a short outcome for the X-Openreceipt header."""
     at = at or utcnow()
-    counter = COUNTERS[verdict.kind]
-    changes = {counter: counter + 1, Pixel.last_event_at: at}
-    reached = STATE_REACHED.get(verdict.kind)
-    if reached:
-        earlier = STATES[: STATES.index(reached)]
-        changes[Pixel.state] = Case(None, [(Pixel.state.in_(earlier), reached)], Pixel.state)
-    if verdict.kind == "open":
-        changes[Pixel.first_open_at] = fn.COALESCE(Pixel.first_open_at, at)
-        changes[Pixel.last_open_at] = at
-    with db.atomic():
-        event_id = Event.insert(
-            pixel=pixel_id,
+    with write_transaction():
+        pixel = locked(Pixel.select().where(Pixel.public_id == public_id)).first()
+        if pixel is None:
+            return "not recorded: no such pixel"
+        verdict = decide(facts(pixel), at)
+        client = name_client(verdict.source)
+        client = client[:100] if client else None
+        if _repeat(pixel.id, verdict.source, ip, client, at):
+            return "not recorded: repeat of a fetch seconds ago"
+        Event.insert(
+            pixel=pixel.id,
             at=at,
             kind=verdict.kind,
             source=verdict.source,
@@ -58,7 +70,96 @@ def record(pixel_id, verdict, ip, location, client, at=None):
             ip=ip,
             country=location.country,
             city=location.city,
-            client=client[:100] if client else None,
+            client=client,
         ).execute()
-        Pixel.update(changes).where(Pixel.id == pixel_id).execute()
-    return event_id
+        Pixel.update(_counter_changes(verdict.kind, at)).where(Pixel.id == pixel.id).execute()
+    return f"recorded: {verdict.kind}"
+
+
+def _repeat(pixel_id, source, ip, client, at):
+    same = [
+        Event.pixel == pixel_id,
+        Event.source == source,
+        Event.at >= at - REPEAT_WINDOW,
+        Event.ip.is_null() if ip is None else Event.ip == ip,
+        Event.client.is_null() if client is None else Event.client == client,
+    ]
+    return Event.select(Event.id).where(*same).exists()
+
+
+def _counter_changes(kind, at):
+    """The UPDATE for one new event, in SQL so that concurrent writers never lose a count."""
+    counter = COUNTERS[kind]
+    changes = {counter: counter + 1, Pixel.last_event_at: at}
+    reached = STATE_REACHED.get(kind)
+    if reached:
+        earlier = STATES[: STATES.index(reached)]
+        changes[Pixel.state] = Case(None, [(Pixel.state.in_(earlier), reached)], Pixel.state)
+    if kind in (PREFETCH, OPEN):
+        changes[Pixel.delivered_at] = fn.COALESCE(Pixel.delivered_at, at)
+    if kind == OPEN:
+        changes[Pixel.first_open_at] = fn.COALESCE(Pixel.first_open_at, at)
+        changes[Pixel.last_open_at] = at
+    return changes
+
+
+def refresh(pixel_id):
+    """Recount a pixel's counters, times and state from its events (after a correction)."""
+    counts = dict.fromkeys(COUNTERS, 0)
+    opened = delivered = last = None
+    rows = (
+        Event.select(Event.kind, fn.COUNT(Event.id), fn.MIN(Event.at), fn.MAX(Event.at))
+        .where(Event.pixel == pixel_id)
+        .group_by(Event.kind)
+        .tuples()
+    )
+    for kind, count, first_at, last_at in rows:
+        counts[kind] = count
+        last = max(last, last_at) if last else last_at
+        if kind == OPEN:
+            opened = (first_at, last_at)
+        if kind in (OPEN, PREFETCH):
+            delivered = min(delivered, first_at) if delivered else first_at
+    state = "waiting"
+    for kind, reached in STATE_REACHED.items():
+        if counts[kind]:
+            state = max(state, reached, key=STATES.index)
+    changes = {COUNTERS[kind]: count for kind, count in counts.items()}
+    changes.update(
+        {
+            Pixel.state: state,
+            Pixel.first_open_at: opened[0] if opened else None,
+            Pixel.last_open_at: opened[1] if opened else None,
+            Pixel.delivered_at: delivered,
+            Pixel.last_event_at: last,
+        }
+    )
+    Pixel.update(changes).where(Pixel.id == pixel_id).execute()
+
+
+def self_view(pixel, at=None):
+    """The sender's Gmail tab showed the pixel: Gmail-proxy opens from 5 s before now are the
+    sender's own (later ones are judged so as they arrive). Returns how many were re-classified."""
+    at = at or utcnow()
+    with write_transaction():
+        Pixel.update(last_self_view_at=at).where(Pixel.id == pixel.id).execute()
+        candidates = Event.select(Event.id, Event.at).where(
+            Event.pixel == pixel.id,
+            Event.source == "gmail-proxy",
+            Event.kind == OPEN,
+            Event.at >= at - datetime.timedelta(seconds=60),
+        )
+        ids = [event.id for event in candidates if within_self_view(event.at, at)]
+        if ids:
+            Event.update(kind=SELF, reason=SELF_VIEW_REASON).where(Event.id.in_(ids)).execute()
+            refresh(pixel.id)
+    return len(ids)
+
+
+def correct(event, kind):
+    """The sender says what an event really was; the pixel's counters and state follow."""
+    with db.atomic():
+        if event.kind != kind:
+            reason = f"marked '{kind}' by the sender (judged '{event.kind}': {event.reason})"
+            Event.update(kind=kind, reason=reason[:200]).where(Event.id == event.id).execute()
+        refresh(event.pixel_id)

@@ -1,0 +1,110 @@
+"""Apple's egress ranges: `openreceipt ranges update` against a local HTTP server, and the
+classifier using what it stored."""
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from web import create_app
+from web.ranges import APPLE_EGRESS_FILE, apple_networks, parse_egress_csv
+
+from .helpers import mint, pixel_path
+
+# The shape of https://mask-api.icloud.com/egress-ip-ranges.csv: prefix,country,region,city,
+SAMPLE = """172.224.224.0/27,GB,GB-EN,London,
+172.224.224.32/31,GB,GB-EN,London,
+2a02:26f7:b3c0:4000::/64,DE,DE-BE,Berlin,
+104.28.0.0/27,US,US-CA,Los Angeles,
+not-a-prefix,XX,,,
+"""
+
+
+class Served(BaseHTTPRequestHandler):
+    body = SAMPLE.encode()
+    status = 200
+
+    def do_GET(self):
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/csv")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def egress_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Served)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/egress-ip-ranges.csv"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_parse_keeps_valid_prefixes_only():
+    assert parse_egress_csv(SAMPLE) == [
+        "172.224.224.0/27",
+        "172.224.224.32/31",
+        "2a02:26f7:b3c0:4000::/64",
+        "104.28.0.0/27",
+    ]
+
+
+def test_update_stores_prefixes_and_the_classifier_uses_them(settings, runner, egress_server, auth):
+    result = runner.invoke(args=["ranges", "update", "--url", egress_server])
+    assert result.exit_code == 0, result.output
+    assert "stored 4 Apple egress prefixes" in result.output
+    stored = (settings_dir(settings) / APPLE_EGRESS_FILE).read_text().split()
+    assert stored[0] == "172.224.224.0/27" and len(stored) == 4
+
+    networks = apple_networks(settings_dir(settings))
+    assert "172.224.224.0" in networks and "17.1.2.0" in networks
+    assert "2a02:26f7:b3c0:4000::" in networks and "172.224.225.0" not in networks
+
+    # A restarted server judges Mail Privacy Protection from those ranges.
+    client = create_app(settings).test_client()
+    body = mint(client, auth)
+    client.get(
+        pixel_path(body["url"]),
+        headers={"User-Agent": "Mozilla/5.0"},
+        environ_base={"REMOTE_ADDR": "172.224.224.9"},
+    )
+    event = client.get(f"/api/pixels/{body['id']}", headers=auth).get_json()["events"][0]
+    assert (event["kind"], event["source"]) == ("prefetch", "apple-mpp")
+
+
+def test_without_a_download_the_built_in_set_is_used(settings, app):
+    networks = app.extensions["openreceipt"].networks
+    assert "17.58.0.0" in networks.apple and "2620:149:a::" in networks.apple
+    assert "172.224.224.0" not in networks.apple
+
+
+def test_failed_update_keeps_the_stored_list(settings, runner, egress_server):
+    runner.invoke(args=["ranges", "update", "--url", egress_server])
+    Served.body = b"<html>maintenance</html>"
+    try:
+        result = runner.invoke(args=["ranges", "update", "--url", egress_server])
+    finally:
+        Served.body = SAMPLE.encode()
+    assert result.exit_code == 1 and "holds no IP prefixes" in result.output
+    assert len((settings_dir(settings) / APPLE_EGRESS_FILE).read_text().split()) == 4
+
+
+def test_unreachable_source_is_a_clear_error(runner, settings):
+    from .servers import free_port
+
+    result = runner.invoke(
+        args=["ranges", "update", "--url", f"http://127.0.0.1:{free_port()}/x.csv"]
+    )
+    assert result.exit_code == 1 and "cannot download" in result.output
+    assert not (settings_dir(settings) / APPLE_EGRESS_FILE).exists()
+
+
+def settings_dir(settings):
+    from pathlib import Path
+
+    return Path(settings["DATA_DIR"])

@@ -1,0 +1,372 @@
+"""Receipts that tell the truth: the sender's own views (preview, self-view beacon, sent marker,
+mail hosting), repeats, corrections, and exact counters and state."""
+
+import datetime
+import time
+
+import pytest
+
+from web.classify import within_self_view
+from web.mailhosts import GOOGLE, OTHER, UNKNOWN, MailHosts
+from web.models import Event, Pixel, utcnow
+
+from .dnsserver import DNSServer
+from .helpers import mint, pixel_path
+
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+SENDER_CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+SENDER = {"User-Agent": SENDER_CHROME}
+SENDER_ADDRESS = {"REMOTE_ADDR": "198.51.100.23"}
+GOOGLE_PROXY_ADDRESS = {"REMOTE_ADDR": "66.249.84.10"}
+
+
+@pytest.fixture
+def minted(client, auth):
+    """A pixel minted from the sender's browser, as the bookmarklet does."""
+    response = client.post(
+        "/api/pixels",
+        json={"subject": "Invoice #42", "recipients": ["bob@example.com"]},
+        headers={**auth, **SENDER},
+        environ_base=SENDER_ADDRESS,
+    )
+    assert response.status_code == 201
+    return response.get_json()
+
+
+def detail(client, auth, pixel):
+    return client.get(f"/api/pixels/{pixel['id']}", headers=auth).get_json()
+
+
+def fetch(client, pixel, user_agent, address, method="GET"):
+    call = client.head if method == "HEAD" else client.get
+    return call(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": user_agent},
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def test_compose_preview_moves_waiting_to_inserted(client, auth, minted):
+    # Same browser, same /24 as the mint request (the last octet differs: masked away).
+    assert (
+        fetch(client, minted, SENDER_CHROME, "198.51.100.99").headers["X-Openreceipt"]
+        == "recorded: preview"
+    )
+    body = detail(client, auth, minted)
+    assert (body["state"], body["counts"]["preview"], body["counts"]["open"]) == ("inserted", 1, 0)
+    assert "sender's own browser" in body["events"][0]["reason"]
+
+
+def test_mint_never_stores_the_raw_mint_address(client, auth, minted, database):
+    pixel = Pixel.get(Pixel.public_id == minted["id"])
+    assert len(pixel.mint_fingerprint) == 32
+    assert "198.51.100" not in pixel.mint_fingerprint and "Chrome" not in pixel.mint_fingerprint
+
+
+def test_other_browser_or_network_is_not_a_preview(client, auth, minted):
+    fetch(client, minted, SENDER_CHROME, "203.0.113.5")  # same browser, another network
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+    fetch(client, minted, firefox, "198.51.100.23")  # same network, another browser
+    kinds = [event["kind"] for event in detail(client, auth, minted)["events"]]
+    assert kinds == ["open", "open"]
+
+
+def test_after_the_sent_marker_the_sender_browser_is_no_preview(client, auth, minted):
+    response = client.post(
+        f"/api/pixels/{minted['id']}/sent",
+        json={
+            "subject": "Invoice #42 (final)",
+            "recipients": ["bob@example.com", "carol@example.org"],
+        },
+        headers=auth,
+    )
+    assert response.status_code == 200
+    sent = response.get_json()
+    assert sent["sent_at"] and sent["subject"] == "Invoice #42 (final)"
+    assert sent["recipients"] == ["bob@example.com", "carol@example.org"]
+    fetch(client, minted, SENDER_CHROME, "198.51.100.23")
+    assert detail(client, auth, minted)["events"][0]["kind"] == "open"
+
+
+def test_sent_marker_validates_its_body(client, auth, minted, other_auth):
+    bad = client.post(f"/api/pixels/{minted['id']}/sent", json={"recipients": "x"}, headers=auth)
+    assert bad.status_code == 400 and "recipients" in bad.get_json()["error"]
+    assert client.post(f"/api/pixels/{minted['id']}/sent", headers=other_auth).status_code == 404
+
+
+def test_gmail_proxy_after_a_beacon_is_the_sender(client, auth, minted):
+    beacon = client.post(f"/api/pixels/{minted['id']}/self-view", headers=auth)
+    assert beacon.status_code == 200 and beacon.get_json()["reclassified"] == 0
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    body = detail(client, auth, minted)
+    assert [(e["kind"], e["source"]) for e in body["events"]] == [("self", "gmail-proxy")]
+    assert (body["state"], body["counts"]["open"], body["counts"]["self"]) == ("waiting", 0, 1)
+
+
+def test_gmail_proxy_just_before_a_beacon_is_reclassified(client, auth, minted):
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    assert detail(client, auth, minted)["state"] == "opened"
+    beacon = client.post(f"/api/pixels/{minted['id']}/self-view", headers=auth)
+    assert beacon.get_json()["reclassified"] == 1
+    body = detail(client, auth, minted)
+    assert body["events"][0]["kind"] == "self"
+    assert (body["state"], body["counts"]["open"], body["first_open_at"]) == ("waiting", 0, None)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "kind"),
+    [
+        (-8, "open"),
+        (-4, "self"),
+        (-1, "self"),
+        (0, "self"),
+        (14, "self"),
+        (16, "open"),
+        (60, "open"),
+    ],
+)
+def test_self_view_window(client, auth, minted, app, seconds, kind):
+    """Fetches from 5 s before to 15 s after a beacon are the sender's own."""
+    with app.app_context():
+        pixel = Pixel.get(Pixel.public_id == minted["id"])
+        if seconds >= 0:
+            client.post(f"/api/pixels/{minted['id']}/self-view", headers=auth)
+            beacon = utcnow() - datetime.timedelta(seconds=seconds)
+            Pixel.update(last_self_view_at=beacon).where(Pixel.id == pixel.id).execute()
+            fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+        else:
+            fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+            moved = utcnow() + datetime.timedelta(seconds=seconds)
+            Event.update(at=moved).where(Event.pixel == pixel.id).execute()
+            client.post(f"/api/pixels/{minted['id']}/self-view", headers=auth)
+    assert detail(client, auth, minted)["events"][0]["kind"] == kind
+
+
+@pytest.mark.parametrize(
+    ("offset", "inside"),
+    [(-5.001, False), (-5, True), (0, True), (15, True), (15.001, False)],
+)
+def test_self_view_window_edges(offset, inside):
+    beacon = datetime.datetime(2026, 11, 23, 12, 0, 0)
+    fetched = beacon + datetime.timedelta(seconds=offset)
+    assert within_self_view(fetched, beacon) is inside
+    assert within_self_view(fetched, None) is False
+
+
+def test_beacon_concerns_gmail_proxy_only(client, auth, minted):
+    client.post(f"/api/pixels/{minted['id']}/self-view", headers=auth)
+    thunderbird = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
+    fetch(client, minted, thunderbird, "203.0.113.80")
+    assert detail(client, auth, minted)["events"][0]["kind"] == "open"
+
+
+def test_beacon_needs_the_owner(client, auth, minted, other_auth):
+    assert (
+        client.post(f"/api/pixels/{minted['id']}/self-view", headers=other_auth).status_code == 404
+    )
+    assert client.post(f"/api/pixels/{minted['id']}/self-view").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("hosting", "kind"),
+    [(OTHER, "self"), (GOOGLE, "open"), (UNKNOWN, "open"), (None, "open")],
+)
+def test_gmail_proxy_when_no_recipient_uses_google(settings, auth, minted, app, hosting, kind):
+    from web import create_app
+
+    with app.app_context():
+        Pixel.update(mail_hosting=hosting).where(Pixel.public_id == minted["id"]).execute()
+    client = create_app({**settings, "MX_LOOKUP": "on"}).test_client()
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    assert detail(client, auth, minted)["events"][0]["kind"] == kind
+
+
+def test_mail_hosting_rule_can_be_switched_off(settings, auth, app, minted):
+    from web import create_app
+
+    with app.app_context():
+        Pixel.update(mail_hosting=OTHER).where(Pixel.public_id == minted["id"]).execute()
+    quiet = create_app({**settings, "MX_LOOKUP": "off"}).test_client()
+    fetch(quiet, minted, GMAIL_PROXY, "66.249.84.10")
+    assert detail(quiet, auth, minted)["events"][0]["kind"] == "open"
+
+
+def test_repeats_within_ten_seconds_are_one_event(client, auth, minted, app):
+    first = fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    second = fetch(client, minted, GMAIL_PROXY, "66.249.84.77")  # same /24 once masked
+    assert first.headers["X-Openreceipt"] == "recorded: open"
+    assert second.headers["X-Openreceipt"] == "not recorded: repeat of a fetch seconds ago"
+    other_proxy = fetch(client, minted, GMAIL_PROXY, "74.125.210.5")
+    assert other_proxy.headers["X-Openreceipt"] == "recorded: open"
+    with app.app_context():
+        Event.update(at=utcnow() - datetime.timedelta(seconds=11)).execute()
+    later = fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    assert later.headers["X-Openreceipt"] == "recorded: open"
+    assert detail(client, auth, minted)["counts"]["open"] == 3
+
+
+def test_correction_moves_counters_and_state_both_ways(client, auth, minted):
+    fetch(client, minted, "Mozilla/5.0", "17.58.2.3")  # Apple MPP: delivered
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    body = detail(client, auth, minted)
+    assert (body["state"], body["counts"]["open"]) == ("opened", 1)
+    delivered_at = body["delivered_at"]
+    open_event = body["events"][1]
+
+    response = client.post(
+        f"/api/events/{open_event['id']}/kind", json={"kind": "self"}, headers=auth
+    )
+    assert response.status_code == 200
+    corrected = response.get_json()
+    assert (corrected["state"], corrected["counts"]["open"], corrected["counts"]["self"]) == (
+        "delivered",
+        0,
+        1,
+    )
+    assert corrected["first_open_at"] is None and corrected["delivered_at"] == delivered_at
+    assert "by the sender" in corrected["events"][1]["reason"]
+
+    back = client.post(
+        f"/api/events/{open_event['id']}/kind", json={"kind": "open"}, headers=auth
+    ).get_json()
+    assert (back["state"], back["counts"]["open"], back["counts"]["self"]) == ("opened", 1, 0)
+    assert back["first_open_at"] == back["last_open_at"] == open_event["at"]
+
+
+def test_correction_refuses_strangers_and_nonsense(client, auth, other_auth, minted):
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    event_id = detail(client, auth, minted)["events"][0]["id"]
+    stranger = client.post(
+        f"/api/events/{event_id}/kind", json={"kind": "self"}, headers=other_auth
+    )
+    assert stranger.status_code == 404
+    nonsense = client.post(f"/api/events/{event_id}/kind", json={"kind": "read"}, headers=auth)
+    assert nonsense.status_code == 400 and "'kind' must be one of" in nonsense.get_json()["error"]
+    assert (
+        client.post("/api/events/999999/kind", json={"kind": "self"}, headers=auth).status_code
+        == 404
+    )
+
+
+def test_counters_stay_exact_after_an_event_is_deleted(client, auth, minted, app):
+    from web import receipts
+
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    fetch(client, minted, "Mozilla/5.0", "17.58.2.3")
+    with app.app_context():
+        pixel = Pixel.get(Pixel.public_id == minted["id"])
+        Event.delete().where(Event.pixel == pixel.id, Event.kind == "open").execute()
+        receipts.refresh(pixel.id)
+    body = detail(client, auth, minted)
+    assert (body["state"], body["counts"]["open"], body["counts"]["prefetch"]) == (
+        "delivered",
+        0,
+        1,
+    )
+    assert body["first_open_at"] is None and body["delivered_at"] == body["events"][0]["at"]
+
+
+# MX look-ups, against a real DNS server on loopback.
+
+
+@pytest.fixture
+def dns_server():
+    server = DNSServer(
+        mx={
+            "google-hosted.test": ["aspmx.l.google.com", "alt1.aspmx.l.google.com"],
+            "workspace.test": ["smtp.google.com"],
+            "elsewhere.test": ["mx1.mail.elsewhere.test"],
+            "outlook-hosted.test": ["outlook-hosted-test.mail.protection.outlook.com"],
+        }
+    )
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("recipients", "hosting"),
+    [
+        (["a@gmail.com"], GOOGLE),
+        (["a@google-hosted.test"], GOOGLE),
+        (["a@workspace.test"], GOOGLE),
+        (["a@elsewhere.test"], OTHER),
+        (["a@elsewhere.test", "b@outlook-hosted.test"], OTHER),
+        (["a@elsewhere.test", "b@google-hosted.test"], GOOGLE),
+        (["a@exists.nomx.test"], OTHER),
+        (["a@elsewhere.test", "b@no-such-domain.test"], UNKNOWN),
+        ([], UNKNOWN),
+    ],
+    ids=[
+        "gmail",
+        "mx-google",
+        "workspace",
+        "elsewhere",
+        "all-elsewhere",
+        "mixed",
+        "no-mx",
+        "nxdomain",
+        "none",
+    ],
+)
+def test_mail_hosting_from_mx_records(dns_server, recipients, hosting):
+    assert MailHosts([dns_server.address]).hosting(recipients, wait=2) == hosting
+
+
+def test_mx_answers_are_cached(dns_server):
+    hosts = MailHosts([dns_server.address])
+    for _ in range(3):
+        assert hosts.hosting(["a@elsewhere.test", "b@elsewhere.test"], wait=2) == OTHER
+    assert dns_server.questions.count("elsewhere.test") == 1
+
+
+def test_mint_stores_mail_hosting(settings, dns_server, auth, app):
+    from web import create_app
+
+    looking = create_app({**settings, "MX_LOOKUP": "on", "DNS_SERVERS": dns_server.address})
+    client = looking.test_client()
+    body = mint(client, auth, recipients=["bob@elsewhere.test"])
+    with looking.app_context():
+        assert Pixel.get(Pixel.public_id == body["id"]).mail_hosting == OTHER
+    fetch(client, body, GMAIL_PROXY, "66.249.84.10")
+    event = detail(client, auth, body)["events"][0]
+    assert (event["kind"], event["source"]) == ("self", "gmail-proxy")
+    assert "hosted by Google" in event["reason"]
+
+
+def test_mint_with_an_unreachable_resolver_answers_fast(settings, auth, app):
+    from web import create_app
+
+    silent = DNSServer(silent=True)
+    try:
+        looking = create_app({**settings, "MX_LOOKUP": "on", "DNS_SERVERS": silent.address})
+        client = looking.test_client()
+        started = time.monotonic()
+        body = mint(client, auth, recipients=["bob@elsewhere.test", "carol@example.org"])
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0, f"minting took {elapsed:.2f} s"
+        with looking.app_context():
+            assert Pixel.get(Pixel.public_id == body["id"]).mail_hosting == UNKNOWN
+        assert silent.questions  # it did ask
+    finally:
+        silent.close()
+
+
+def test_late_mx_answers_are_stored(settings, dns_server, auth, app, monkeypatch):
+    import web.mailhosts
+    from web import create_app
+
+    monkeypatch.setattr(web.mailhosts, "WAIT_SECONDS", 0.0)
+    looking = create_app({**settings, "MX_LOOKUP": "on", "DNS_SERVERS": dns_server.address})
+    body = mint(looking.test_client(), auth, recipients=["bob@elsewhere.test"])
+    deadline = time.monotonic() + 5
+    with looking.app_context():
+        while time.monotonic() < deadline:
+            if Pixel.get(Pixel.public_id == body["id"]).mail_hosting == OTHER:
+                break
+            time.sleep(0.05)
+        assert Pixel.get(Pixel.public_id == body["id"]).mail_hosting == OTHER

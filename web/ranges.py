@@ -1,0 +1,63 @@
+"""Apple's published egress ranges (iCloud Private Relay, through which Mail Privacy Protection
+fetches images), downloaded by `openreceipt ranges update` into the data dir."""
+
+import csv
+import io
+import ipaddress
+import os
+import urllib.request
+from pathlib import Path
+
+from .networks import APPLE, NetworkSet
+
+APPLE_EGRESS_URL = "https://mask-api.icloud.com/egress-ip-ranges.csv"
+APPLE_EGRESS_FILE = "apple-egress-ranges.txt"
+DOWNLOAD_TIMEOUT_SECONDS = 60
+MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
+
+
+class RangesError(RuntimeError):
+    """The download failed or held no ranges; the message says which."""
+
+
+def parse_egress_csv(text):
+    """The prefixes in Apple's CSV (prefix,country,region,city,...), normalised, invalid rows
+    skipped."""
+    prefixes = []
+    for row in csv.reader(io.StringIO(text)):
+        if not row or row[0].lstrip().startswith("#"):
+            continue
+        try:
+            prefixes.append(str(ipaddress.ip_network(row[0].strip(), strict=False)))
+        except ValueError:
+            continue
+    return prefixes
+
+
+def update_apple_egress(data_dir, url=APPLE_EGRESS_URL):
+    """Download Apple's egress list and store its prefixes in the data dir; returns their count.
+    The stored list is replaced only by a download that holds at least one prefix."""
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+            body = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except OSError as error:
+        raise RangesError(f"cannot download {url}: {error}") from None
+    if len(body) > MAX_DOWNLOAD_BYTES:
+        raise RangesError(f"{url} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
+    prefixes = parse_egress_csv(body.decode("utf-8", errors="replace"))
+    if not prefixes:
+        raise RangesError(f"{url} holds no IP prefixes; the stored list was kept")
+    target = Path(data_dir) / APPLE_EGRESS_FILE
+    temporary = target.with_name(f".{APPLE_EGRESS_FILE}.{os.getpid()}")
+    temporary.write_text("\n".join(prefixes) + "\n")
+    os.replace(temporary, target)
+    return len(prefixes)
+
+
+def apple_networks(data_dir):
+    """Apple's own block plus the downloaded egress prefixes, when there are any."""
+    path = Path(data_dir) / APPLE_EGRESS_FILE
+    prefixes = list(APPLE)
+    if path.exists():
+        prefixes += [line for line in path.read_text().splitlines() if line.strip()]
+    return NetworkSet(prefixes)
