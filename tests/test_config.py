@@ -69,6 +69,8 @@ def test_environment_then_overrides(tmp_path, monkeypatch):
             {"DATA_DIR": "/proc/openreceipt"},
             "OPENRECEIPT_DATA_DIR /proc/openreceipt cannot be created",
         ),
+        ({"MX_LOOKUP": "sometimes"}, "OPENRECEIPT_MX_LOOKUP must be on or off"),
+        ({"DNS_SERVERS": "resolver.example"}, "OPENRECEIPT_DNS_SERVERS must list addresses"),
     ],
     ids=[
         "proxies-word",
@@ -79,6 +81,8 @@ def test_environment_then_overrides(tmp_path, monkeypatch):
         "db-scheme",
         "geoip-missing",
         "data-dir",
+        "mx-switch",
+        "dns-servers",
     ],
 )
 def test_wrong_settings_stop_with_one_clear_line(tmp_path, overrides, message):

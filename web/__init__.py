@@ -45,7 +45,7 @@ def create_app(config_overrides=None):
         geolocator=geolocator,
         networks=Networks.load(app.config["DATA_DIR"]),
         ua_parser=user_agent_parser(),
-        mail_hosts=mail_hosts(app.config["DNS_SERVERS"]),
+        mail_hosts=MailHosts(app.config["DNS_SERVERS"]),
     )
 
     hops = app.config["TRUSTED_PROXIES"]
@@ -67,15 +67,6 @@ def create_app(config_overrides=None):
     if app.config.get("ANNOUNCE_STARTUP", True):
         announce(app, geolocator)
     return app
-
-
-def mail_hosts(nameservers):
-    try:
-        return MailHosts(nameservers)
-    except ValueError as error:
-        raise config.ConfigError(
-            f"OPENRECEIPT_DNS_SERVERS must list addresses like 127.0.0.1:53: {error}"
-        ) from None
 
 
 def announce(app, geolocator):

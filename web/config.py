@@ -7,6 +7,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .mailhosts import parse_nameserver
+
 PREFIX = "OPENRECEIPT"
 
 DEFAULTS = {
@@ -107,6 +109,13 @@ def validate(config):
     servers = config["DNS_SERVERS"]
     if isinstance(servers, str):
         servers = [part.strip() for part in servers.split(",") if part.strip()]
+    for server in servers or ():
+        try:
+            parse_nameserver(server)
+        except ValueError:
+            raise ConfigError(
+                f"OPENRECEIPT_DNS_SERVERS must list addresses like 127.0.0.1:53, got {server!r}"
+            ) from None
     config["DNS_SERVERS"] = servers or None
 
     # The login cookie is marked Secure whenever the public address is HTTPS.

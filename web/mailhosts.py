@@ -5,6 +5,7 @@ sender's own Gmail showing it. Lookups run in a small thread pool with a short d
 request never waits long; answers are cached; no network means "unknown"."""
 
 import concurrent.futures
+import ipaddress
 import threading
 import time
 
@@ -115,12 +116,19 @@ def _finish(futures, early, on_late):
         on_late(final)
 
 
-def _nameserver(text):
-    host, port = text.strip(), 53
-    if host.startswith("["):  # [2001:db8::53]:5353
+def parse_nameserver(text):
+    """(address, port) of "127.0.0.1", "127.0.0.1:5353", "2001:db8::53" or "[2001:db8::53]:53"."""
+    host, port = text.strip(), "53"
+    if host.startswith("["):
         host, _, rest = host[1:].partition("]")
-        port = int(rest.lstrip(":") or 53)
+        port = rest.removeprefix(":") or "53"
     elif host.count(":") == 1:
         host, port = host.split(":")
-        port = int(port)
-    return dns.nameserver.Do53Nameserver(host, port)
+    ipaddress.ip_address(host)  # a resolver is named by its address; raises ValueError
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} has no valid port")
+    return host, int(port)
+
+
+def _nameserver(text):
+    return dns.nameserver.Do53Nameserver(*parse_nameserver(text))

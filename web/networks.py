@@ -2,6 +2,7 @@
 
 import bisect
 import ipaddress
+import socket
 
 # Apple's own blocks (ARIN 17.0.0.0/8 and 2620:149::/32, RIPE 2a01:b740::/32), from which Mail
 # Privacy Protection fetches; `openreceipt ranges update` adds the iCloud Private Relay egress list.
@@ -24,8 +25,8 @@ class NetworkSet:
     def __init__(self, networks=()):
         intervals = {4: [], 6: []}
         for network in networks:
-            net = ipaddress.ip_network(str(network).strip(), strict=False)
-            intervals[net.version].append((int(net.network_address), int(net.broadcast_address)))
+            version, start, end = _span(str(network).strip())
+            intervals[version].append((start, end))
         self._starts = {}
         self._ends = {}
         for version, spans in intervals.items():
@@ -51,3 +52,20 @@ class NetworkSet:
         value = int(ip)
         index = bisect.bisect_right(self._starts[ip.version], value) - 1
         return index >= 0 and value <= self._ends[ip.version][index]
+
+
+def _span(prefix):
+    """(version, first, last) address of a prefix as integers. inet_pton is some ten times faster
+    than ipaddress for the hundreds of thousands of prefixes in Apple's egress list."""
+    address, _, length = prefix.partition("/")
+    family, version, bits = (socket.AF_INET6, 6, 128) if ":" in address else (socket.AF_INET, 4, 32)
+    try:
+        value = int.from_bytes(socket.inet_pton(family, address), "big")
+        length = int(length) if length else bits
+    except (OSError, ValueError):
+        raise ValueError(f"{prefix!r} is not an IP network") from None
+    if not 0 <= length <= bits:
+        raise ValueError(f"{prefix!r} is not an IP network")
+    host_bits = bits - length
+    start = value >> host_bits << host_bits
+    return version, start, start | ((1 << host_bits) - 1)
