@@ -77,6 +77,44 @@ def test_update_stores_prefixes_and_the_classifier_uses_them(settings, runner, e
     assert (event["kind"], event["source"]) == ("prefetch", "apple-mpp")
 
 
+@pytest.mark.parametrize(
+    ("masked", "meets"),
+    [
+        ("172.224.224.0", True),  # the /24 holding 172.224.224.0/27 and .32/31
+        ("172.224.225.0", False),
+        ("104.28.0.0", True),
+        ("2a02:26f7:b3c0::", True),  # the /48 holding 2a02:26f7:b3c0:4000::/64
+        ("2a02:26f7:b3c1::", False),
+        ("17.58.0.0", True),
+        ("", False),
+        ("nonsense", False),
+    ],
+)
+def test_small_prefixes_meet_the_masked_block_that_holds_them(tmp_path, masked, meets):
+    """A masked address stands for its whole /24 or /48: a /31 inside it counts."""
+    (tmp_path / APPLE_EGRESS_FILE).write_text("\n".join(parse_egress_csv(SAMPLE)))
+    assert apple_networks(tmp_path).meets(masked) is meets
+
+
+def test_mail_privacy_protection_through_a_tiny_egress_prefix(
+    settings, runner, egress_server, auth
+):
+    runner.invoke(args=["ranges", "update", "--url", egress_server])
+    client = create_app(settings).test_client()
+    body = mint(client, auth)
+    client.get(
+        pixel_path(body["url"]),
+        headers={"User-Agent": "Mozilla/5.0"},
+        environ_base={"REMOTE_ADDR": "172.224.224.33"},  # in 172.224.224.32/31
+    )
+    event = client.get(f"/api/pixels/{body['id']}", headers=auth).get_json()["events"][0]
+    assert (event["kind"], event["source"], event["ip"]) == (
+        "prefetch",
+        "apple-mpp",
+        "172.224.224.0",
+    )
+
+
 def test_without_a_download_the_built_in_set_is_used(settings, app):
     networks = app.extensions["openreceipt"].networks
     assert "17.58.0.0" in networks.apple and "2620:149:a::" in networks.apple
@@ -108,3 +146,40 @@ def settings_dir(settings):
     from pathlib import Path
 
     return Path(settings["DATA_DIR"])
+
+
+def test_operator_listed_scanners_are_prefetches(settings, auth):
+    from pathlib import Path
+
+    Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    (Path(settings["DATA_DIR"]) / "scanner-ranges.txt").write_text(
+        "# our recipients' gateway\n203.0.113.0/25  # scanner A\n\n2001:db8:5ca::/48\n"
+    )
+    client = create_app(settings).test_client()
+    body = mint(client, auth)
+    thunderbird = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
+    for address in ("203.0.113.77", "2001:db8:5ca:1::9", "198.51.100.7"):
+        client.get(
+            pixel_path(body["url"]),
+            headers={"User-Agent": thunderbird},
+            environ_base={"REMOTE_ADDR": address},
+        )
+    events = client.get(f"/api/pixels/{body['id']}", headers=auth).get_json()["events"]
+    assert [(e["kind"], e["source"]) for e in events] == [
+        ("prefetch", "scanner"),
+        ("prefetch", "scanner"),
+        ("open", "direct"),
+    ]
+
+
+def test_a_wrong_scanner_line_stops_start_up(settings):
+    from pathlib import Path
+
+    from web.config import ConfigError
+
+    Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    (Path(settings["DATA_DIR"]) / "scanner-ranges.txt").write_text(
+        "203.0.113.0/25\nscanner.example\n"
+    )
+    with pytest.raises(ConfigError, match="line 2: 'scanner.example' is not an IP prefix"):
+        create_app(settings)

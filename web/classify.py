@@ -15,7 +15,7 @@ from ua_parser import Parser, load_builtins
 
 from .mailhosts import OTHER as HOSTED_ELSEWHERE
 from .networks import APPLE, MICROSOFT_PROTECTION, NetworkSet
-from .ranges import apple_networks
+from .ranges import apple_networks, scanner_networks
 
 OPEN = "open"
 PREFETCH = "prefetch"
@@ -48,6 +48,7 @@ class Networks:
 
     apple: NetworkSet
     microsoft_protection: NetworkSet
+    scanners: NetworkSet = NetworkSet()
 
     @classmethod
     def default(cls):
@@ -55,8 +56,11 @@ class Networks:
 
     @classmethod
     def load(cls, data_dir):
-        """The built-in ranges plus Apple's egress list from `openreceipt ranges update`."""
-        return cls(apple_networks(data_dir), NetworkSet(MICROSOFT_PROTECTION))
+        """The built-in ranges, Apple's egress list from `openreceipt ranges update`, and the
+        operator's own list of scanners (scanner-ranges.txt in the data dir)."""
+        return cls(
+            apple_networks(data_dir), NetworkSet(MICROSOFT_PROTECTION), scanner_networks(data_dir)
+        )
 
 
 GMAIL_PREFETCH_UA = "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246"
@@ -101,14 +105,18 @@ def classify(fetch, networks):
             OPEN, "gmail-proxy", "Gmail's image proxy fetched it as the message was opened"
         )
 
-    if fetch.ip in networks.microsoft_protection:
+    if networks.microsoft_protection.meets(fetch.ip):
         return Verdict(
             PREFETCH,
             "scanner-microsoft",
             "Microsoft 365 protection scanned the message on delivery",
         )
+    if networks.scanners.meets(fetch.ip):
+        return Verdict(
+            PREFETCH, "scanner", "a mail security scanner (listed by the operator) fetched it"
+        )
     if ua == APPLE_MPP_UA:
-        if fetch.ip in networks.apple:
+        if networks.apple.meets(fetch.ip):
             return Verdict(
                 PREFETCH, "apple-mpp", "Apple Mail Privacy Protection downloads images on delivery"
             )
@@ -197,9 +205,11 @@ def _source(ua, ip, networks):
         return "gmail-prefetch"
     if "GoogleImageProxy" in ua:
         return "gmail-proxy"
-    if ip in networks.microsoft_protection:
+    if networks.microsoft_protection.meets(ip):
         return "scanner-microsoft"
-    if ua == APPLE_MPP_UA and ip in networks.apple:
+    if networks.scanners.meets(ip):
+        return "scanner"
+    if ua == APPLE_MPP_UA and networks.apple.meets(ip):
         return "apple-mpp"
     return "direct"
 

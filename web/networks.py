@@ -4,6 +4,8 @@ import bisect
 import ipaddress
 import socket
 
+from .privacy import IPV4_PREFIX, IPV6_PREFIX
+
 # Apple's own blocks (ARIN 17.0.0.0/8 and 2620:149::/32, RIPE 2a01:b740::/32), from which Mail
 # Privacy Protection fetches; `openreceipt ranges update` adds the iCloud Private Relay egress list.
 APPLE = ["17.0.0.0/8", "2620:149::/32", "2a01:b740::/32"]
@@ -52,6 +54,23 @@ class NetworkSet:
         value = int(ip)
         index = bisect.bisect_right(self._starts[ip.version], value) - 1
         return index >= 0 and value <= self._ends[ip.version][index]
+
+
+    def meets(self, masked_ip):
+        """Whether any network overlaps the block a masked address stands for (its /24 or /48).
+        Apple's egress list holds prefixes as small as /31, which the masked address itself
+        (the block's first address) would miss."""
+        if not masked_ip:
+            return False
+        try:
+            ip = ipaddress.ip_address(masked_ip)
+        except ValueError:
+            return False
+        host_bits = (32 - IPV4_PREFIX) if ip.version == 4 else (128 - IPV6_PREFIX)
+        first = int(ip) >> host_bits << host_bits
+        last = first | ((1 << host_bits) - 1)
+        index = bisect.bisect_right(self._starts[ip.version], last) - 1
+        return index >= 0 and self._ends[ip.version][index] >= first
 
 
 def _span(prefix):

@@ -12,6 +12,8 @@ from .networks import APPLE, NetworkSet
 
 APPLE_EGRESS_URL = "https://mask-api.icloud.com/egress-ip-ranges.csv"
 APPLE_EGRESS_FILE = "apple-egress-ranges.txt"
+# The operator's own list: one prefix a line, "#" starts a comment.
+SCANNER_FILE = "scanner-ranges.txt"
 DOWNLOAD_TIMEOUT_SECONDS = 60
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 
@@ -60,4 +62,25 @@ def apple_networks(data_dir):
     prefixes = list(APPLE)
     if path.exists():
         prefixes += [line for line in path.read_text().splitlines() if line.strip()]
+    return NetworkSet(prefixes)
+
+
+def scanner_networks(data_dir):
+    """The mail security scanners the operator listed in scanner-ranges.txt, if any. A line
+    that is not a prefix stops start-up with its line number."""
+    from .config import ConfigError
+
+    path = Path(data_dir) / SCANNER_FILE
+    if not path.exists():
+        return NetworkSet()
+    prefixes = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        prefix = line.split("#", 1)[0].strip()
+        if not prefix:
+            continue
+        try:
+            ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            raise ConfigError(f"{path} line {number}: {prefix!r} is not an IP prefix") from None
+        prefixes.append(prefix)
     return NetworkSet(prefixes)
