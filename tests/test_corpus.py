@@ -1,0 +1,243 @@
+"""The classifier's truth table: real pixel fetches (tests/data/fetches.csv), each with the `kind`
+and `source` it must be recorded as, and a public source for its user agent, address range or
+behaviour. "A receipt must be true": every row runs through judge() directly, and through the
+whole HTTP path (mint, sent marker, self-view beacon, pixel fetch, API) on SQLite and PostgreSQL.
+
+A row's `beacon` is the fetch time in seconds relative to the sender's self-view beacon: -3 means
+the proxy fetched the image 3 s before the beacon arrived (judged an open, then re-classified by
+the beacon), 10 means 10 s after it. The HTTP test freezes the receipts clock, so that offsets on
+the edges of the window (-5 s, +15 s) are exact instead of off by the test's own run time.
+"""
+
+import csv
+import datetime
+from pathlib import Path
+
+import pytest
+
+import web.receipts
+from web.classify import (
+    BOT,
+    KINDS,
+    OPEN,
+    PREFETCH,
+    PREVIEW,
+    SELF,
+    Fetch,
+    Networks,
+    PixelFacts,
+    judge,
+    within_self_view,
+)
+from web.models import Event, Pixel, utcnow
+from web.privacy import anonymize, fingerprint
+
+from .helpers import pixel_path
+
+CORPUS = Path(__file__).parent / "data" / "fetches.csv"
+COLUMNS = [
+    "case",
+    "user_agent",
+    "ip",
+    "method",
+    "purpose",
+    "minted_here",
+    "sent",
+    "beacon",
+    "mail_hosting",
+    "kind",
+    "source",
+    "citation",
+]
+
+# Who minted the pixel of every row with minted_here=no: the sender's Chrome on their network.
+SENDER_UA = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
+SENDER_IP = "198.51.100.7"
+SECRET = "corpus-test-secret"
+
+# Pixel state per DESIGN.md once its only event is of this kind.
+STATE = {
+    PREVIEW: "inserted",
+    PREFETCH: "delivered",
+    OPEN: "opened",
+    SELF: "waiting",
+    BOT: "waiting",
+}
+
+# Every (kind, source) that classify() and judge() can return:
+# - HEAD and prefetch hints keep the fetcher's name from _source();
+# - the user-agent and address rules of classify();
+# - judge(): the sender's preview (direct fetches only) and self view (Gmail's proxy only).
+_HINT_SOURCES = {"gmail-prefetch", "gmail-proxy", "scanner-microsoft", "apple-mpp", "direct"}
+VERDICTS = (
+    {(BOT, source) for source in _HINT_SOURCES}
+    | {(PREFETCH, source) for source in _HINT_SOURCES}
+    | {
+        (PREFETCH, "gmail-prefetch"),
+        (OPEN, "gmail-proxy"),
+        (PREFETCH, "scanner-microsoft"),
+        (PREFETCH, "apple-mpp"),
+        (PREFETCH, "machine"),
+        (OPEN, "yahoo-proxy"),
+        (BOT, "unknown"),
+        (OPEN, "outlook"),
+        (BOT, "automated"),
+        (OPEN, "direct"),
+        (PREVIEW, "direct"),
+        (PREVIEW, "outlook"),
+        (SELF, "gmail-proxy"),
+    }
+)
+
+# case -> why the code's verdict differs from the honest one (pytest.mark.xfail, strict).
+DISAGREEMENTS = {}
+
+
+def load_corpus():
+    with CORPUS.open(newline="", encoding="utf-8") as source:
+        reader = csv.DictReader(source)
+        assert reader.fieldnames == COLUMNS, f"{CORPUS.name}: columns {reader.fieldnames}"
+        return list(reader)
+
+
+ROWS = load_corpus()
+
+
+def corpus_params():
+    params = []
+    for row in ROWS:
+        reason = DISAGREEMENTS.get(row["case"])
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        params.append(pytest.param(row, id=row["case"], marks=marks))
+    return params
+
+
+def beacon_offset(row):
+    return int(row["beacon"]) if row["beacon"] else None
+
+
+def sender_fingerprint(row):
+    """The mint request's fingerprint: the fetch's own when the row says it minted the pixel."""
+    if row["minted_here"] == "yes":
+        return fingerprint(SECRET, row["user_agent"], anonymize(row["ip"]))
+    return fingerprint(SECRET, SENDER_UA, anonymize(SENDER_IP))
+
+
+def reclassified_by_beacon(kind, source, fetched_at, beacon_at):
+    """receipts.self_view()'s rule for fetches judged before the beacon arrived."""
+    return (
+        kind == OPEN
+        and source == "gmail-proxy"
+        and fetched_at >= beacon_at - datetime.timedelta(seconds=60)
+        and within_self_view(fetched_at, beacon_at)
+    )
+
+
+def test_corpus_is_well_formed():
+    cases = [row["case"] for row in ROWS]
+    assert len(ROWS) >= 60
+    assert len(set(cases)) == len(cases), "case ids must be unique"
+    for row in ROWS:
+        assert row["citation"].strip(), f"{row['case']} has no citation"
+        assert row["method"] in ("GET", "HEAD"), row["case"]
+        assert row["minted_here"] in ("yes", "no") and row["sent"] in ("yes", "no"), row["case"]
+        assert row["mail_hosting"] in ("", "google", "other", "unknown"), row["case"]
+        assert row["kind"] in KINDS, row["case"]
+        assert anonymize(row["ip"]), f"{row['case']}: {row['ip']!r} is not an address"
+        assert row["beacon"] == "" or row["beacon"].lstrip("-").isdigit(), row["case"]
+        if row["minted_here"] == "no":
+            # Rows minted elsewhere must really come from another browser or network.
+            assert sender_fingerprint(row) != fingerprint(
+                SECRET, row["user_agent"], anonymize(row["ip"])
+            ), f"{row['case']} is the sender's own browser and network: minted_here=yes"
+
+
+def test_corpus_covers_every_verdict():
+    seen = {(row["kind"], row["source"]) for row in ROWS}
+    assert seen - VERDICTS == set(), "verdicts the classifier cannot return"
+    assert VERDICTS - seen == set(), "verdicts with no row in the corpus"
+
+
+@pytest.mark.parametrize("row", corpus_params())
+def test_judge(row):
+    now = datetime.datetime(2025, 3, 14, 9, 26, 53)
+    ip = anonymize(row["ip"])
+    fetch = Fetch(user_agent=row["user_agent"], ip=ip, method=row["method"], purpose=row["purpose"])
+    beacon = beacon_offset(row)
+    facts = PixelFacts(
+        mint_fingerprint=sender_fingerprint(row),
+        sent_at=now - datetime.timedelta(minutes=2) if row["sent"] == "yes" else None,
+        # A beacon that arrives after the fetch is not known when the fetch is judged.
+        last_self_view_at=(
+            now - datetime.timedelta(seconds=beacon) if beacon is not None and beacon >= 0 else None
+        ),
+        mail_hosting=row["mail_hosting"] or None,
+    )
+    own = fingerprint(SECRET, row["user_agent"], ip)
+
+    verdict = judge(fetch, facts, Networks.default(), now, own)
+    kind = verdict.kind
+    if beacon is not None and beacon < 0:
+        beacon_at = now + datetime.timedelta(seconds=-beacon)
+        if reclassified_by_beacon(kind, verdict.source, now, beacon_at):
+            kind = SELF
+
+    assert (kind, verdict.source) == (row["kind"], row["source"]), verdict.reason
+
+
+@pytest.mark.parametrize("row", corpus_params())
+def test_recorded_over_http(row, app, client, auth, database, monkeypatch):
+    # MX look-ups are on by default; no recipients are given, so none is made.
+    app.config["MX_LOOKUP"] = True
+    now = utcnow().replace(microsecond=0)
+    monkeypatch.setattr(web.receipts, "utcnow", lambda: now)
+    beacon = beacon_offset(row)
+
+    if row["minted_here"] == "yes":
+        minter_ua, minter_ip = row["user_agent"], row["ip"]
+    else:
+        minter_ua, minter_ip = SENDER_UA, SENDER_IP
+    response = client.post(
+        "/api/pixels",
+        json={},
+        headers={**auth, "User-Agent": minter_ua},
+        environ_base={"REMOTE_ADDR": minter_ip},
+    )
+    assert response.status_code == 201, response.get_json()
+    public_id, url = response.get_json()["id"], response.get_json()["url"]
+    pixel = Pixel.get(Pixel.public_id == public_id)
+    if row["mail_hosting"]:
+        Pixel.update(mail_hosting=row["mail_hosting"]).where(Pixel.id == pixel.id).execute()
+    if row["sent"] == "yes":
+        assert client.post(f"/api/pixels/{public_id}/sent", headers=auth).status_code == 200
+    if beacon is not None and beacon >= 0:
+        assert client.post(f"/api/pixels/{public_id}/self-view", headers=auth).status_code == 200
+        beacon_at = Pixel.get_by_id(pixel.id).last_self_view_at
+        Pixel.update(last_self_view_at=beacon_at - datetime.timedelta(seconds=beacon)).where(
+            Pixel.id == pixel.id
+        ).execute()
+
+    headers = {"User-Agent": row["user_agent"]}
+    if row["purpose"]:
+        headers["Purpose"] = row["purpose"]
+    fetch = client.head if row["method"] == "HEAD" else client.get
+    response = fetch(pixel_path(url), headers=headers, environ_base={"REMOTE_ADDR": row["ip"]})
+    assert response.status_code == 200 and response.mimetype == "image/gif"
+    assert response.headers["X-Openreceipt"].startswith("recorded"), response.headers
+
+    if beacon is not None and beacon < 0:
+        fetched_at = now - datetime.timedelta(seconds=-beacon)
+        Event.update(at=fetched_at).where(Event.pixel == pixel.id).execute()
+        assert client.post(f"/api/pixels/{public_id}/self-view", headers=auth).status_code == 200
+
+    body = client.get(f"/api/pixels/{public_id}", headers=auth).get_json()
+    assert [(event["kind"], event["source"]) for event in body["events"]] == [
+        (row["kind"], row["source"])
+    ], body["events"]
+    assert body["counts"] == {kind: int(kind == row["kind"]) for kind in KINDS}
+    assert body["state"] == STATE[row["kind"]]
+    assert (body["first_open_at"] is not None) == (row["kind"] == OPEN)
+    assert (body["delivered_at"] is not None) == (row["kind"] in (OPEN, PREFETCH))
