@@ -23,7 +23,7 @@ CUPERTINO = "17.58.0.0"
 # Masked addresses outside every network of the test databases.
 UNKNOWN = ["192.0.2.0", "10.0.0.0", "0.0.0.0", "2001:db8:4321::", "::"]
 
-# Neither is an address; locate() gets them only through a bug upstream, and must not raise.
+# None of these is an address; locate() gets one only through a bug upstream, and must not raise.
 INVALID = [
     None,
     "",
@@ -133,7 +133,7 @@ def test_no_setting_uses_the_packaged_geolite2_snapshot(geolocator):
     assert "GeoLite2-City" in description
     assert "2018-07-03" in description
     assert snapshot in description
-    # Real data: MaxMind's own test network is in Great Britain in every GeoLite2 build.
+    # Real data: the 2018 build places MaxMind's test network 81.2.69.0/24 in Great Britain.
     assert located.locate(LONDON).country == "GB"
 
 
@@ -181,7 +181,7 @@ def test_a_database_without_countries_is_refused_at_start_up(tmp_path):
         IPSet(["81.2.69.0/24"]),
         {"autonomous_system_number": 20712, "autonomous_system_organization": "Andrews & Arnold"},
     )
-    path = tmp_path / "GeoLite2-ASN.mmdb"
+    path = tmp_path / "asn.mmdb"  # so that the type named in the error comes from the file
     writer.to_db_file(str(path))
     with pytest.raises(ConfigError, match="GeoLite2-ASN"):
         open_geolocator(str(path)).close()

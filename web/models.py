@@ -3,6 +3,7 @@
 import datetime
 import json
 import os
+import time
 from urllib.parse import urlsplit
 
 from peewee import (
@@ -12,6 +13,7 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    OperationalError,
     PostgresqlDatabase,
     SqliteDatabase,
     TextField,
@@ -137,7 +139,6 @@ def open_database(url):
             path,
             timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
             pragmas={
-                "journal_mode": "wal",
                 "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
                 "synchronous": "normal",
                 "foreign_keys": 1,
@@ -151,10 +152,28 @@ def migrate(database, directory=MIGRATIONS):
     """Create or upgrade the schema, once, even when several processes or hosts start together.
     Returns the names of the migrations applied."""
     runner = Runner(database, directory=directory, table_name="schema_migration")
+    if isinstance(database, SqliteDatabase):
+        enable_wal(database)
     with database.connection_context(), write_transaction(database):
         if isinstance(database, PostgresqlDatabase):
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         return runner.up()
+
+
+def enable_wal(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+    """Put a SQLite file in WAL mode (it stays so). SQLite refuses the switch at once, without
+    waiting, while another connection holds a lock, as happens when several workers open a new
+    database together: retry until the busy timeout."""
+    deadline = time.monotonic() + timeout
+    with database.connection_context():
+        while True:
+            try:
+                database.execute_sql("PRAGMA journal_mode=wal")
+                return
+            except OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
 
 def init_app(app):
