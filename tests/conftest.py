@@ -9,6 +9,7 @@ skipping, and a run in which no PostgreSQL or browser test passed fails as well.
 import functools
 import os
 import secrets
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -19,8 +20,9 @@ from werkzeug.security import generate_password_hash
 
 from web import create_app
 from web.accounts import create_user, new_token
-from web.models import db
+from web.models import MIGRATIONS, MODELS, db
 
+MODEL_TABLES = {model._meta.table_name for model in MODELS}
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRESQL_URL = os.environ.get("TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -72,20 +74,63 @@ def postgresql_schema():
     connection.close()
 
 
+def shipped_migrations():
+    return sorted(path.stem for path in Path(MIGRATIONS).glob("[0-9]*.py"))
+
+
 @pytest.fixture
 def postgresql_url(postgresql_schema):
-    """The run's PostgreSQL schema, emptied before each test."""
+    """The run's PostgreSQL schema with no rows. When the tables are exactly those the shipped
+    migrations make, they are emptied (fast); otherwise, after a test that changed the schema,
+    they are dropped for the next start to make again."""
     with psycopg.connect(postgresql_schema, autocommit=True) as connection:
-        tables = [
+        tables = {
             row[0]
             for row in connection.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
             )
-        ]
-        if tables:
-            names = ", ".join(f'"{table}"' for table in tables)
-            connection.execute(f"DROP TABLE {names} CASCADE")
+        }
+        intact = (
+            tables == {*MODEL_TABLES, "schema_migration"}
+            and sorted(row[0] for row in connection.execute("SELECT name FROM schema_migration"))
+            == shipped_migrations()
+        )
+        names = ", ".join(f'"{table}"' for table in sorted(tables - {"schema_migration"}))
+        if intact:
+            connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        else:
+            drop_tables(connection, tables)
     return postgresql_schema
+
+
+@pytest.fixture
+def empty_postgresql_url(postgresql_schema):
+    """The run's PostgreSQL schema without any table, for tests of first starts and migrations."""
+    with psycopg.connect(postgresql_schema, autocommit=True) as connection:
+        drop_tables(
+            connection,
+            [
+                row[0]
+                for row in connection.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                )
+            ],
+        )
+    return postgresql_schema
+
+
+def drop_tables(connection, tables):
+    if tables:
+        names = ", ".join(f'"{table}"' for table in tables)
+        connection.execute(f"DROP TABLE {names} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def empty_database_url(request, tmp_path):
+    """Like database_url, but with no tables at all on PostgreSQL either."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'openreceipt.db'}"
+    return request.getfixturevalue("empty_postgresql_url")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])

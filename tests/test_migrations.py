@@ -49,9 +49,9 @@ def connect(url):
 
 
 @pytest.fixture
-def empty_database(database_url):
+def empty_database(empty_database_url):
     """An empty database on SQLite and PostgreSQL, closed at the end of the test."""
-    database = connect(database_url)
+    database = connect(empty_database_url)
     yield database
     if not database.is_closed():
         database.close()
@@ -172,8 +172,10 @@ def test_receipts_survive_a_restart(settings, app, client, auth):
             database.close()
 
 
-def test_first_start_creates_the_schema_ready_for_the_first_user(settings):
-    app = create_app(settings)
+def test_first_start_creates_the_schema_ready_for_the_first_user(tmp_path, empty_database_url):
+    app = create_app(
+        {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": empty_database_url, "MX_LOOKUP": False}
+    )
     try:
         database = app.extensions["openreceipt.database"]
         assert tables(database) == MODEL_TABLES
@@ -392,7 +394,9 @@ def applied_once(outcomes, migrations):
 
 
 @pytest.mark.slow
-def test_processes_starting_together_on_a_fresh_database_migrate_once(database_url, tmp_path):
+def test_processes_starting_together_on_a_fresh_database_migrate_once(empty_database_url, tmp_path):
+    database_url = empty_database_url
+
     def verify(url, outcomes):
         yield from applied_once(outcomes, SHIPPED)
         if all(status == "error" for status, _ in outcomes):
