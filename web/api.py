@@ -90,6 +90,10 @@ def event_json(event):
     }
 
 
+def timeline(pixel):
+    return Event.select().where(Event.pixel == pixel).order_by(Event.at, Event.id)
+
+
 def own_pixel(public_id):
     pixel = Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == g.user)
     if pixel is None:
@@ -176,8 +180,7 @@ def correct_event(event_id):
         raise BadRequest(f"'kind' must be one of {', '.join(KINDS)}")
     receipts.correct(event, kind)
     pixel = Pixel.get_by_id(event.pixel_id)
-    events = Event.select().where(Event.pixel == pixel).order_by(Event.at, Event.id)
-    return jsonify(pixel_json(pixel, events))
+    return jsonify(pixel_json(pixel, timeline(pixel)))
 
 
 @bp.get("/pixels")
@@ -199,8 +202,7 @@ def list_pixels():
 @token_required
 def show_pixel(public_id):
     pixel = own_pixel(public_id)
-    events = Event.select().where(Event.pixel == pixel).order_by(Event.at, Event.id)
-    return jsonify(pixel_json(pixel, events))
+    return jsonify(pixel_json(pixel, timeline(pixel)))
 
 
 @bp.delete("/pixels/<public_id>")

@@ -209,8 +209,3 @@ def locked(query, database=db):
 
 def _real(database):
     return database.obj if isinstance(database, DatabaseProxy) else database
-
-
-def get_setting(name, default=None):
-    row = Setting.get_or_none(Setting.name == name)
-    return row.value if row else default
