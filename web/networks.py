@@ -55,7 +55,6 @@ class NetworkSet:
         index = bisect.bisect_right(self._starts[ip.version], value) - 1
         return index >= 0 and value <= self._ends[ip.version][index]
 
-
     def meets(self, masked_ip):
         """Whether any network overlaps the block a masked address stands for (its /24 or /48).
         Apple's egress list holds prefixes as small as /31, which the masked address itself
