@@ -18,3 +18,11 @@ def mint(client, auth, **body):
 def pixel_path(url):
     """The path part of a pixel URL, for the test client."""
     return "/p/" + url.split("/p/", 1)[1]
+
+
+def sign_in(client, email="ada@example.com", password="correct horse battery", next_path=None):
+    page = client.get("/login")
+    url = "/login" + (f"?next={next_path}" if next_path else "")
+    return client.post(
+        url, data={"email": email, "password": password, "csrf_token": csrf_token(page)}
+    )

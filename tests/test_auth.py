@@ -8,15 +8,7 @@ import pytest
 from web import create_app
 from web.models import User
 
-from .helpers import csrf_token
-
-
-def sign_in(client, email="ada@example.com", password="correct horse battery", next_path=None):
-    page = client.get("/login")
-    url = "/login" + (f"?next={next_path}" if next_path else "")
-    return client.post(
-        url, data={"email": email, "password": password, "csrf_token": csrf_token(page)}
-    )
+from .helpers import csrf_token, sign_in
 
 
 def test_pages_need_a_sign_in(client):

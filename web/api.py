@@ -3,12 +3,13 @@
 import functools
 from email.utils import parseaddr
 
-from flask import Blueprint, current_app, g, jsonify, request, url_for
+from flask import Blueprint, abort, current_app, g, jsonify, make_response, request, url_for
 from markupsafe import escape
 from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
 
 from . import receipts
 from .accounts import user_for_token
+from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .classify import KINDS
 from .models import Event, Pixel, utcnow
 from .pixel import MAX_USER_AGENT
@@ -21,6 +22,19 @@ MAX_LABEL = 200
 MAX_RECIPIENTS = 100
 MAX_ADDRESS = 320
 MAX_PER_PAGE = 100
+
+
+@bp.before_request
+def bookmarklet_version():
+    """A bookmarklet built for another version of this API is told to be replaced."""
+    sent = request.headers.get("X-Openreceipt-Bookmarklet")
+    if request.method != "OPTIONS" and sent is not None and sent != str(BOOKMARKLET_VERSION):
+        origin = current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
+        answer = jsonify(
+            error=f"this bookmarklet is out of date: make a new one at {origin}/bookmarklet",
+            expected_version=BOOKMARKLET_VERSION,
+        )
+        abort(make_response(answer, 409))
 
 
 def token_required(view):

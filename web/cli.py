@@ -9,6 +9,8 @@ from flask.cli import FlaskGroup, with_appcontext
 
 from .accounts import AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
+from .bookmarklet import bookmarklet_token_name, build_bookmarklet
+from .config import local_url, server_bind
 from .models import ApiToken
 from .ranges import APPLE_EGRESS_URL, RangesError, update_apple_egress
 
@@ -99,6 +101,22 @@ def token_revoke(token_id):
     click.echo(f"revoked token {token_id}", err=True)
 
 
+@click.command("bookmarklet")
+@click.argument("email")
+@_fail_on_account_error
+@with_appcontext
+def bookmarklet(email):
+    """Create a token for a new bookmarklet for EMAIL and print only its javascript: URL."""
+    origin = current_app.config["PUBLIC_URL"]
+    if origin is None:
+        origin = local_url(server_bind())
+        click.echo(
+            f"OPENRECEIPT_PUBLIC_URL is not set: this bookmarklet talks to {origin}", err=True
+        )
+    _, secret = new_token(find_user(email), bookmarklet_token_name())
+    click.echo(build_bookmarklet(origin, secret))
+
+
 @click.group()
 def ranges():
     """Manage the address ranges of machines that fetch images on delivery."""
@@ -123,6 +141,7 @@ def init_app(app):
     app.cli.add_command(user)
     app.cli.add_command(token)
     app.cli.add_command(ranges)
+    app.cli.add_command(bookmarklet)
 
 
 def main():

@@ -1,0 +1,51 @@
+"""The bookmarklet, built for one user: the readable source in bookmarklet/openreceipt.js,
+minified, with the server's address, the user's API token and the version filled in, as a
+`javascript:` URL."""
+
+import datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import rjsmin
+
+SOURCE = Path(__file__).resolve().parent.parent / "bookmarklet" / "openreceipt.js"
+# Raise when the API and an already installed bookmarklet would no longer understand each other.
+VERSION = 1
+# Firefox refuses longer bookmark URLs (65,536), so stay well under.
+MAX_LENGTH = 60_000
+
+
+def bookmarklet_code(origin, token, version=VERSION):
+    """The minified JavaScript with the placeholders filled in."""
+    code = rjsmin.jsmin(SOURCE.read_text(encoding="utf-8"))
+    for placeholder, value in (
+        ("__OPENRECEIPT_ORIGIN__", origin.rstrip("/")),
+        ("__OPENRECEIPT_TOKEN__", token),
+        ("__OPENRECEIPT_VERSION__", str(version)),
+    ):
+        if placeholder not in code:
+            raise RuntimeError(f"{SOURCE} lost its placeholder {placeholder}")
+        code = code.replace(placeholder, _js_string_content(value))
+    return code
+
+
+def build_bookmarklet(origin, token, version=None):
+    """The `javascript:` URL to drag to the bookmarks bar."""
+    code = bookmarklet_code(origin, token, VERSION if version is None else version)
+    url = "javascript:" + quote(code, safe="!#$&'()*+,/:;=?@[]~{}|^`<>.-_ ")
+    url = url.replace(" ", "%20")
+    if len(url) > MAX_LENGTH:
+        raise RuntimeError(f"the bookmarklet is {len(url)} characters, over {MAX_LENGTH}")
+    return url
+
+
+def _js_string_content(value):
+    # Origins and tokens are URL-safe already; refuse anything that could end the string.
+    if any(character in value for character in "\"'\\\n\r<>"):
+        raise ValueError(f"{value!r} cannot go into the bookmarklet")
+    return value
+
+
+def bookmarklet_token_name():
+    """The API token of a bookmarklet is named for it, with its day of creation."""
+    return f"bookmarklet {datetime.date.today():%Y-%m-%d}"
