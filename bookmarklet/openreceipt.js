@@ -23,6 +23,7 @@
   var SUBJECT = 'input[name="subjectbox"]';
   var RECIPIENT_FIELDS = ["to", "cc", "bcc"];
   var SIGNATURE = ".gmail_signature";
+  var SIGNATURE_PREFIX = ".gmail_signature_prefix"; // the "-- " line before a signature
   var QUOTE = ".gmail_quote";
   var SEND_BUTTON = 'div[role="button"].aoO';
   var NOTICE_SECONDS = 7;
@@ -185,7 +186,7 @@
         return range;
       }
     }
-    var stop = body.querySelector(SIGNATURE + ", " + QUOTE);
+    var stop = body.querySelector(SIGNATURE_PREFIX + ", " + SIGNATURE + ", " + QUOTE);
     var end = document.createRange();
     if (stop) {
       // The body's child that holds the signature or the quote: the user's text ends before it.

@@ -1,0 +1,775 @@
+"""The bookmarklet in real Chromium, on Gmail-like pages (tests/gmail_fixtures) served from an
+origin of their own with Gmail's CSP (Trusted Types enforced) and COOP, against a real
+openreceipt server on another port.
+
+The built bookmarklet's code runs in the page as the bookmarks bar would run it. Every test fails
+on a `securitypolicyviolation` event, an uncaught exception or a console error it did not expect,
+and checks both where the image went in the DOM and what the server stored.
+"""
+
+import json
+import re
+import secrets
+import urllib.parse
+from collections import namedtuple
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from web.bookmarklet import VERSION, build_bookmarklet
+
+from .conftest import unavailable
+from .gmail_fixtures import GmailFixtures
+from .servers import ROOT, Gunicorn, free_port, start_gunicorn
+from .test_browser import CHROME_UA, CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+EMAIL = "ada@example.com"
+PASSWORD = "a long password for the browser tests"
+GMAIL_PROXY_UA = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+# How Gmail's image proxy rewrites an image's src: the original URL survives after the "#".
+GMAIL_PROXY = "https://ci3.googleusercontent.com/meips/ADKq_Nb{}=s0-d-e1-ft#{}"
+GIF = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+SCREENSHOT = ROOT / "docs" / "bookmarklet-install.png"
+
+BODY = '[g_editable="true"][contenteditable][role="textbox"]'
+POPUP_RECIPIENTS = ["bob@example.com", "carol@example.com", "dave@example.org"]
+POPUP_ADDED = "Receipt added — Invoice #42 to bob@example.com, carol@example.com, dave@example.org"
+
+# Injected before any page script, outside the page's CSP: what the tests watch for.
+WATCH = """
+window.__test = {violations: [], inputs: []};
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__test.violations.push({directive: event.violatedDirective,
+    blocked: event.blockedURI, sample: event.sample});
+});
+document.addEventListener("input", (event) => {
+  const target = event.target;
+  const compose = target.closest ? target.closest("div.M9") : null;
+  window.__test.inputs.push({
+    body: !!(target.matches && target.matches('[g_editable="true"]')),
+    compose: compose ? [...document.querySelectorAll("div.M9")].indexOf(compose) : -1,
+  });
+}, true);
+"""
+
+# The page without the notice, to check that nothing else changed.
+SNAPSHOT = """() => {
+  const copy = document.body.cloneNode(true);
+  copy.querySelectorAll("[data-openreceipt-notice]").forEach((notice) => notice.remove());
+  return copy.outerHTML;
+}"""
+
+# Where this server's images are in the body of compose number `index`, and where the only one
+# outside the quoted history sits relative to the text, the signature and the quote.
+PLACEMENT = """async ([index, origin]) => {
+  const body = document.querySelectorAll("div.M9")[index].querySelector('[g_editable="true"]');
+  const ours = [...body.querySelectorAll("img")]
+    .filter((img) => (img.getAttribute("src") || "").includes(origin + "/p/"));
+  const outside = ours.filter((img) => !img.closest(".gmail_quote"));
+  const report = {inBody: ours.length, outsideQuote: outside.length,
+                  bodyHTML: body.outerHTML};
+  if (outside.length !== 1) return report;
+  const img = outside[0];
+  await img.decode().catch(() => null);
+  const before = document.createRange();
+  before.setStart(body, 0);
+  before.setEndBefore(img);
+  const after = document.createRange();
+  after.setStartAfter(img);
+  after.setEnd(body, body.childNodes.length);
+  const follows = (node) => node ? !!(img.compareDocumentPosition(node)
+    & Node.DOCUMENT_POSITION_FOLLOWING) : null;
+  return Object.assign(report, {
+    src: img.getAttribute("src"),
+    attributes: Object.fromEntries([...img.attributes].map((a) => [a.name, a.value])),
+    display: getComputedStyle(img).display,
+    loaded: img.complete && img.naturalWidth === 1 && img.naturalHeight === 1,
+    textBefore: before.toString(),
+    textAfter: after.toString(),
+    parent: img.parentElement === body ? "body" : img.parentElement.outerHTML,
+    inSignature: !!img.closest(".gmail_signature"),
+    beforeSignature: follows(body.querySelector(".gmail_signature")),
+    beforeQuote: follows(body.querySelector(".gmail_quote")),
+  });
+}"""
+
+Notice = namedtuple("Notice", "kind text")
+
+
+@dataclass
+class Receipts:
+    """The module's openreceipt server, its user and a live API token."""
+
+    server: Gunicorn
+    token: str
+
+    @property
+    def url(self):
+        return self.server.url
+
+    def api(self, method, path, body=None, token=None):
+        status, _, raw = self.server.request(
+            method, path, body, {"Authorization": f"Bearer {token or self.token}"}
+        )
+        return status, json.loads(raw) if raw else None
+
+    def mint(self, **body):
+        status, answer = self.api("POST", "/api/pixels", body)
+        assert status == 201, answer
+        return answer
+
+    def pixel(self, public_id):
+        status, answer = self.api("GET", f"/api/pixels/{public_id}")
+        assert status == 200, answer
+        return answer
+
+    def all_pixels(self):
+        status, answer = self.api("GET", "/api/pixels?per_page=100")
+        assert status == 200, answer
+        return answer["pixels"]
+
+    def pixel_ids(self):
+        return {pixel["id"] for pixel in self.all_pixels()}
+
+    def new_pixels(self, before):
+        """The pixels made since `before` (a set of ids from pixel_ids())."""
+        return [pixel for pixel in self.all_pixels() if pixel["id"] not in before]
+
+    def fetch_as_gmail_proxy(self, url):
+        path = "/p/" + url.split("/p/", 1)[1]
+        status, headers, _ = self.server.request(
+            "GET", path, headers={"User-Agent": GMAIL_PROXY_UA}
+        )
+        assert (status, headers["Content-Type"]) == (200, "image/gif")
+
+    def revoked_token(self):
+        """A token of the user's, revoked with the command line."""
+        name = f"revoked {secrets.token_hex(3)}"
+        token = self.server.openreceipt("token", "new", EMAIL, "--name", name)
+        [row] = [
+            line
+            for line in self.server.openreceipt("token", "list", EMAIL).splitlines()
+            if name in line
+        ]
+        self.server.openreceipt("token", "revoke", row.split("\t")[0])
+        return token
+
+
+@pytest.fixture(scope="module")
+def receipts(tmp_path_factory, geoip_path):
+    """One real gunicorn for the module, OPENRECEIPT_PUBLIC_URL unset: its own URL is the origin."""
+    tmp_path = tmp_path_factory.mktemp("bookmarklet-server")
+    server = start_gunicorn(
+        tmp_path, {"DATA_DIR": tmp_path / "data", "GEOIP_DATABASE": geoip_path, "MX_LOOKUP": "off"}
+    )
+    try:
+        server.openreceipt("user", "add", EMAIL, "--password-stdin", input=PASSWORD + "\n")
+        yield Receipts(server, server.openreceipt("token", "new", EMAIL, "--name", "browser"))
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """test_browser.py's `chromium` fixture (Debian's Chromium, same flags, never a download),
+    launched once for the module instead of once a test."""
+    if not Path(CHROMIUM).exists():
+        unavailable(f"Chromium is not installed at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def fixtures():
+    server = GmailFixtures()
+    yield server
+    server.stop()
+
+
+class GmailTab:
+    """A browser tab on the fixture origin, watching for policy violations and errors."""
+
+    def __init__(self, browser, fixtures, receipts):
+        self.fixtures = fixtures
+        self.receipts = receipts
+        self.context = browser.new_context(
+            user_agent=CHROME_UA, viewport={"width": 1280, "height": 800}
+        )
+        # Gmail's image proxy, for images whose src it rewrote: the test answers for it.
+        self.context.route(
+            "https://*.googleusercontent.com/**",
+            lambda route: route.fulfill(status=200, content_type="image/gif", body=GIF),
+        )
+        self.page = self.context.new_page()
+        self.page.add_init_script(WATCH)
+        self.console_errors = []
+        self.page_errors = []
+        self.expected_errors = []
+        self.api_requests = []
+        self.checked = False
+        self.page.on(
+            "console",
+            lambda message: message.type == "error" and self.console_errors.append(message.text),
+        )
+        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        self.page.on("request", self._note_request)
+
+    def _note_request(self, request):
+        if request.url.startswith(self.receipts.url + "/api/") and request.method != "OPTIONS":
+            self.api_requests.append(request)
+
+    def requests_to(self, suffix):
+        return [r for r in self.api_requests if urllib.parse.urlsplit(r.url).path.endswith(suffix)]
+
+    def open(self, name):
+        response = self.page.goto(f"{self.fixtures.url}/{name}")
+        assert response.status == 200, response.text()
+        headers = response.headers
+        assert "require-trusted-types-for 'script'" in headers["content-security-policy"]
+        assert headers["cross-origin-opener-policy"] == "same-origin"
+        return self.page
+
+    def click_bookmarklet(self, url=None, **build):
+        """Run the bookmarklet as the bookmarks bar does; it returns at once, working on."""
+        url = url or build_bookmarklet(
+            build.pop("origin", self.receipts.url), build.pop("token", self.receipts.token), **build
+        )
+        assert url.startswith("javascript:") and len(url) < 60_000
+        self.page.evaluate(
+            """() => document.querySelectorAll("[data-openreceipt-notice]")
+                 .forEach((notice) => notice.setAttribute("data-test-seen", ""))"""
+        )
+        self.page.evaluate(urllib.parse.unquote(url.removeprefix("javascript:")))
+
+    def notice(self):
+        """The notice the last click showed (the only one on the page)."""
+        element = self.page.wait_for_selector(
+            "[data-openreceipt-notice]:not([data-test-seen])", timeout=10_000
+        )
+        assert element.get_attribute("role") == "status"
+        assert self.page.locator("[data-openreceipt-notice]").count() == 1
+        return Notice(element.get_attribute("data-openreceipt-notice"), element.text_content())
+
+    def snapshot(self):
+        return self.page.evaluate(SNAPSHOT)
+
+    def placement(self, compose=0):
+        return self.page.evaluate(PLACEMENT, [compose, self.receipts.url])
+
+    def input_events(self, compose):
+        """The input events fired on the body of compose number `compose`."""
+        inputs = self.page.evaluate("window.__test.inputs")
+        return [event for event in inputs if event["body"] and event["compose"] == compose]
+
+    def expect_console_error(self, pattern):
+        self.expected_errors.append(pattern)
+
+    def check(self):
+        """No policy violation, no uncaught exception, no console error but the expected ones."""
+        self.checked = True
+        violations = self.page.evaluate("window.__test.violations")
+        assert violations == [], f"Content-Security-Policy violations: {violations}"
+        assert self.page_errors == [], f"uncaught exceptions: {self.page_errors}"
+        unexpected = [
+            text
+            for text in self.console_errors
+            if not any(re.search(pattern, text) for pattern in self.expected_errors)
+        ]
+        assert unexpected == [], f"console errors: {unexpected}"
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def tab(browser, fixtures, receipts):
+    tab = GmailTab(browser, fixtures, receipts)
+    yield tab
+    try:
+        if not tab.checked:
+            tab.check()
+    finally:
+        tab.close()
+
+
+def mint_request(tab):
+    [request] = tab.requests_to("/api/pixels")
+    assert request.method == "POST"
+    assert request.headers["authorization"] == f"Bearer {tab.receipts.token}"
+    assert request.headers["x-openreceipt-bookmarklet"] == str(VERSION)
+    assert "cookie" not in request.headers
+    return request.post_data_json
+
+
+def assert_pixel_image(placement, receipts, pixel):
+    """The one image is the pixel the server made, a real 1x1 image the browser shows."""
+    assert placement["outsideQuote"] == 1, placement["bodyHTML"]
+    assert placement["src"] == pixel["url"]
+    assert placement["src"].startswith(f"{receipts.url}/p/") and placement["src"].endswith(".gif")
+    assert placement["attributes"] == {
+        "src": pixel["url"],
+        "width": "1",
+        "height": "1",
+        "alt": "",
+    }
+    assert placement["display"] != "none" and placement["loaded"]
+
+
+def assert_at_end_of_own_text(placement, own_text, signature=None):
+    """After the user's own text, before the signature and its "-- " line."""
+    assert not placement["inSignature"] and placement["beforeSignature"] is not False
+    assert placement["beforeQuote"] is not False
+    assert placement["textBefore"].rstrip().endswith(own_text), placement["bodyHTML"]
+    if signature:
+        assert placement["textAfter"].startswith("-- " + signature), placement["bodyHTML"]
+
+
+def place_caret(page, selector, text_index, offset, compose_index=0):
+    """Focus a body and put a collapsed caret at `offset` in its text node number `text_index`."""
+    page.evaluate(
+        """([body, selector, textIndex, offset]) => {
+          const compose = document.querySelectorAll("div.M9")[body];
+          compose.querySelector('[g_editable="true"]').focus();
+          const walker = document.createTreeWalker(compose.querySelector(selector),
+                                                   NodeFilter.SHOW_TEXT);
+          let node = walker.nextNode();
+          for (let i = 0; i < textIndex; i++) node = walker.nextNode();
+          const range = document.createRange();
+          range.setStart(node, offset);
+          range.collapse(true);
+          const selection = document.getSelection();
+          selection.removeAllRanges();
+          selection.addRange(range);
+        }""",
+        [compose_index, selector, text_index, offset],
+    )
+
+
+# -- The fixtures are Gmail's policies -----------------------------------------------------------
+
+
+def test_fixture_pages_enforce_trusted_types_and_the_watch_sees_violations(tab):
+    page = tab.open("popup.html")
+    blocked = page.evaluate(
+        """() => { try { document.body.innerHTML = "<b>x</b>"; return "allowed"; }
+                   catch (error) { return error.name; } }"""
+    )
+    assert blocked == "TypeError"
+    tab.expect_console_error("TrustedHTML")
+    with pytest.raises(AssertionError, match="require-trusted-types-for"):
+        tab.check()
+
+
+# -- Adding the receipt ---------------------------------------------------------------------------
+
+
+def test_popup_compose_gets_the_pixel_at_the_end_of_the_text_before_the_signature(tab, receipts):
+    before = receipts.pixel_ids()
+    tab.open("popup.html")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+
+    # Chips only: lower-case, each once, and nothing from the open autocomplete list.
+    assert mint_request(tab) == {"subject": "Invoice #42", "recipients": POPUP_RECIPIENTS}
+    [pixel] = receipts.new_pixels(before)
+    assert (pixel["subject"], pixel["recipients"]) == ("Invoice #42", POPUP_RECIPIENTS)
+
+    placement = tab.placement()
+    assert_pixel_image(placement, receipts, pixel)
+    assert_at_end_of_own_text(placement, "Kind regards, Ada", signature="Ada Lovelace")
+    assert placement["beforeSignature"] is True
+    assert tab.input_events(compose=0), "no input event on the body: Gmail would not save"
+    assert tab.page.evaluate("typeof window.__openreceipt") == "object"
+    # The browser showed the draft's image: the server saw the sender's own preview.
+    assert receipts.pixel(pixel["id"])["state"] == "inserted"
+    tab.check()
+
+
+def test_caret_in_the_middle_of_a_text_node(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    place_caret(page, BODY, 0, len("Hello Bob,"))
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+
+    [pixel] = receipts.new_pixels(before)
+    placement = tab.placement()
+    assert_pixel_image(placement, receipts, pixel)
+    assert placement["textBefore"] == "Hello Bob,"
+    assert placement["textAfter"].startswith(" the invoice is attached.Kind regards, Ada")
+    assert placement["parent"].startswith("<div>Hello Bob,<img ")  # split where the caret was
+    assert placement["beforeSignature"] is True
+    assert tab.input_events(compose=0)
+    tab.check()
+
+
+def test_two_composes_the_one_holding_the_caret_gets_it(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("two_composes.html")
+    first = page.locator(BODY).nth(0).evaluate("body => body.outerHTML")
+    page.get_by_text("the signed contract is attached.").click()
+    page.keyboard.press("End")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", "Receipt added — Signed contract to carol@example.com")
+
+    [pixel] = receipts.new_pixels(before)
+    assert (pixel["subject"], pixel["recipients"]) == ("Signed contract", ["carol@example.com"])
+    placement = tab.placement(compose=1)
+    assert_pixel_image(placement, receipts, pixel)
+    assert placement["textBefore"] == "Dear Carol,the signed contract is attached."
+    assert placement["textAfter"] == "Best, Ada"
+    assert page.locator(BODY).nth(0).evaluate("body => body.outerHTML") == first
+    assert tab.input_events(compose=1) and not tab.input_events(compose=0)
+    tab.check()
+
+
+def test_two_composes_the_last_focused_one_gets_it_when_the_selection_left(tab, receipts):
+    page = tab.open("two_composes.html")
+    page.get_by_text("the signed contract is attached.").click()
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+
+    before = receipts.pixel_ids()
+    page.get_by_text("are you free for lunch on Friday?").click()
+    page.locator("h1").click()  # the selection leaves the compose; it was the last focused
+    assert page.evaluate("document.getSelection().anchorNode.parentElement.tagName") == "H1"
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", "Receipt added — Lunch on Friday? to bob@example.com")
+
+    [pixel] = receipts.new_pixels(before)
+    assert (pixel["subject"], pixel["recipients"]) == ("Lunch on Friday?", ["bob@example.com"])
+    placement = tab.placement(compose=0)
+    assert_pixel_image(placement, receipts, pixel)
+    assert_at_end_of_own_text(placement, "are you free for lunch on Friday?")
+    assert placement["textAfter"].strip() == ""
+    assert tab.placement(compose=1)["outsideQuote"] == 1  # the other one kept its own, only
+    tab.check()
+
+
+def test_two_composes_and_neither_focused_is_ambiguous(tab, receipts):
+    before = receipts.pixel_ids()
+    tab.open("two_composes.html")
+    page_before = tab.snapshot()
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "ambiguous"
+    assert tab.snapshot() == page_before
+    assert tab.api_requests == [] and receipts.new_pixels(before) == []
+    tab.check()
+
+
+def test_inline_reply_skips_the_quote_and_removes_old_pixels_quoted_in_it(tab, receipts, fixtures):
+    old, old_proxied = receipts.mint(subject="Invoice #41"), receipts.mint(subject="Invoice #40")
+    fixtures.values["old_pixel"] = old["url"]
+    fixtures.values["old_proxied_pixel"] = GMAIL_PROXY.format(
+        secrets.token_urlsafe(24), old_proxied["url"]
+    )
+    before = receipts.pixel_ids()
+    page = tab.open("reply.html")
+    # The caret is in the quoted history: the pixel must not go there.
+    place_caret(page, "blockquote blockquote", 0, len("Hello Bob,"))
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", "Receipt added — Re: Invoice #41 to bob@example.com")
+
+    [pixel] = receipts.new_pixels(before)
+    assert (pixel["subject"], pixel["recipients"]) == ("Re: Invoice #41", ["bob@example.com"])
+    placement = tab.placement()
+    assert placement["inBody"] == 1, "an old pixel is still in the quoted history"
+    assert_pixel_image(placement, receipts, pixel)
+    assert_at_end_of_own_text(
+        placement, "Thanks Bob, I will pay on Friday.", signature="Ada Lovelace"
+    )
+    assert placement["beforeSignature"] is True and placement["beforeQuote"] is True
+    quote = page.locator(f"{BODY} > div.gmail_quote")
+    assert quote.locator("img").evaluate_all("imgs => imgs.map(img => img.alt)") == ["Bob's logo"]
+    assert "Hello Bob, invoice #41 is attached." in quote.text_content()
+    assert tab.input_events(compose=0)
+    tab.check()
+
+
+def test_no_compose_says_so_changes_nothing_and_the_notice_goes_away(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("inbox.html")
+    page_before = tab.snapshot()
+    page.clock.install()
+    tab.click_bookmarklet()
+    notice = tab.notice()
+    assert notice.kind == "no-compose" and notice.text
+    assert tab.snapshot() == page_before
+    assert tab.api_requests == [] and receipts.new_pixels(before) == []
+    page.clock.run_for(30_000)
+    assert page.locator("[data-openreceipt-notice]").count() == 0
+    tab.check()
+
+
+def test_plain_text_mode_says_so_and_changes_nothing(tab, receipts):
+    before = receipts.pixel_ids()
+    tab.open("plaintext.html")
+    page_before = tab.snapshot()
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "plain-text"
+    assert tab.snapshot() == page_before
+    assert tab.api_requests == [] and receipts.new_pixels(before) == []
+    tab.check()
+
+
+# -- When the server says no ---------------------------------------------------------------------
+
+
+def test_server_down_is_unreachable_and_changes_nothing(tab):
+    dead = f"http://127.0.0.1:{free_port()}"
+    tab.open("popup.html")
+    page_before = tab.snapshot()
+    tab.expect_console_error(r"ERR_CONNECTION_REFUSED")
+    tab.click_bookmarklet(origin=dead)
+    notice = tab.notice()
+    assert notice.kind == "unreachable" and notice.text
+    assert tab.snapshot() == page_before
+    tab.check()
+
+
+def test_revoked_token_says_how_to_get_a_new_bookmarklet(tab, receipts):
+    token = receipts.revoked_token()
+    before = receipts.pixel_ids()
+    tab.open("popup.html")
+    page_before = tab.snapshot()
+    tab.expect_console_error(r"status of 401")
+    tab.click_bookmarklet(token=token)
+    notice = tab.notice()
+    assert notice.kind == "revoked" and "bookmarklet" in notice.text.lower()
+    assert tab.snapshot() == page_before and receipts.new_pixels(before) == []
+    tab.check()
+
+
+def test_out_of_date_bookmarklet_is_told_so(tab, receipts):
+    before = receipts.pixel_ids()
+    tab.open("popup.html")
+    page_before = tab.snapshot()
+    tab.expect_console_error(r"status of 409")
+    tab.click_bookmarklet(version=VERSION - 1)
+    assert tab.notice().kind == "outdated"
+    [request] = tab.requests_to("/api/pixels")
+    assert request.headers["x-openreceipt-bookmarklet"] == str(VERSION - 1)
+    assert tab.snapshot() == page_before and receipts.new_pixels(before) == []
+    tab.check()
+
+
+def test_a_refusal_shows_the_apis_own_message(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    page.fill('input[name="subjectbox"]', "x" * 999)
+    page_before = tab.snapshot()
+    tab.expect_console_error(r"status of 400")
+    tab.click_bookmarklet()
+    notice = tab.notice()
+    assert notice.kind == "refused"
+    assert "'subject' is longer than 998 characters" in notice.text
+    assert tab.snapshot() == page_before and receipts.new_pixels(before) == []
+    tab.check()
+
+
+# -- Once installed: one pixel per message, sending, the sender's own views ----------------------
+
+
+def test_second_click_says_already_and_the_script_installs_once(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    page.evaluate("window.__openreceipt.__testMark = 1")
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "already"
+    assert page.evaluate("window.__openreceipt.__testMark") == 1  # not installed afresh
+    assert tab.placement()["outsideQuote"] == 1
+    assert len(receipts.new_pixels(before)) == 1 and len(tab.requests_to("/api/pixels")) == 1
+
+    # Installed once: one Send, one sent marker.
+    with page.expect_response(lambda response: response.url.endswith("/sent")):
+        page.locator("div.M9 div[role='button'].aoO").click()
+    page.wait_for_timeout(500)
+    assert len(tab.requests_to("/sent")) == 1
+    tab.check()
+
+
+def test_send_button_sends_the_final_subject_and_recipients(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    [pixel] = receipts.new_pixels(before)
+    assert pixel["sent_at"] is None
+
+    # The user goes on editing: a new subject, Carol out, Erin into Cc.
+    page.fill('input[name="subjectbox"]', "Invoice #42 (corrected)")
+    page.evaluate(
+        """() => {
+          document.querySelector('div[name="to"] [data-hovercard-id="carol@example.com"]').remove();
+          const chip = document.createElement("div");
+          chip.className = "afV";
+          chip.setAttribute("data-hovercard-id", "Erin@Example.com");
+          chip.textContent = "Erin";
+          document.querySelector('div[name="cc"]').appendChild(chip);
+        }"""
+    )
+    with page.expect_response(lambda response: response.url.endswith("/sent")) as sent:
+        page.locator("div.M9 div[role='button'].aoO").click()
+    assert sent.value.status == 200
+    assert sent.value.url == f"{receipts.url}/api/pixels/{pixel['id']}/sent"
+    final = ["bob@example.com", "erin@example.com", "dave@example.org"]
+    assert sent.value.request.post_data_json == {
+        "subject": "Invoice #42 (corrected)",
+        "recipients": final,
+    }
+    detail = receipts.pixel(pixel["id"])
+    assert detail["sent_at"] is not None
+    assert (detail["subject"], detail["recipients"]) == ("Invoice #42 (corrected)", final)
+    tab.check()
+
+
+def test_ctrl_enter_sends_the_sent_marker(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    [pixel] = receipts.new_pixels(before)
+    page.locator(BODY).click()
+    with page.expect_response(lambda response: response.url.endswith("/sent")) as sent:
+        page.keyboard.press("Control+Enter")
+    assert sent.value.status == 200
+    detail = receipts.pixel(pixel["id"])
+    assert detail["sent_at"] is not None
+    assert (detail["subject"], detail["recipients"]) == ("Invoice #42", POPUP_RECIPIENTS)
+    tab.check()
+
+
+def assert_self_view(receipts, pixel):
+    """The proxy's fetch right after the beacon is judged the sender's own view."""
+    receipts.fetch_as_gmail_proxy(pixel["url"])
+    event = receipts.pixel(pixel["id"])["events"][-1]
+    assert (event["kind"], event["source"]) == ("self", "gmail-proxy"), event
+
+
+def test_self_view_beacon_when_the_tab_shows_the_sent_message(tab, receipts):
+    """Gmail is one page: after sending, the same tab shows the sent message."""
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    [pixel] = receipts.new_pixels(before)
+    with page.expect_response(lambda response: response.url.endswith("/sent")):
+        page.locator("div.M9 div[role='button'].aoO").click()
+    assert tab.requests_to("/self-view") == []  # the draft's own image is no self-view
+
+    with page.expect_response(lambda response: response.url.endswith("/self-view")) as beacon:
+        page.evaluate(
+            """(src) => {
+              document.querySelector("div.AD").remove();
+              const message = document.createElement("div");
+              message.className = "adn ads";
+              const text = document.createElement("div");
+              text.className = "a3s aiL";
+              text.textContent = "Hello Bob, the invoice is attached.";
+              const img = document.createElement("img");
+              img.src = src;
+              img.width = img.height = 1;
+              img.alt = "";
+              text.appendChild(img);
+              message.appendChild(text);
+              document.querySelector('div.nH[role="main"]').appendChild(message);
+            }""",
+            GMAIL_PROXY.format(secrets.token_urlsafe(24), pixel["url"]),
+        )
+    assert beacon.value.status == 200
+    assert beacon.value.url == f"{receipts.url}/api/pixels/{pixel['id']}/self-view"
+    assert beacon.value.request.headers["authorization"] == f"Bearer {receipts.token}"
+    assert_self_view(receipts, pixel)
+    tab.check()
+
+
+def test_self_view_beacon_on_a_sent_message_page(tab, receipts, fixtures):
+    """The fixture's sent message, with the pixel's src rewritten as Gmail's proxy does."""
+    before = receipts.pixel_ids()
+    tab.open("popup.html")
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    [pixel] = receipts.new_pixels(before)
+    assert receipts.api("POST", f"/api/pixels/{pixel['id']}/sent", {})[0] == 200
+
+    path = f"/sent-{pixel['id']}.html"
+    fixtures.pages[path] = fixtures.template(
+        "sent_message.html",
+        subject="Invoice #42",
+        pixel_src=GMAIL_PROXY.format(secrets.token_urlsafe(24), pixel["url"]),
+    )
+    page = tab.open(path.lstrip("/"))  # a new page load: the bookmarklet is clicked again
+    assert page.locator("#message img").evaluate("img => img.complete && img.naturalWidth") == 1
+    with page.expect_response(lambda response: response.url.endswith("/self-view")) as beacon:
+        tab.click_bookmarklet()
+        assert tab.notice().kind == "no-compose"
+        # Gmail draws the conversation again (say, the user opens it once more).
+        page.evaluate(
+            """() => {
+              const message = document.getElementById("message");
+              message.replaceWith(message.cloneNode(true));
+            }"""
+        )
+    assert beacon.value.status == 200
+    assert beacon.value.url == f"{receipts.url}/api/pixels/{pixel['id']}/self-view"
+    assert_self_view(receipts, pixel)
+    tab.check()
+
+
+# -- The install page ----------------------------------------------------------------------------
+
+
+def test_install_page_makes_a_working_bookmarklet_and_screenshot(browser, receipts, fixtures):
+    context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1000, "height": 800})
+    page = context.new_page()
+    errors = []
+    # (The server has no favicon; the browser's own request for one is not the page's error.)
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error"
+            and not message.location["url"].endswith("/favicon.ico")
+            and errors.append(message.text)
+        ),
+    )
+    page.goto(f"{receipts.url}/login?next=/bookmarklet")
+    page.fill("#email", EMAIL)
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.locator("form button[type=submit]").click()
+    assert urllib.parse.urlsplit(page.url).path == "/bookmarklet"
+    page.get_by_role("button", name=re.compile("Create")).click()
+    link = page.wait_for_selector('a[href^="javascript:"]')
+    href = link.get_attribute("href")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    assert errors == []
+    context.close()
+
+    # The link works as it is: dragged to the bar and clicked in a compose.
+    tab = GmailTab(browser, fixtures, receipts)
+    try:
+        before = receipts.pixel_ids()
+        tab.open("popup.html")
+        tab.click_bookmarklet(href)
+        assert tab.notice() == ("added", POPUP_ADDED)
+        [pixel] = receipts.new_pixels(before)  # the same user's pixels
+        assert_pixel_image(tab.placement(), receipts, pixel)
+        tab.check()
+    finally:
+        tab.close()
