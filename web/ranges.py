@@ -8,6 +8,7 @@ import os
 import urllib.request
 from pathlib import Path
 
+from .config import ConfigError
 from .networks import APPLE, NetworkSet
 
 APPLE_EGRESS_URL = "https://mask-api.icloud.com/egress-ip-ranges.csv"
@@ -68,8 +69,6 @@ def apple_networks(data_dir):
 def scanner_networks(data_dir):
     """The mail security scanners the operator listed in scanner-ranges.txt, if any. A line
     that is not a prefix stops start-up with its line number."""
-    from .config import ConfigError
-
     path = Path(data_dir) / SCANNER_FILE
     if not path.exists():
         return NetworkSet()
