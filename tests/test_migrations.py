@@ -470,3 +470,33 @@ def test_a_start_that_finds_a_fresh_sqlite_database_busy_waits_for_it(tmp_path):
         if not database.is_closed():
             database.close()
     assert tables(database) == MODEL_TABLES | {"first_start"}
+
+
+REBUILD = '''\
+"""Makes pixel.label NOT NULL: on SQLite, peewee copies the table and drops the old one."""
+
+
+def up(migrator, db):
+    db.execute_sql("UPDATE pixel SET label = '' WHERE label IS NULL")
+    migrator.migrate(migrator.add_not_null("pixel", "label"))
+'''
+
+
+def test_a_migration_that_rebuilds_a_table_keeps_its_events(empty_database, tmp_path):
+    directory = tmp_path / "rebuild"
+    directory.mkdir()
+    for path in Path(MIGRATIONS).glob("*.py"):
+        shutil.copy(path, directory)
+    name = f"{int(SHIPPED[-1][:4]) + 1:04d}_label_not_null"
+    (directory / f"{name}.py").write_text(REBUILD)
+    migrate(empty_database)
+    fill(empty_database)
+    with empty_database.bind_ctx(MODELS), empty_database.connection_context():
+        events_before = Event.select().count()
+    assert events_before == 2
+
+    assert migrate(empty_database, directory=directory) == [name]
+
+    with empty_database.bind_ctx(MODELS), empty_database.connection_context():
+        assert Event.select().count() == events_before
+        assert Pixel.select().count() == 1

@@ -94,12 +94,15 @@ class Pixel(BaseModel):
     # Whether the recipients' mail is hosted by Google (mailhosts: google, other, unknown).
     mail_hosting = CharField(max_length=16, null=True)
     last_self_view_at = DateTimeField(null=True)
+    # The latest of created_at and last_event_at: the status page lists by it.
+    activity_at = DateTimeField(default=utcnow, null=True)
 
     class Meta:
         indexes = (
             (("owner", "created_at"), False),
             (("owner", "last_event_at"), False),
             (("owner", "state"), False),
+            (("owner", "activity_at"), False),
         )
 
 
@@ -120,6 +123,13 @@ class Event(BaseModel):
         indexes = ((("pixel", "at"), False),)
 
 
+class LoginFailure(BaseModel):
+    """A failed sign-in, keyed by a hash of the email or of the masked address."""
+
+    key = CharField(max_length=64, index=True)
+    at = DateTimeField(default=utcnow)
+
+
 class Setting(BaseModel):
     """Small server-wide values (e.g. the first-run setup nonce)."""
 
@@ -127,7 +137,7 @@ class Setting(BaseModel):
     value = TextField()
 
 
-MODELS = (User, ApiToken, Pixel, Event, Setting)
+MODELS = (User, ApiToken, Pixel, Event, LoginFailure, Setting)
 
 
 def open_database(url):
@@ -152,12 +162,22 @@ def migrate(database, directory=MIGRATIONS):
     """Create or upgrade the schema, once, even when several processes or hosts start together.
     Returns the names of the migrations applied."""
     runner = Runner(database, directory=directory, table_name="schema_migration")
-    if isinstance(database, SqliteDatabase):
+    sqlite = isinstance(database, SqliteDatabase)
+    if sqlite:
         enable_wal(database)
-    with database.connection_context(), write_transaction(database):
-        if isinstance(database, PostgresqlDatabase):
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        return runner.up()
+    with database.connection_context():
+        if sqlite:
+            # SQLite changes some columns by copying a table and dropping the old one; with
+            # foreign keys on, that drop would cascade to every event of every pixel.
+            database.execute_sql("PRAGMA foreign_keys = OFF")
+        try:
+            with write_transaction(database):
+                if not sqlite:
+                    database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                return runner.up()
+        finally:
+            if sqlite:
+                database.execute_sql("PRAGMA foreign_keys = ON")
 
 
 def enable_wal(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
