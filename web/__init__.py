@@ -11,7 +11,7 @@ from ua_parser import Parser
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, cli, config, install, models, pages, pixel
+from . import api, auth, cli, config, install, models, pages, pixel, security, settings
 from .classify import Networks, user_agent_parser
 from .geo import Geolocator, open_geolocator
 from .mailhosts import MailHosts
@@ -58,7 +58,9 @@ def create_app(config_overrides=None):
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(install.bp)
+    app.register_blueprint(settings.bp)
     cli.init_app(app)
+    security.init_app(app)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(pixel.bp)

@@ -40,6 +40,12 @@ def create_user(email, password):
     return User.create(email=email, password_hash=generate_password_hash(password))
 
 
+def set_password(user, password):
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    User.update(password_hash=generate_password_hash(password)).where(User.id == user.id).execute()
+
+
 def authenticate(email, password):
     """The user with this email and password, or None."""
     try:

@@ -1,6 +1,8 @@
 """Signing in and out, and the first-run setup link."""
 
+import datetime
 import functools
+import hashlib
 import secrets
 
 from flask import (
@@ -17,7 +19,8 @@ from flask import (
 from itsdangerous import BadSignature, Signer
 
 from .accounts import AccountError, authenticate, create_user
-from .models import Setting, User, db
+from .models import LoginFailure, Setting, User, db, utcnow
+from .privacy import anonymize
 
 bp = Blueprint("auth", __name__)
 
@@ -49,13 +52,51 @@ def load_user():
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "POST":
-        user = authenticate(request.form.get("email"), request.form.get("password"))
+        email = request.form.get("email", "")
+        keys = failure_keys(email)
+        if too_many_failures(keys):
+            flash("Too many failed sign-ins. Wait a quarter of an hour, then try again.")
+            return render_template("login.html"), 429
+        user = authenticate(email, request.form.get("password"))
         if user is not None:
+            LoginFailure.delete().where(LoginFailure.key == keys[0]).execute()
             session.clear()
             session["user_id"] = user.id
             return redirect(safe_next(request.args.get("next")))
+        note_failure(keys)
         flash("Wrong email or password.")
     return render_template("login.html")
+
+
+# Ten wrong passwords in a quarter of an hour, for one account or from one network, and
+# sign-ins wait. Counted in the database, so every worker and host sees the same numbers.
+FAILURE_LIMIT = 10
+FAILURE_WINDOW = datetime.timedelta(minutes=15)
+
+
+def failure_keys(email):
+    """Hashed keys for the account and the (masked) network a sign-in comes from."""
+    network = anonymize(request.remote_addr) or "unknown"
+    return [
+        hashlib.sha256(f"email:{email.strip().lower()}".encode()).hexdigest(),
+        hashlib.sha256(f"network:{network}".encode()).hexdigest(),
+    ]
+
+
+def too_many_failures(keys):
+    since = utcnow() - FAILURE_WINDOW
+    return any(
+        LoginFailure.select().where(LoginFailure.key == key, LoginFailure.at >= since).count()
+        >= FAILURE_LIMIT
+        for key in keys
+    )
+
+
+def note_failure(keys):
+    now = utcnow()
+    with db.atomic():
+        LoginFailure.delete().where(LoginFailure.at < now - FAILURE_WINDOW).execute()
+        LoginFailure.insert_many([{"key": key, "at": now} for key in keys]).execute()
 
 
 @bp.route("/logout", methods=["GET", "POST"])

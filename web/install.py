@@ -43,10 +43,11 @@ def create():
 @login_required
 def revoke(token_id):
     if revoke_token(token_id, user=g.user):
-        flash("That bookmarklet is revoked: it can no longer add receipts.")
+        flash("Revoked: that key can no longer add receipts.")
     else:
         flash("No such bookmarklet.")
-    return redirect(url_for("install.show"))
+    back = "settings.show" if request.form.get("back") == "settings" else "install.show"
+    return redirect(url_for(back))
 
 
 @bp.post("/bookmarklet/pixel")

@@ -1,20 +1,242 @@
-"""The signed-in pages."""
+"""The status pages: every receipt at a glance, one receipt's story, and their live updates."""
 
-from flask import Blueprint, g, render_template
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
+from peewee import Cast, fn
 
+from . import receipts
+from .api import pixel_html, pixel_url
 from .auth import login_required
-from .models import Pixel
+from .classify import KINDS
+from .models import STATES, Event, Pixel, utcnow
+from .timeline import timeline_svg
 
 bp = Blueprint("pages", __name__)
+
+PER_PAGE = 25
+DETAIL_EVENTS = 500  # a receipt fetched more often shows its latest 500 fetches
+
+MARKS = {
+    "waiting": ("○", "waiting", "Nothing has fetched the receipt yet."),
+    "inserted": ("◔", "in the message", "Your draft showed it: the receipt is in the message."),
+    "delivered": (
+        "✓",
+        "delivered",
+        "A mail server fetched it on delivery; nobody has opened it yet.",
+    ),
+    "opened": ("✓✓", "opened", "Someone opened the message."),
+}
+KIND_EXPLANATIONS = {
+    "open": "A person most likely opened the message.",
+    "prefetch": "A machine fetched it on delivery: proof of delivery, not of reading.",
+    "preview": "Your own browser showed it while you were writing.",
+    "self": "You, looking at your own sent message.",
+    "bot": "Automated and meaningless: a crawler, a link checker, a script.",
+}
+
+
+def ago(moment, now=None):
+    """ "3 min ago", for a UTC moment."""
+    if moment is None:
+        return ""
+    seconds = max(((now or utcnow()) - moment).total_seconds(), 0)
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
+    return "just now"
+
+
+@bp.app_template_filter("ago")
+def ago_filter(moment):
+    return ago(moment)
+
+
+@bp.app_template_filter("utc")
+def utc_filter(moment):
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else ""
+
+
+@bp.app_context_processor
+def vocabulary():
+    return {"marks": MARKS, "explanations": KIND_EXPLANATIONS, "states": STATES, "kinds": KINDS}
+
+
+def list_arguments():
+    q = request.args.get("q", "").strip()[:200]
+    state = request.args.get("state", "")
+    state = state if state in STATES else ""
+    page = request.args.get("page", "1")
+    page = int(page) if page.isascii() and page.isdigit() and 0 < int(page) < 10**6 else 1
+    return q, state, page
+
+
+def receipts_page(user, q, state, page):
+    """One page of a user's receipts, most recent activity first, with each one's last open."""
+    query = Pixel.select().where(Pixel.owner == user)
+    if q:
+        # Recipients are JSON text: compare the raw column, not a JSON-encoded search.
+        recipients = Cast(Pixel.recipients, "TEXT")
+        query = query.where(
+            Pixel.subject.contains(q) | Pixel.label.contains(q) | recipients.contains(q)
+        )
+    if state:
+        query = query.where(Pixel.state == state)
+    total = query.count()
+    pixels = list(
+        query.order_by(Pixel.activity_at.desc(), Pixel.id.desc()).paginate(page, PER_PAGE)
+    )
+    return pixels, last_opens(pixels), total
+
+
+def last_opens(pixels):
+    """The latest open event of each pixel, in one query."""
+    ids = [pixel.id for pixel in pixels if pixel.open_count]
+    if not ids:
+        return {}
+    latest = (
+        Event.select(fn.MAX(Event.id))
+        .where(Event.pixel.in_(ids), Event.kind == "open")
+        .group_by(Event.pixel)
+    )
+    return {event.pixel_id: event for event in Event.select().where(Event.id.in_(latest))}
+
+
+def row_json(pixel, last_open):
+    symbol, word, _ = MARKS[pixel.state]
+    return {
+        "id": pixel.public_id,
+        "href": url_for("pages.detail", public_id=pixel.public_id),
+        "title": pixel.label or pixel.subject or "(no subject)",
+        "recipients": ", ".join(pixel.recipients),
+        "created": f"{pixel.created_at:%Y-%m-%d %H:%M}",
+        "sent": f"{pixel.sent_at:%Y-%m-%d %H:%M}" if pixel.sent_at else "",
+        "state": pixel.state,
+        "mark": f"{symbol} {word}",
+        "opens": pixel.open_count,
+        "last_open": ago(pixel.last_open_at),
+        "last_open_exact": utc_filter(pixel.last_open_at),
+        "place": place(last_open),
+        "client": last_open.client if last_open and last_open.client else "",
+    }
+
+
+def place(event):
+    if event is None:
+        return ""
+    return ", ".join(part for part in (event.city, event.country) if part)
 
 
 @bp.get("/")
 @login_required
 def index():
-    pixels = (
-        Pixel.select()
-        .where(Pixel.owner == g.user)
-        .order_by(Pixel.created_at.desc(), Pixel.id.desc())
-        .limit(50)
+    q, state, page = list_arguments()
+    pixels, opens, total = receipts_page(g.user, q, state, page)
+    rows = [row_json(pixel, opens.get(pixel.id)) for pixel in pixels]
+    pages = max((total + PER_PAGE - 1) // PER_PAGE, 1)
+    return render_template(
+        "index.html", rows=rows, q=q, state=state, page=page, pages=pages, total=total
     )
-    return render_template("index.html", pixels=pixels)
+
+
+@bp.get("/live/receipts")
+@login_required
+def live_receipts():
+    """The list page's rows as JSON, for its polling script; 304 when nothing changed."""
+    q, state, page = list_arguments()
+    pixels, opens, total = receipts_page(g.user, q, state, page)
+    rows = [row_json(pixel, opens.get(pixel.id)) for pixel in pixels]
+    response = jsonify(rows=rows, total=total)
+    response.add_etag()
+    return response.make_conditional(request)
+
+
+def own_pixel_or_404(public_id):
+    pixel = Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == g.user)
+    if pixel is None:
+        abort(404)
+    return pixel
+
+
+def latest_events(pixel):
+    events = list(
+        Event.select()
+        .where(Event.pixel == pixel)
+        .order_by(Event.at.desc(), Event.id.desc())
+        .limit(DETAIL_EVENTS)
+    )
+    return events[::-1]
+
+
+@bp.get("/m/<public_id>")
+@login_required
+def detail(public_id):
+    pixel = own_pixel_or_404(public_id)
+    events = latest_events(pixel)
+    url = pixel_url(pixel)
+    return render_template(
+        "detail.html",
+        pixel=pixel,
+        events=events,
+        mark=MARKS[pixel.state],
+        timeline=timeline_svg(pixel.created_at, events, utcnow()),
+        url=url,
+        html=pixel_html(url),
+        shown_all=len(events) < DETAIL_EVENTS,
+    )
+
+
+@bp.get("/live/m/<public_id>")
+@login_required
+def live_detail(public_id):
+    """The detail page's changing parts as JSON (counts, state, events, the SVG)."""
+    pixel = own_pixel_or_404(public_id)
+    events = latest_events(pixel)
+    symbol, word, sentence = MARKS[pixel.state]
+    response = jsonify(
+        state=pixel.state,
+        mark=f"{symbol} {word}",
+        explanation=sentence,
+        counts={kind: getattr(pixel, f"{kind}_count") for kind in KINDS},
+        events=[event_row(event) for event in events],
+        timeline=str(timeline_svg(pixel.created_at, events, utcnow())),
+        title=pixel.label or pixel.subject or "(no subject)",
+    )
+    response.add_etag()
+    return response.make_conditional(request)
+
+
+def event_row(event):
+    return {
+        "id": event.id,
+        "at": utc_filter(event.at),
+        "kind": event.kind,
+        "explanation": KIND_EXPLANATIONS[event.kind],
+        "source": event.source,
+        "reason": event.reason,
+        "ip": event.ip or "",
+        "place": place(event),
+        "client": event.client or "",
+    }
+
+
+@bp.post("/m/<public_id>/events/<int:event_id>/kind")
+@login_required
+def correct(public_id, event_id):
+    pixel = own_pixel_or_404(public_id)
+    event = Event.get_or_none(Event.id == event_id, Event.pixel == pixel)
+    kind = request.form.get("kind")
+    if event is None or kind not in KINDS:
+        abort(404 if event is None else 400)
+    receipts.correct(event, kind)
+    flash("Marked as you." if kind == "self" else f"Counted as {kind}.")
+    return redirect(url_for("pages.detail", public_id=public_id) + f"#event-{event_id}")
+
+
+@bp.post("/m/<public_id>/delete")
+@login_required
+def delete(public_id):
+    pixel = own_pixel_or_404(public_id)
+    title = pixel.label or pixel.subject or "the receipt"
+    pixel.delete_instance(recursive=True)
+    flash(f"Deleted {title}.")
+    return redirect(url_for("pages.index"))

@@ -90,7 +90,7 @@ def _repeat(pixel_id, source, ip, client, at):
 def _counter_changes(kind, at):
     """The UPDATE for one new event, in SQL so that concurrent writers never lose a count."""
     counter = COUNTERS[kind]
-    changes = {counter: counter + 1, Pixel.last_event_at: at}
+    changes = {counter: counter + 1, Pixel.last_event_at: at, Pixel.activity_at: at}
     reached = STATE_REACHED.get(kind)
     if reached:
         earlier = STATES[: STATES.index(reached)]
@@ -134,6 +134,7 @@ def refresh(pixel_id):
             Pixel.last_event_at: last,
         }
     )
+    changes[Pixel.activity_at] = last or Pixel.created_at
     Pixel.update(changes).where(Pixel.id == pixel_id).execute()
 
 

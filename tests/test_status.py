@@ -1,0 +1,266 @@
+"""The status pages over HTTP on SQLite and PostgreSQL: list, search, filters, pagination,
+detail, corrections, deletion, live JSON, settings, sign-in limits and page headers."""
+
+import datetime
+import re
+
+import pytest
+
+from web.models import Event, LoginFailure, Pixel, utcnow
+
+from .helpers import csrf_token, mint, pixel_path, sign_in
+
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+
+
+@pytest.fixture
+def signed_in(client, user):
+    sign_in(client)
+    return client
+
+
+def open_it(client, pixel, address="81.2.69.160"):
+    client.get(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": GMAIL_PROXY},
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def test_list_shows_state_opens_place_and_client(signed_in, auth):
+    invoice = mint(signed_in, auth, subject="Invoice #42", recipients=["bob@example.com"])
+    mint(signed_in, auth, subject="Lease notice")
+    open_it(signed_in, invoice)
+    page = signed_in.get("/").get_data(as_text=True)
+    assert "✓✓ opened" in page and "×1" in page and "London, GB" in page and "Gmail" in page
+    assert "○ waiting" in page and "bob@example.com" in page
+    assert re.search(r'<time title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">just now</time>', page)
+    # Most recent activity first: the opened invoice is above the newer lease notice.
+    assert page.index("Invoice #42") < page.index("Lease notice")
+
+
+def test_search_and_state_filter(signed_in, auth):
+    invoice = mint(signed_in, auth, subject="Invoice #42", recipients=["bob@example.com"])
+    mint(signed_in, auth, subject="Lease notice", recipients=["landlord@example.org"])
+    open_it(signed_in, invoice)
+    assert "Lease notice" not in signed_in.get("/?q=invoice").get_data(as_text=True)
+    by_recipient = signed_in.get("/?q=landlord").get_data(as_text=True)
+    assert "Lease notice" in by_recipient and "Invoice #42" not in by_recipient
+    opened = signed_in.get("/?state=opened").get_data(as_text=True)
+    assert "Invoice #42" in opened and "Lease notice" not in opened
+    assert "No receipt matches" in signed_in.get("/?q=nothing-like-it").get_data(as_text=True)
+    # Odd input is ignored, not an error.
+    assert signed_in.get("/?state=bogus&page=x&q=%25_").status_code == 200
+
+
+def test_pagination(signed_in, auth, app):
+    for n in range(27):
+        mint(signed_in, auth, subject=f"message {n:02d}")
+    first = signed_in.get("/").get_data(as_text=True)
+    second = signed_in.get("/?page=2").get_data(as_text=True)
+    assert (
+        "page 1 of 2 (27 receipts)" in first and "message 26" in first and "message 01" not in first
+    )
+    assert "message 01" in second and "message 00" in second and "message 26" not in second
+
+
+def test_empty_state_points_to_the_bookmarklet(signed_in):
+    page = signed_in.get("/").get_data(as_text=True)
+    assert "No receipts yet" in page and 'href="/bookmarklet"' in page
+
+
+def test_detail_timeline_and_explanations(signed_in, auth):
+    pixel = mint(signed_in, auth, subject="Contract")
+    signed_in.get(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": "Mozilla/5.0"},
+        environ_base={"REMOTE_ADDR": "17.58.1.1"},
+    )
+    open_it(signed_in, pixel)
+    page = signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+    assert "✓✓ opened" in page and "Someone opened the message." in page
+    assert "A machine fetched it on delivery" in page and "A person most likely opened" in page
+    assert (
+        page.count("<circle") == 2
+        and "<svg" in page
+        and "style=" not in page.split("<svg", 1)[1].split("</svg>")[0]
+    )
+    assert "81.2.69.0" in page and "81.2.69.160" not in page
+    assert "That was me" in page and pixel["url"] in page
+
+
+def test_other_users_pixels_are_404(signed_in, auth, other_auth):
+    theirs = mint(signed_in, other_auth, subject="Not yours")
+    assert signed_in.get(f"/m/{theirs['id']}").status_code == 404
+    assert signed_in.get(f"/live/m/{theirs['id']}").status_code == 404
+    token = csrf_token(signed_in.get("/"))
+    assert (
+        signed_in.post(f"/m/{theirs['id']}/delete", data={"csrf_token": token}).status_code == 404
+    )
+    assert "Not yours" not in signed_in.get("/").get_data(as_text=True)
+
+
+def test_that_was_me_drops_the_count_and_back(signed_in, auth):
+    pixel = mint(signed_in, auth, subject="Invoice")
+    open_it(signed_in, pixel)
+    page = signed_in.get(f"/m/{pixel['id']}")
+    event_id = re.search(r'id="event-(\d+)"', page.get_data(as_text=True)).group(1)
+    action = f"/m/{pixel['id']}/events/{event_id}/kind"
+    done = signed_in.post(action, data={"kind": "self", "csrf_token": csrf_token(page)})
+    assert done.status_code == 302 and done.headers["Location"].endswith(f"#event-{event_id}")
+    page = signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+    assert 'id="count-open">0<' in page and 'id="count-self">1<' in page and "Not me" in page
+    signed_in.post(action, data={"kind": "open", "csrf_token": csrf_token(signed_in.get("/"))})
+    assert 'id="count-open">1<' in signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+
+
+def test_actions_without_csrf_are_rejected(signed_in, auth, app):
+    pixel = mint(signed_in, auth)
+    open_it(signed_in, pixel)
+    with app.app_context():
+        event_id = Event.get().id
+    assert (
+        signed_in.post(
+            f"/m/{pixel['id']}/events/{event_id}/kind", data={"kind": "self"}
+        ).status_code
+        == 400
+    )
+    assert signed_in.post(f"/m/{pixel['id']}/delete").status_code == 400
+    assert signed_in.post("/settings/tokens", data={"name": "x"}).status_code == 400
+    assert signed_in.post("/settings/password", data={}).status_code == 400
+    with app.app_context():
+        assert Event.get().kind == "open" and Pixel.select().count() == 1
+
+
+def test_delete_removes_the_receipt(signed_in, auth, app):
+    pixel = mint(signed_in, auth, subject="Old")
+    open_it(signed_in, pixel)
+    gone = signed_in.post(
+        f"/m/{pixel['id']}/delete", data={"csrf_token": csrf_token(signed_in.get("/"))}
+    )
+    assert gone.status_code == 302
+    assert "Deleted Old" in signed_in.get("/").get_data(as_text=True)
+    with app.app_context():
+        assert Pixel.select().count() == 0 and Event.select().count() == 0
+
+
+def test_live_list_json_with_etag(signed_in, auth):
+    pixel = mint(signed_in, auth, subject="Invoice")
+    first = signed_in.get("/live/receipts")
+    assert first.status_code == 200 and first.get_json()["rows"][0]["state"] == "waiting"
+    etag = first.headers["ETag"]
+    assert signed_in.get("/live/receipts", headers={"If-None-Match": etag}).status_code == 304
+    open_it(signed_in, pixel)
+    changed = signed_in.get("/live/receipts", headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    row = changed.get_json()["rows"][0]
+    assert (row["state"], row["opens"], row["place"], row["client"]) == (
+        "opened",
+        1,
+        "London, GB",
+        "Gmail",
+    )
+
+
+def test_live_detail_json(signed_in, auth):
+    pixel = mint(signed_in, auth, subject="Invoice")
+    open_it(signed_in, pixel)
+    data = signed_in.get(f"/live/m/{pixel['id']}").get_json()
+    assert data["counts"]["open"] == 1 and data["mark"] == "✓✓ opened"
+    assert data["events"][0]["ip"] == "81.2.69.0" and data["timeline"].startswith("<svg")
+
+
+def test_pages_and_live_json_need_a_sign_in(client, auth):
+    pixel = mint(client, auth)
+    for path in ("/", f"/m/{pixel['id']}", "/live/receipts", f"/live/m/{pixel['id']}", "/settings"):
+        response = client.get(path)
+        assert response.status_code == 302 and "/login" in response.headers["Location"], path
+
+
+def test_settings_tokens_and_password(signed_in, app):
+    page = signed_in.get("/settings")
+    made = signed_in.post(
+        "/settings/tokens", data={"name": "invoicing", "csrf_token": csrf_token(page)}
+    )
+    token = re.search(
+        r'id="new-token" class="copy" readonly value="(or_[^"]+)"', made.get_data(as_text=True)
+    ).group(1)
+    assert (
+        signed_in.get("/api/pixels", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
+    assert token not in signed_in.get("/settings").get_data(as_text=True)
+
+    wrong = signed_in.post(
+        "/settings/password",
+        data={
+            "current": "nope",
+            "password": "a new long one",
+            "confirm": "a new long one",
+            "csrf_token": csrf_token(page),
+        },
+        follow_redirects=True,
+    )
+    assert "current password is wrong" in wrong.get_data(as_text=True)
+    short = signed_in.post(
+        "/settings/password",
+        data={
+            "current": "correct horse battery",
+            "password": "short",
+            "confirm": "short",
+            "csrf_token": csrf_token(page),
+        },
+        follow_redirects=True,
+    )
+    assert "at least 10 characters" in short.get_data(as_text=True)
+    changed = signed_in.post(
+        "/settings/password",
+        data={
+            "current": "correct horse battery",
+            "password": "a new long one",
+            "confirm": "a new long one",
+            "csrf_token": csrf_token(page),
+        },
+        follow_redirects=True,
+    )
+    assert "Password changed." in changed.get_data(as_text=True)
+    fresh = app.test_client()
+    assert sign_in(fresh, password="a new long one").status_code == 302
+    assert sign_in(app.test_client()).status_code == 200  # the old one no longer works
+
+
+def test_sign_in_is_rate_limited(client, user, app):
+    for _ in range(10):
+        assert sign_in(client, password="wrong password!").status_code == 200
+    limited = sign_in(client)  # even the right password waits now
+    assert limited.status_code == 429 and "Too many failed sign-ins" in limited.get_data(
+        as_text=True
+    )
+    with app.app_context():
+        LoginFailure.update(at=utcnow() - datetime.timedelta(minutes=16)).execute()
+    assert sign_in(client).status_code == 302
+
+
+def test_rate_limit_counts_per_network_too(app, user):
+    for n in range(10):
+        client = app.test_client()
+        sign_in(client, email=f"someone{n}@example.com", password="guess guess guess")
+    stranger = app.test_client()
+    assert sign_in(stranger).status_code == 429
+
+
+def test_pages_carry_security_headers_and_the_pixel_does_not(signed_in, auth):
+    page = signed_in.get("/")
+    csp = page.headers["Content-Security-Policy"]
+    assert (
+        "script-src 'self'" in csp
+        and "frame-ancestors 'none'" in csp
+        and "unsafe-inline" not in csp
+    )
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert "<script>" not in page.get_data(as_text=True)  # only <script src=...>
+    pixel = signed_in.get(pixel_path(mint(signed_in, auth)["url"]))
+    assert "Content-Security-Policy" not in pixel.headers
