@@ -97,11 +97,11 @@
     mark.appendChild(el("span", row.mark, { class: "mark state-" + row.state }));
     if (row.opens) mark.appendChild(el("span", " ×" + row.opens, { class: "count" }));
     tr.appendChild(mark);
-    var last = el("td");
+    var last = el("td", null, { "data-label": "Last open" });
     if (row.last_open) last.appendChild(el("time", row.last_open, { title: row.last_open_exact }));
     tr.appendChild(last);
-    tr.appendChild(el("td", row.place));
-    tr.appendChild(el("td", row.client));
+    tr.appendChild(el("td", row.place, { "data-label": "Where" }));
+    tr.appendChild(el("td", row.client, { "data-label": "With" }));
     return tr;
   }
 
@@ -126,11 +126,19 @@
       seenOpens = data.counts.open;
       var svg = new DOMParser().parseFromString(data.timeline, "image/svg+xml").documentElement;
       document.getElementById("timeline").replaceChildren(document.importNode(svg, true));
+      var table = document.getElementById("events");
+      if (!table.hasAttribute("data-live-rows")) return; // a page of earlier fetches stays still
       var rows = document.createDocumentFragment();
       data.events.forEach(function (event) {
         rows.appendChild(eventRow(event, csrf ? csrf.value : ""));
       });
-      document.querySelector("#events tbody").replaceChildren(rows);
+      table.tBodies[0].replaceChildren(rows);
+      var older = document.getElementById("older");
+      older.hidden = !data.older;
+      if (data.older) {
+        var link = older.querySelector("a");
+        link.href = link.dataset.base + "?before=" + data.older + "#events";
+      }
     });
   }
 

@@ -3,10 +3,12 @@ detail, corrections, deletion, live JSON, settings, sign-in limits and page head
 
 import datetime
 import re
+from collections import namedtuple
 
 import pytest
 
 from web.models import Event, LoginFailure, Pixel, utcnow
+from web.timeline import timeline_svg
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
 
@@ -89,6 +91,71 @@ def test_detail_timeline_and_explanations(signed_in, auth):
     )
     assert "81.2.69.0" in page and "81.2.69.160" not in page
     assert "That was me" in page and pixel["url"] in page
+
+
+def test_detail_pages_through_many_fetches(signed_in, auth, other_auth):
+    """A busy receipt shows its latest fetches and links to earlier ones; every fetch is on exactly
+    one page, also when many share the same second."""
+    pixel = mint(signed_in, auth, subject="Busy")
+    row = Pixel.get(Pixel.public_id == pixel["id"])
+    start = utcnow().replace(microsecond=0)
+    Event.insert_many(
+        [
+            {
+                "pixel": row,
+                "at": start + datetime.timedelta(seconds=n // 3),  # three fetches a second
+                "kind": "bot",
+                "source": "direct",
+                "reason": f"fetch number {n:03d}",
+            }
+            for n in range(120)
+        ]
+    ).execute()
+
+    seen, path = [], f"/m/{pixel['id']}"
+    while path:
+        page = signed_in.get(path).get_data(as_text=True)
+        numbers = [int(n) for n in re.findall(r"fetch number (\d{3})", page)]
+        assert numbers == sorted(numbers) and len(numbers) <= 50
+        seen = numbers + seen
+        older = re.search(r'<p class="pager" id="older">\s*<a href="([^"#]+)#events"', page)
+        path = older.group(1).replace("&amp;", "&") if older else None
+    assert seen == list(range(120))
+    # The picture shows them all on every page; fetches of one second share a mark.
+    marks = re.findall(r"<title>bot(?: ×(\d+))? [^<]+</title></circle>", page)
+    assert len(marks) < 120 and sum(int(n or 1) for n in marks) == 120
+
+    live = signed_in.get(f"/live/m/{pixel['id']}").get_json()
+    assert [e["reason"] for e in live["events"]] == [
+        f"fetch number {n:03d}" for n in range(70, 120)
+    ]
+    assert live["older"] is not None
+    # An event of another receipt is no cursor.
+    theirs = mint(signed_in, other_auth)
+    open_it(signed_in, theirs)
+    their_event = Event.get(Event.pixel == Pixel.get(Pixel.public_id == theirs["id"]))
+    assert signed_in.get(f"/m/{pixel['id']}?before={their_event.id}").status_code == 404
+
+
+def test_timeline_marks_count_every_event():
+    """Overlapping fetches of one kind share a mark that says how many; apart, or of another
+    kind, they keep their own."""
+    created = datetime.datetime(2026, 11, 2, 9, 0)
+    point = namedtuple("point", "at kind")
+    events = [point(created + datetime.timedelta(seconds=n), "open") for n in range(5)]
+    events += [point(created + datetime.timedelta(seconds=2), "prefetch")]
+    events += [point(created + datetime.timedelta(days=3), "open")]
+    events.sort(key=lambda e: e.at)
+    svg = str(timeline_svg(created, events, created + datetime.timedelta(days=4)))
+    titles = re.findall(r"<title>([^<]+)</title>", svg)
+    assert titles == [
+        "opened ×5 2026-11-02 09:00:00 – 2026-11-02 09:00:04 UTC",
+        "delivered (machine) 2026-11-02 09:00:02 UTC",
+        "opened 2026-11-05 09:00:00 UTC",
+    ]
+    assert 'aria-label="7 events between 2026-11-02 09:00 and 2026-11-06 09:00 UTC"' in svg
+    one = str(timeline_svg(created, events[:1], created + datetime.timedelta(hours=1)))
+    assert 'aria-label="1 event between' in one
 
 
 def test_other_users_pixels_are_404(signed_in, auth, other_auth):

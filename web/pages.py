@@ -13,7 +13,8 @@ from .timeline import timeline_svg
 bp = Blueprint("pages", __name__)
 
 PER_PAGE = 25
-DETAIL_EVENTS = 500  # a receipt fetched more often shows its latest 500 fetches
+DETAIL_EVENTS = 50  # fetches a page of the detail table; older ones are a link away
+TIMELINE_EVENTS = 1000  # the picture shows a busy receipt's latest 1000 fetches
 
 MARKS = {
     "waiting": ("○", "waiting", "Nothing has fetched the receipt yet."),
@@ -157,40 +158,60 @@ def own_pixel_or_404(public_id):
     return pixel
 
 
-def latest_events(pixel):
-    events = list(
-        Event.select()
+def events_page(pixel, before=None):
+    """Up to DETAIL_EVENTS of the pixel's events, oldest first, that come before the event
+    `before` (an event id; None: the latest), and the id to ask for the page before them."""
+    query = Event.select().where(Event.pixel == pixel)
+    if before is not None:
+        cursor = Event.get_or_none(Event.id == before, Event.pixel == pixel)
+        if cursor is None:
+            abort(404)
+        query = query.where(
+            (Event.at < cursor.at) | ((Event.at == cursor.at) & (Event.id < cursor.id))
+        )
+    events = list(query.order_by(Event.at.desc(), Event.id.desc()).limit(DETAIL_EVENTS + 1))
+    older = events[DETAIL_EVENTS - 1].id if len(events) > DETAIL_EVENTS else None
+    return events[:DETAIL_EVENTS][::-1], older
+
+
+def timeline(pixel):
+    """A picture of the pixel's latest TIMELINE_EVENTS events, reading only time and kind."""
+    points = list(
+        Event.select(Event.at, Event.kind)
         .where(Event.pixel == pixel)
         .order_by(Event.at.desc(), Event.id.desc())
-        .limit(DETAIL_EVENTS)
+        .limit(TIMELINE_EVENTS)
+        .namedtuples()
     )
-    return events[::-1]
+    return timeline_svg(pixel.created_at, points[::-1], utcnow())
 
 
 @bp.get("/m/<public_id>")
 @login_required
 def detail(public_id):
     pixel = own_pixel_or_404(public_id)
-    events = latest_events(pixel)
+    before = request.args.get("before", type=int)
+    events, older = events_page(pixel, before)
     url = pixel_url(pixel)
     return render_template(
         "detail.html",
         pixel=pixel,
         events=events,
         mark=MARKS[pixel.state],
-        timeline=timeline_svg(pixel.created_at, events, utcnow()),
+        timeline=timeline(pixel),
         url=url,
         html=pixel_html(url),
-        shown_all=len(events) < DETAIL_EVENTS,
+        older=older,
+        latest=before is None,
     )
 
 
 @bp.get("/live/m/<public_id>")
 @login_required
 def live_detail(public_id):
-    """The detail page's changing parts as JSON (counts, state, events, the SVG)."""
+    """The detail page's changing parts as JSON (counts, state, latest events, the SVG)."""
     pixel = own_pixel_or_404(public_id)
-    events = latest_events(pixel)
+    events, older = events_page(pixel)
     symbol, word, sentence = MARKS[pixel.state]
     response = jsonify(
         state=pixel.state,
@@ -198,7 +219,8 @@ def live_detail(public_id):
         explanation=sentence,
         counts={kind: getattr(pixel, f"{kind}_count") for kind in KINDS},
         events=[event_row(event) for event in events],
-        timeline=str(timeline_svg(pixel.created_at, events, utcnow())),
+        older=older,
+        timeline=str(timeline(pixel)),
         title=pixel.label or pixel.subject or "(no subject)",
     )
     response.add_etag()
