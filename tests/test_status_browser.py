@@ -1,4 +1,4 @@
-"""The status pages in real Chromium against a real gunicorn: the list and the detail page update
+"""The status pages in real Chromium against a real gunicorn, on SQLite and on PostgreSQL: the list
 in place as fetches arrive, the corrections work, nothing breaks the Content Security Policy or
 logs an error, the pages fit a phone, carry labels and readable marks, and work without
 JavaScript. Writes the docs/status-*.png screenshots.
@@ -8,12 +8,15 @@ import json
 import re
 import secrets
 import urllib.parse
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
 
-from .conftest import unavailable
+from .conftest import POSTGRESQL_URL, unavailable
 from .servers import ROOT, Gunicorn, start_gunicorn
 from .test_browser import CHROME_UA, CHROMIUM, CHROMIUM_ARGS
 
@@ -156,16 +159,36 @@ class Receipts:
         return headers["X-Openreceipt"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, geoip_path):
-    tmp_path = tmp_path_factory.mktemp("status-server")
-    server = start_gunicorn(
-        tmp_path, {"DATA_DIR": tmp_path / "data", "GEOIP_DATABASE": geoip_path, "MX_LOOKUP": "off"}
-    )
+@contextmanager
+def own_postgresql_schema():
+    """A schema of these tests' own, so the server's rows meet no other test's."""
     try:
-        yield server
+        connection = psycopg.connect(POSTGRESQL_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        unavailable(f"PostgreSQL at {POSTGRESQL_URL} is unreachable: {error}")
+    schema = f"openreceipt_status_{secrets.token_hex(4)}"
+    connection.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in POSTGRESQL_URL else "?"
+    try:
+        yield f"{POSTGRESQL_URL}{separator}options={quote(f'-csearch_path={schema}')}"
     finally:
-        server.stop()
+        connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        connection.close()
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+)
+def server(request, tmp_path_factory, geoip_path):
+    """The status pages' gunicorn, once on SQLite (the default) and once on PostgreSQL."""
+    tmp_path = tmp_path_factory.mktemp("status-server")
+    settings = {"DATA_DIR": tmp_path / "data", "GEOIP_DATABASE": geoip_path, "MX_LOOKUP": "off"}
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            settings["DATABASE_URL"] = stack.enter_context(own_postgresql_schema())
+        server = start_gunicorn(tmp_path, settings)
+        stack.callback(server.stop)
+        yield server
 
 
 def account(server, email, password):
