@@ -1,7 +1,7 @@
-"""The status pages in real Chromium against a real gunicorn, on SQLite and on PostgreSQL: the list
-in place as fetches arrive, the corrections work, nothing breaks the Content Security Policy or
-logs an error, the pages fit a phone, carry labels and readable marks, and work without
-JavaScript. Writes the docs/status-*.png screenshots.
+"""The status pages in real Chromium against a real gunicorn, on SQLite and on PostgreSQL: the
+list and the detail page update in place as fetches arrive, the corrections work, nothing breaks
+the Content Security Policy or logs an error, the pages fit a phone, carry labels and readable
+marks, and work without JavaScript. Writes the docs/status-*.png screenshots.
 """
 
 import json
