@@ -170,6 +170,8 @@ def settings(tmp_path, database_url, geoip_path):
         "PUBLIC_URL": "https://receipts.example.com",
         # Tests that look up MX records bring their own DNS server (tests/dnsserver.py).
         "MX_LOOKUP": False,
+        # No purge thread racing the test's own requests; tests/test_retention.py turns it on.
+        "RETENTION_AUTO": False,
     }
 
 

@@ -12,7 +12,7 @@ from .helpers import csrf_token, sign_in
 
 
 def test_pages_need_a_sign_in(client):
-    response = client.get("/")
+    response = client.get("/settings")
     assert response.status_code == 302
     assert response.headers["Location"].startswith("/login")
 
@@ -26,14 +26,14 @@ def test_sign_in_and_out(client, user):
     assert page.status_code == 200 and "ada@example.com" in page.get_data(as_text=True)
     out = client.post("/logout", data={"csrf_token": csrf_token(page)})
     assert out.status_code == 302
-    assert client.get("/").status_code == 302
+    assert client.get("/settings").status_code == 302
 
 
 def test_wrong_password_is_refused(client, user):
     response = sign_in(client, password="wrong password!")
     assert response.status_code == 200
     assert "Wrong email or password" in response.get_data(as_text=True)
-    assert client.get("/").status_code == 302
+    assert client.get("/settings").status_code == 302
 
 
 def test_sign_in_without_csrf_token_is_rejected(client, user):
@@ -41,7 +41,7 @@ def test_sign_in_without_csrf_token_is_rejected(client, user):
         "/login", data={"email": "ada@example.com", "password": "correct horse battery"}
     )
     assert response.status_code == 400
-    assert client.get("/").status_code == 302
+    assert client.get("/settings").status_code == 302
 
 
 def test_next_only_goes_to_local_paths(client, user):

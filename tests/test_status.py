@@ -241,9 +241,12 @@ def test_live_detail_json(signed_in, auth):
 
 def test_pages_and_live_json_need_a_sign_in(client, auth):
     pixel = mint(client, auth)
-    for path in ("/", f"/m/{pixel['id']}", "/live/receipts", f"/live/m/{pixel['id']}", "/settings"):
+    for path in (f"/m/{pixel['id']}", "/live/receipts", f"/live/m/{pixel['id']}", "/settings"):
         response = client.get(path)
         assert response.status_code == 302 and "/login" in response.headers["Location"], path
+    # Signed out, / is the privacy notice, with a way in and no receipt on it.
+    home = client.get("/").get_data(as_text=True)
+    assert "What is recorded" in home and 'href="/login"' in home and pixel["id"] not in home
 
 
 def test_settings_tokens_and_password(signed_in, app):

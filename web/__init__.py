@@ -11,7 +11,20 @@ from ua_parser import Parser
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, cli, config, install, models, pages, pixel, security, settings
+from . import (
+    api,
+    auth,
+    cli,
+    config,
+    install,
+    models,
+    notice,
+    pages,
+    pixel,
+    retention,
+    security,
+    settings,
+)
 from .classify import Networks, user_agent_parser
 from .geo import Geolocator, open_geolocator
 from .mailhosts import MailHosts
@@ -39,7 +52,7 @@ def create_app(config_overrides=None):
     app.logger.setLevel(logging.INFO)
 
     models.init_app(app)
-    geolocator = open_geolocator(app.config["GEOIP_DATABASE"])
+    geolocator = open_geolocator(app.config["GEOIP_DATABASE"], app.config["COLLECT_LOCATION"])
     app.extensions["openreceipt"] = Services(
         signer=PixelSigner(app.config["SECRET_KEY"], app.config["SECRET_KEY_FALLBACKS"]),
         geolocator=geolocator,
@@ -59,8 +72,10 @@ def create_app(config_overrides=None):
     app.register_blueprint(pages.bp)
     app.register_blueprint(install.bp)
     app.register_blueprint(settings.bp)
+    app.register_blueprint(notice.bp)
     cli.init_app(app)
     security.init_app(app)
+    retention.init_app(app)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(pixel.bp)

@@ -5,15 +5,16 @@ from email.utils import parseaddr
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, request, url_for
 from markupsafe import escape
+from peewee import fn
 from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
 
-from . import receipts
+from . import donottrack, receipts
 from .accounts import user_for_token
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .classify import KINDS
 from .models import Event, Pixel, utcnow
 from .pixel import MAX_USER_AGENT
-from .privacy import anonymize, fingerprint
+from .privacy import anonymize, fingerprint, kept_recipients
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -84,6 +85,7 @@ def pixel_json(pixel, events=None):
         "last_open_at": iso(pixel.last_open_at),
         "last_event_at": iso(pixel.last_event_at),
         "delivered_at": iso(pixel.delivered_at),
+        "tracking_stopped_at": iso(pixel.tracking_stopped_at),
     }
     if events is not None:
         body["events"] = [event_json(event) for event in events]
@@ -122,13 +124,28 @@ def create_pixel():
     subject = text_field(body, "subject", MAX_SUBJECT)
     label = text_field(body, "label", MAX_LABEL)
     recipients = recipients_field(body)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("'force' must be true or false")
+    listed = donottrack.matching(donottrack.entries_for(g.user), recipients)
+    if listed and not force:
+        answer = jsonify(
+            error=f"no receipt: {', '.join(listed)} "
+            f"{'is' if len(listed) == 1 else 'are'} on the do-not-track list (see Settings)",
+            do_not_track=listed,
+        )
+        abort(make_response(answer, 409))
     browser = fingerprint(
         current_app.config["SECRET_KEY"],
         request.headers.get("User-Agent", "")[:MAX_USER_AGENT],
         anonymize(request.remote_addr),
     )
     pixel = receipts.mint(
-        g.user, subject=subject, recipients=recipients, label=label, mint_fingerprint=browser
+        g.user,
+        subject=subject,
+        recipients=kept_recipients(recipients, current_app.config["STORE_RECIPIENTS"]),
+        label=label,
+        mint_fingerprint=browser,
     )
     note_mail_hosting(pixel, recipients)
     url = pixel_url(pixel)
@@ -160,11 +177,18 @@ def mark_sent(public_id):
     changes = {Pixel.sent_at: utcnow()}
     if "subject" in body:
         changes[Pixel.subject] = text_field(body, "subject", MAX_SUBJECT)
-    if "recipients" in body:
-        changes[Pixel.recipients] = recipients_field(body)
+    recipients = recipients_field(body) if "recipients" in body else None
+    if recipients is not None:
+        kept = kept_recipients(recipients, current_app.config["STORE_RECIPIENTS"])
+        changes[Pixel.recipients] = kept
+        # A recipient added after the pixel was made, and on the do-not-track list: the
+        # message went out, so the receipt stops recording instead of being refused.
+        added = [r for r in kept if r not in pixel.recipients]
+        if donottrack.matching(donottrack.entries_for(g.user), added):
+            changes[Pixel.tracking_stopped_at] = fn.COALESCE(Pixel.tracking_stopped_at, utcnow())
     Pixel.update(changes).where(Pixel.id == pixel.id).execute()
-    if "recipients" in body:
-        note_mail_hosting(pixel, changes[Pixel.recipients])
+    if recipients is not None:
+        note_mail_hosting(pixel, recipients)
     return jsonify(pixel_json(Pixel.get_by_id(pixel.id)))
 
 

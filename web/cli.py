@@ -1,4 +1,5 @@
-"""The `openreceipt` command: accounts and API tokens."""
+"""The `openreceipt` command: accounts, API tokens, bookmarklets, address ranges, and the
+privacy tools (purge, do-not-track, export, forget)."""
 
 import functools
 import sys
@@ -7,11 +8,12 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
+from . import donottrack, export, retention
 from .accounts import AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
 from .config import local_url, server_bind
-from .models import ApiToken
+from .models import ApiToken, db
 from .ranges import APPLE_EGRESS_URL, RangesError, update_apple_egress
 
 
@@ -61,6 +63,21 @@ def user_add(email, password_stdin):
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     account = create_account(email, password)
     click.echo(f"created user {account.email}", err=True)
+
+
+@user.command("delete")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_fail_on_account_error
+def user_delete(email, yes):
+    """Delete the user EMAIL with all their receipts, events, tokens and do-not-track entries."""
+    account = find_user(email)
+    if not yes:
+        click.confirm(f"Delete {account.email} and all their data?", abort=True)
+    with db.atomic():
+        pixels = account.pixels.count()
+        account.delete_instance(recursive=True)
+    click.echo(f"deleted user {account.email} and {pixels} receipts", err=True)
 
 
 @click.group()
@@ -136,12 +153,125 @@ def ranges_update(url):
     click.echo(f"stored {count} Apple egress prefixes; restart the server to use them")
 
 
+@click.command("purge")
+@with_appcontext
+def purge():
+    """Delete events older than OPENRECEIPT_RETENTION_DAYS now (receipts keep their counts)."""
+    days = current_app.config["RETENTION_DAYS"]
+    if not days:
+        click.echo("OPENRECEIPT_RETENTION_DAYS is 0: events are kept for ever; nothing deleted")
+        return
+    deleted, touched = retention.purge(days)
+    retention.claim_run(force=True)
+    click.echo(f"deleted {deleted} events older than {days} days from {touched} receipts")
+
+
+@click.group("dnt")
+def dnt():
+    """Manage do-not-track lists: addresses, domains and top-level domains that get no
+    receipts. Without --user, an entry holds for every user of this server."""
+
+
+def _dnt_owner(email):
+    return find_user(email) if email else None
+
+
+@dnt.command("add")
+@click.argument("entries", nargs=-1, required=True)
+@click.option("--user", "email", help="The user whose list it is (default: every user's).")
+@_fail_on_account_error
+def dnt_add(entries, email):
+    """Add ENTRIES (bob@example.de, example.de, .de); receipts they cover stop recording."""
+    try:
+        added, stopped = donottrack.add(_dnt_owner(email), entries)
+    except donottrack.EntryError as error:
+        raise click.ClickException(str(error)) from None
+    whose = email or "every user"
+    for entry in added:
+        click.echo(f"added {entry} (for {whose})")
+    click.echo(f"{stopped} receipts stopped recording", err=True)
+
+
+@dnt.command("remove")
+@click.argument("entry")
+@click.option("--user", "email", help="The user whose list it is (default: every user's).")
+@_fail_on_account_error
+def dnt_remove(entry, email):
+    """Remove ENTRY from a do-not-track list."""
+    try:
+        removed = donottrack.remove(_dnt_owner(email), entry)
+    except donottrack.EntryError as error:
+        raise click.ClickException(str(error)) from None
+    if not removed:
+        raise click.ClickException(f"{entry} is not on {email or 'the server'}'s list")
+    click.echo(f"removed {donottrack.normalize(entry)}")
+
+
+@dnt.command("list")
+@click.option("--user", "email", help="The user whose list it is (default: every user's).")
+@_fail_on_account_error
+def dnt_list(email):
+    """List the entries of one do-not-track list."""
+    for row in donottrack.listed(_dnt_owner(email)):
+        click.echo(f"{row.entry}\tadded {row.created_at:%Y-%m-%d}")
+
+
+@click.command("export")
+@click.argument("email")
+@click.option(
+    "--format", "form", type=click.Choice(["json", "csv"]), default="json", show_default=True
+)
+@_fail_on_account_error
+@with_appcontext
+def export_command(email, form):
+    """Print all of EMAIL's data (receipts, events, tokens, do-not-track list) as JSON, or their
+    receipts and events as CSV."""
+    account = find_user(email)
+    click.echo(export.as_json(account) if form == "json" else export.as_csv(account), nl=False)
+
+
+@click.command("forget")
+@click.argument("address")
+@click.option(
+    "--do-not-track",
+    "block",
+    is_flag=True,
+    help="Also add ADDRESS to the server's do-not-track list, for every user.",
+)
+@with_appcontext
+def forget(address, block):
+    """Delete every receipt, of every user, sent to ADDRESS, with its events."""
+    if "@" not in address:
+        raise click.ClickException(f"{address!r} is not an email address")
+    removed = export.forget(address)
+    for email, public_id, subject, events in removed:
+        click.echo(
+            f"deleted receipt {public_id} of {email}: {subject or '(no subject)'!s}"
+            f" ({events} events)"
+        )
+    click.echo(f"deleted {len(removed)} receipts sent to {address.strip().lower()}")
+    if current_app.config["STORE_RECIPIENTS"] != "address":
+        click.echo(
+            "note: OPENRECEIPT_STORE_RECIPIENTS is "
+            f"{current_app.config['STORE_RECIPIENTS']}: receipts keep no addresses to match",
+            err=True,
+        )
+    if block:
+        added, stopped = donottrack.add(None, [address])
+        state = "added to" if added else "already on"
+        click.echo(f"{address.strip().lower()} {state} the server's do-not-track list")
+
+
 def init_app(app):
     """Make the commands part of the app, so `openreceipt` and app.test_cli_runner() see them."""
     app.cli.add_command(user)
     app.cli.add_command(token)
     app.cli.add_command(ranges)
     app.cli.add_command(bookmarklet)
+    app.cli.add_command(purge)
+    app.cli.add_command(dnt)
+    app.cli.add_command(export_command)
+    app.cli.add_command(forget)
 
 
 def main():

@@ -21,6 +21,17 @@ DEFAULTS = {
     "GEOIP_DATABASE": None,
     "MX_LOOKUP": True,
     "DNS_SERVERS": None,
+    # Privacy: what a fetch records, what a pixel keeps of its recipients, for how long.
+    "COLLECT_LOCATION": "city",
+    "COLLECT_CLIENT": True,
+    "STORE_RECIPIENTS": "address",
+    "RETENTION_DAYS": 90,
+    "OPERATOR_CONTACT": None,
+}
+
+CHOICES = {
+    "COLLECT_LOCATION": ("city", "country", "none"),
+    "STORE_RECIPIENTS": ("address", "domain", "none"),
 }
 
 # Read by gunicorn.conf.py, not by the application; listed so they are not reported as unknown.
@@ -117,6 +128,20 @@ def validate(config):
                 f"OPENRECEIPT_DNS_SERVERS must list addresses like 127.0.0.1:53, got {server!r}"
             ) from None
     config["DNS_SERVERS"] = servers or None
+
+    for name, choices in CHOICES.items():
+        value = str(config[name]).strip().lower()
+        if value not in choices:
+            raise ConfigError(
+                f"OPENRECEIPT_{name} must be one of {', '.join(choices)}, got {config[name]!r}"
+            )
+        config[name] = value
+    config["COLLECT_CLIENT"] = _switch("COLLECT_CLIENT", config["COLLECT_CLIENT"])
+    config["RETENTION_DAYS"] = _whole_number("RETENTION_DAYS", config["RETENTION_DAYS"])
+    contact = str(config["OPERATOR_CONTACT"] or "").strip()
+    if "\n" in contact or len(contact) > 500:
+        raise ConfigError("OPENRECEIPT_OPERATOR_CONTACT must be one line (an address or a URL)")
+    config["OPERATOR_CONTACT"] = contact or None
 
     # The login cookie is marked Secure whenever the public address is HTTPS.
     config["SESSION_COOKIE_SECURE"] = bool(config["PUBLIC_URL"]) and config[

@@ -29,10 +29,12 @@ def packaged_database():
 
 
 class Geolocator:
-    """Looks up masked addresses in one City or Country database (GeoLite2, DB-IP Lite, ...)."""
+    """Looks up masked addresses in one City or Country database (GeoLite2, DB-IP Lite, ...).
+    With `cities=False` only the country leaves the lookup (COLLECT_LOCATION=country)."""
 
-    def __init__(self, path):
+    def __init__(self, path, cities=True):
         self.path = path
+        self.cities = cities
         self._reader = geoip2.database.Reader(path) if path else None
         if self._reader is None:
             self.database_type = None
@@ -50,7 +52,8 @@ class Geolocator:
         """One line for the start-up log and the README's promise: which data, how old."""
         if self._reader is None:
             return "no GeoIP database: locations stay empty"
-        return f"GeoIP database {self.database_type} built {self.built} ({self.path})"
+        what = "" if self.cities else ", countries only"
+        return f"GeoIP database {self.database_type} built {self.built} ({self.path}{what})"
 
     def locate(self, masked_ip):
         """The Location of a masked address; NOWHERE when unknown or without a database."""
@@ -59,7 +62,7 @@ class Geolocator:
         try:
             if self._has_cities:
                 found = self._reader.city(masked_ip)
-                return Location(found.country.iso_code, found.city.name)
+                return Location(found.country.iso_code, found.city.name if self.cities else None)
             return Location(self._reader.country(masked_ip).country.iso_code, None)
         except (geoip2.errors.AddressNotFoundError, ValueError, TypeError):
             return NOWHERE
@@ -69,13 +72,13 @@ class Geolocator:
             self._reader.close()
 
 
-def open_geolocator(setting):
+def open_geolocator(setting, collect="city"):
     """The Geolocator for the GEOIP_DATABASE setting: a path, "off", or None for the packaged
-    snapshot when it is installed."""
-    if setting == "off":
+    snapshot when it is installed; COLLECT_LOCATION `collect` "none" opens no database at all."""
+    if setting == "off" or collect == "none":
         return Geolocator(None)
     path = setting or packaged_database()
     try:
-        return Geolocator(path)
+        return Geolocator(path, cities=collect == "city")
     except (OSError, maxminddb.InvalidDatabaseError, ValueError) as error:
         raise ConfigError(f"OPENRECEIPT_GEOIP_DATABASE {path} cannot be read: {error}") from None

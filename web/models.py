@@ -96,6 +96,11 @@ class Pixel(BaseModel):
     last_self_view_at = DateTimeField(null=True)
     # The latest of created_at and last_event_at: the status page lists by it.
     activity_at = DateTimeField(default=utcnow, null=True)
+    # Set when a recipient is on a do-not-track list: later fetches are not recorded.
+    tracking_stopped_at = DateTimeField(null=True)
+    # What the events deleted by retention added up to, so counters survive a recount:
+    # {kind: [count, first ISO time, last ISO time]} (retention.py).
+    archived = TextField(null=True)
 
     class Meta:
         indexes = (
@@ -123,6 +128,19 @@ class Event(BaseModel):
         indexes = ((("pixel", "at"), False),)
 
 
+class DoNotTrack(BaseModel):
+    """An address (bob@example.de), a domain (example.de, and its subdomains) or a top-level
+    domain (.de) whose mail gets no receipts. No user: the entry holds for every user of the
+    server (the operator's list, e.g. after an erasure request)."""
+
+    user = ForeignKeyField(User, backref="do_not_track", null=True, on_delete="CASCADE")
+    entry = CharField(max_length=320)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("user", "entry"), True),)
+
+
 class LoginFailure(BaseModel):
     """A failed sign-in, keyed by a hash of the email or of the masked address."""
 
@@ -137,7 +155,7 @@ class Setting(BaseModel):
     value = TextField()
 
 
-MODELS = (User, ApiToken, Pixel, Event, LoginFailure, Setting)
+MODELS = (User, ApiToken, Pixel, Event, DoNotTrack, LoginFailure, Setting)
 
 
 def open_database(url):

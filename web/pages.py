@@ -8,6 +8,7 @@ from .api import pixel_html, pixel_url
 from .auth import login_required
 from .classify import KINDS
 from .models import STATES, Event, Pixel, utcnow
+from .notice import render_notice
 from .timeline import timeline_svg
 
 bp = Blueprint("pages", __name__)
@@ -128,8 +129,9 @@ def place(event):
 
 
 @bp.get("/")
-@login_required
 def index():
+    if g.user is None:
+        return render_notice()  # the page a recipient finds on the pixel's domain
     q, state, page = list_arguments()
     pixels, opens, total = receipts_page(g.user, q, state, page)
     rows = [row_json(pixel, opens.get(pixel.id)) for pixel in pixels]

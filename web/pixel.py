@@ -59,12 +59,13 @@ def record_fetch(token):
     fetch = Fetch(user_agent=user_agent, ip=ip, method=request.method, purpose=purpose)
     browser = fingerprint(current_app.config["SECRET_KEY"], user_agent, ip)
     use_mail_hosting = current_app.config["MX_LOOKUP"]
+    collect_client = current_app.config["COLLECT_CLIENT"]
 
     def decide(facts, now):
         return judge(fetch, facts, services.networks, now, browser, use_mail_hosting)
 
     def name_client(source):
-        return client_name(user_agent, source, services.ua_parser)
+        return client_name(user_agent, source, services.ua_parser) if collect_client else None
 
     location = services.geolocator.locate(ip)
     return receipts.record_fetch(public_id, decide, ip, location, name_client)

@@ -41,3 +41,13 @@ def fingerprint(secret, user_agent, masked_ip):
     sender's own browser fetching a pixel it just made, useless for finding anyone."""
     message = f"{user_agent or ''}\n{masked_ip or ''}".encode("utf-8", "surrogatepass")
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def kept_recipients(addresses, store):
+    """What a pixel keeps of its recipients under STORE_RECIPIENTS `store`: the addresses, only
+    their domains (each once, in order), or nothing."""
+    if store == "address":
+        return list(addresses)
+    if store == "domain":
+        return list(dict.fromkeys(address.rpartition("@")[2] for address in addresses))
+    return []

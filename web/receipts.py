@@ -8,6 +8,7 @@ from peewee import Case, fn
 
 from .classify import OPEN, PREFETCH, SELF, SELF_VIEW_REASON, PixelFacts, within_self_view
 from .models import STATES, Event, Pixel, db, locked, utcnow, write_transaction
+from .retention import archived_rows
 
 COUNTERS = {
     "open": Pixel.open_count,
@@ -56,6 +57,8 @@ def record_fetch(public_id, decide, ip, location, name_client, at=None):
         pixel = locked(Pixel.select().where(Pixel.public_id == public_id)).first()
         if pixel is None:
             return "not recorded: no such pixel"
+        if pixel.tracking_stopped_at is not None:
+            return "not recorded: a recipient is on the do-not-track list"
         verdict = decide(facts(pixel), at)
         client = name_client(verdict.source)
         client = client[:100] if client else None
@@ -104,22 +107,24 @@ def _counter_changes(kind, at):
 
 
 def refresh(pixel_id):
-    """Recount a pixel's counters, times and state from its events (after a correction)."""
+    """Recount a pixel's counters, times and state from its events (after a correction), and
+    from the tallies of its events that retention deleted."""
     counts = dict.fromkeys(COUNTERS, 0)
-    opened = delivered = last = None
+    firsts, lasts = {}, {}
     rows = (
         Event.select(Event.kind, fn.COUNT(Event.id), fn.MIN(Event.at), fn.MAX(Event.at))
         .where(Event.pixel == pixel_id)
         .group_by(Event.kind)
         .tuples()
     )
-    for kind, count, first_at, last_at in rows:
-        counts[kind] = count
-        last = max(last, last_at) if last else last_at
-        if kind == OPEN:
-            opened = (first_at, last_at)
-        if kind in (OPEN, PREFETCH):
-            delivered = min(delivered, first_at) if delivered else first_at
+    archived = archived_rows(Pixel.select(Pixel.archived).where(Pixel.id == pixel_id).get())
+    for kind, count, first_at, last_at in [*rows, *archived]:
+        counts[kind] += count
+        firsts[kind] = min(firsts.get(kind, first_at), first_at)
+        lasts[kind] = max(lasts.get(kind, last_at), last_at)
+    last = max(lasts.values(), default=None)
+    opened = (firsts[OPEN], lasts[OPEN]) if OPEN in firsts else None
+    delivered = min((firsts[k] for k in (OPEN, PREFETCH) if k in firsts), default=None)
     state = "waiting"
     for kind, reached in STATE_REACHED.items():
         if counts[kind]:

@@ -1,0 +1,119 @@
+"""Do-not-track: addresses, domains and top-level domains whose mail gets no receipts.
+
+An entry is an address (`bob@example.de`), a domain (`example.de`, which covers its subdomains)
+or a top-level domain written with its dot (`.de`). A user's entries hold for their own receipts;
+entries without a user hold for every user of the server (the operator's list)."""
+
+import re
+
+from peewee import IntegrityError, chunked
+
+from .models import DoNotTrack, Pixel, db, utcnow
+
+MAX_ENTRY = 320
+# A domain's labels: letters, digits and hyphens (internationalised names in their xn-- form
+# are covered, and so are names in their own script).
+LABEL = re.compile(r"^(?!-)[\w-]{1,63}(?<!-)$")
+
+
+class EntryError(ValueError):
+    """Text that is neither an address, a domain nor a top-level domain."""
+
+
+def normalize(text):
+    """The stored form of an entry: lower case, without spaces or a trailing dot; an entry that
+    starts with @ is the domain after it. Raises EntryError with a sentence for the user."""
+    entry = str(text).strip().lower().rstrip(".")
+    if entry.startswith("@"):
+        entry = entry[1:]
+    local, at, domain = entry.rpartition("@")
+    top_level = not at and entry.startswith(".")
+    labels = (domain[1:] if top_level else domain).split(".")
+    if (
+        not entry
+        or len(entry) > MAX_ENTRY
+        or (at and (not local or any(c.isspace() for c in local)))
+        or not all(LABEL.match(label) for label in labels)
+        or (top_level and len(labels) != 1)
+        or (not at and not top_level and len(labels) < 2)
+    ):
+        raise EntryError(
+            f"{str(text).strip()[:80]!r} is not an address (bob@example.de), a domain "
+            "(example.de) or a top-level domain (.de)"
+        )
+    return entry
+
+
+def covers(entry, recipient):
+    """Whether `entry` covers a stored recipient (an address, or a domain when only domains
+    are stored)."""
+    recipient = recipient.lower()
+    if "@" in entry:
+        return recipient == entry
+    domain = recipient.rpartition("@")[2]
+    if entry.startswith("."):
+        return domain.endswith(entry)
+    return domain == entry or domain.endswith("." + entry)
+
+
+def matching(entries, recipients):
+    """The entries that cover at least one of the recipients, in the entries' order."""
+    return [entry for entry in entries if any(covers(entry, r) for r in recipients)]
+
+
+def entries_for(user):
+    """The entries that hold for `user`'s receipts: their own and the server's."""
+    query = DoNotTrack.select(DoNotTrack.entry).where(
+        (DoNotTrack.user == user) | DoNotTrack.user.is_null()
+    )
+    return sorted({row.entry for row in query})
+
+
+def listed(user):
+    """`user`'s own entries (None: the server's), oldest first."""
+    owner = DoNotTrack.user.is_null() if user is None else DoNotTrack.user == user
+    return list(DoNotTrack.select().where(owner).order_by(DoNotTrack.created_at, DoNotTrack.id))
+
+
+def add(user, texts):
+    """Add entries for `user` (None: for every user) and stop the receipts they cover. Returns
+    (the entries added, the number of receipts stopped); an entry already there is skipped."""
+    entries = list(dict.fromkeys(normalize(text) for text in texts))
+    owner = DoNotTrack.user.is_null() if user is None else DoNotTrack.user == user
+    added = []
+    with db.atomic():
+        present = {row.entry for row in DoNotTrack.select().where(owner)}
+        for entry in entries:
+            if entry in present:
+                continue
+            try:
+                with db.atomic():
+                    DoNotTrack.create(user=user, entry=entry)
+            except IntegrityError:
+                continue
+            added.append(entry)
+        stopped = stop_covered(user, added)
+    return added, stopped
+
+
+def remove(user, text):
+    """Remove one entry of `user` (None: the server's); True when it was there. Receipts it
+    stopped stay stopped: what was not recorded meanwhile cannot be told apart."""
+    entry = normalize(text)
+    owner = DoNotTrack.user.is_null() if user is None else DoNotTrack.user == user
+    return DoNotTrack.delete().where(owner, DoNotTrack.entry == entry).execute() > 0
+
+
+def stop_covered(user, entries):
+    """Stop recording the still-recording receipts (of `user`, or of everyone) whose stored
+    recipients an entry covers. Returns how many were stopped."""
+    if not entries:
+        return 0
+    query = Pixel.select(Pixel.id, Pixel.recipients).where(Pixel.tracking_stopped_at.is_null())
+    if user is not None:
+        query = query.where(Pixel.owner == user)
+    ids = [pixel.id for pixel in query.iterator() if matching(entries, pixel.recipients)]
+    now = utcnow()
+    for batch in chunked(ids, 500):
+        Pixel.update(tracking_stopped_at=now).where(Pixel.id.in_(batch)).execute()
+    return len(ids)

@@ -1,0 +1,141 @@
+"""A user's data, whole, as JSON or CSV; and erasure of everything about one recipient."""
+
+import csv
+import io
+import json
+
+from peewee import chunked, fn
+
+from .models import ApiToken, DoNotTrack, Event, Pixel, db
+
+PIXEL_FIELDS = (
+    "id",
+    "label",
+    "subject",
+    "recipients",
+    "state",
+    "open_count",
+    "prefetch_count",
+    "preview_count",
+    "self_count",
+    "bot_count",
+    "created_at",
+    "sent_at",
+    "delivered_at",
+    "first_open_at",
+    "last_open_at",
+    "last_event_at",
+    "tracking_stopped_at",
+)
+EVENT_FIELDS = ("at", "kind", "source", "reason", "ip", "country", "city", "client")
+
+
+def iso(moment):
+    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+
+
+def pixel_record(pixel):
+    record = {name: getattr(pixel, name) for name in PIXEL_FIELDS if name != "id"}
+    record = {"id": pixel.public_id, **record}
+    for name, value in record.items():
+        if name.endswith("_at"):
+            record[name] = iso(value)
+    return record
+
+
+def event_record(event):
+    record = {name: getattr(event, name) for name in EVENT_FIELDS}
+    record["at"] = iso(event.at)
+    return record
+
+
+def user_pixels(user):
+    """The user's pixels, oldest first, each with its events (oldest first): two queries."""
+    pixels = list(Pixel.select().where(Pixel.owner == user).order_by(Pixel.created_at, Pixel.id))
+    events = {}
+    query = (
+        Event.select()
+        .join(Pixel)
+        .where(Pixel.owner == user)
+        .order_by(Event.pixel, Event.at, Event.id)
+    )
+    for event in query.iterator():
+        events.setdefault(event.pixel_id, []).append(event)
+    return [(pixel, events.get(pixel.id, [])) for pixel in pixels]
+
+
+def as_json(user):
+    """Everything the server holds for `user`, as one JSON document."""
+    tokens = ApiToken.select().where(ApiToken.user == user).order_by(ApiToken.id)
+    entries = DoNotTrack.select().where(DoNotTrack.user == user).order_by(DoNotTrack.id)
+    document = {
+        "user": {"email": user.email, "created_at": iso(user.created_at)},
+        "api_tokens": [
+            {
+                "name": token.name,
+                "created_at": iso(token.created_at),
+                "last_used_at": iso(token.last_used_at),
+                "revoked_at": iso(token.revoked_at),
+            }
+            for token in tokens
+        ],
+        "do_not_track": [entry.entry for entry in entries],
+        "pixels": [
+            {**pixel_record(pixel), "events": [event_record(event) for event in events]}
+            for pixel, events in user_pixels(user)
+        ],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def as_csv(user):
+    """The user's receipts as CSV: one row per event, with its receipt's columns first; a receipt
+    without events has one row with the event columns empty. Recipients are separated by
+    spaces."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [f"pixel_{name}" for name in PIXEL_FIELDS] + [f"event_{n}" for n in EVENT_FIELDS]
+    )
+    for pixel, events in user_pixels(user):
+        record = pixel_record(pixel)
+        record["recipients"] = " ".join(record["recipients"])
+        row = [_cell(record[name]) for name in PIXEL_FIELDS]
+        for event in events or [None]:
+            cells = event_record(event) if event else {}
+            writer.writerow(row + [_cell(cells.get(name)) for name in EVENT_FIELDS])
+    return out.getvalue()
+
+
+def _cell(value):
+    """A CSV cell; text that a spreadsheet would run as a formula is quoted with a leading '."""
+    if value is None:
+        return ""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def forget(address):
+    """Delete every pixel, of any user, whose stored recipients include `address`, with its
+    events. Returns a list of (owner email, pixel id, subject, events deleted)."""
+    address = address.strip().lower()
+    removed = []
+    with db.atomic():
+        # The recipients are JSON text: narrow down in SQL, then compare exactly.
+        candidates = Pixel.select().where(Pixel.recipients.contains(address))
+        pixels = [pixel for pixel in candidates if address in pixel.recipients]
+        for batch in chunked(pixels, 200):
+            ids = [pixel.id for pixel in batch]
+            counts = dict(
+                Event.select(Event.pixel, fn.COUNT(Event.id))
+                .where(Event.pixel.in_(ids))
+                .group_by(Event.pixel)
+                .tuples()
+            )
+            Event.delete().where(Event.pixel.in_(ids)).execute()
+            Pixel.delete().where(Pixel.id.in_(ids)).execute()
+            removed += [
+                (pixel.owner.email, pixel.public_id, pixel.subject, counts.get(pixel.id, 0))
+                for pixel in batch
+            ]
+    return removed
