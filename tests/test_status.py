@@ -334,3 +334,62 @@ def test_pages_carry_security_headers_and_the_pixel_does_not(signed_in, auth):
     assert "<script>" not in page.get_data(as_text=True)  # only <script src=...>
     pixel = signed_in.get(pixel_path(mint(signed_in, auth)["url"]))
     assert "Content-Security-Policy" not in pixel.headers
+
+
+def test_settings_do_not_track_list(signed_in, auth, app):
+    pixel = mint(signed_in, auth, subject="Kündigung", recipients=["anna@example.de"])
+    page = signed_in.get("/settings")
+    token = csrf_token(page)
+    added = signed_in.post(
+        "/settings/dnt", data={"entries": "lawyer@example.org, .DE", "csrf_token": token}
+    )
+    assert added.status_code == 302 and added.headers["Location"].endswith("#do-not-track")
+    shown = signed_in.get("/settings").get_data(as_text=True)
+    assert "Added lawyer@example.org, .de. 1 receipts stopped recording." in shown
+    assert "<td>lawyer@example.org</td>" in shown and "<td>.de</td>" in shown
+    # The receipt to a .de address stopped recording, and its page says so.
+    open_it(signed_in, pixel)
+    detail = signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+    assert "A recipient is on the do-not-track list" in detail
+    assert Event.select().count() == 0
+    refused = signed_in.post("/api/pixels", json={"recipients": ["x@y.de"]}, headers=auth)
+    assert refused.status_code == 409 and refused.get_json()["do_not_track"] == [".de"]
+
+    bad = signed_in.post("/settings/dnt", data={"entries": "not an entry!", "csrf_token": token})
+    assert "Nothing was added" in signed_in.get(bad.headers["Location"]).get_data(as_text=True)
+    no_csrf = signed_in.post("/settings/dnt", data={"entries": "spam.example"})
+    assert no_csrf.status_code == 400
+
+    entry_id = re.search(
+        r'action="/settings/dnt/(\d+)/delete"', signed_in.get("/settings").get_data(as_text=True)
+    ).group(1)
+    signed_in.post(f"/settings/dnt/{entry_id}/delete", data={"csrf_token": token})
+    assert "<td>lawyer@example.org</td>" not in signed_in.get("/settings").get_data(as_text=True)
+
+
+def test_settings_downloads_all_own_data(signed_in, auth, other_auth):
+    invoice = mint(signed_in, auth, subject="Invoice #42", recipients=["bob@example.com"])
+    mint(signed_in, other_auth, subject="Not yours")
+    open_it(signed_in, invoice)
+    as_json = signed_in.get("/settings/export.json")
+    assert as_json.headers["Content-Disposition"] == (
+        'attachment; filename="openreceipt-export.json"'
+    )
+    data = as_json.get_json(force=True)
+    assert data["user"]["email"] == "ada@example.com"
+    [pixel] = data["pixels"]
+    assert pixel["subject"] == "Invoice #42" and pixel["events"][0]["ip"] == "81.2.69.0"
+    as_csv = signed_in.get("/settings/export.csv").get_data(as_text=True)
+    assert "Invoice #42" in as_csv and "Not yours" not in as_csv and "81.2.69.160" not in as_csv
+    assert signed_in.get("/settings/export.xml").status_code == 404
+
+
+def test_list_states_the_retention_in_force(signed_in):
+    page = signed_in.get("/").get_data(as_text=True)
+    assert "deleted after 90 days; each receipt keeps its counts" in page
+
+
+def test_hsts_only_over_https(client):
+    secure = client.get("/privacy", base_url="https://receipts.example.com")
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert "Strict-Transport-Security" not in client.get("/privacy").headers

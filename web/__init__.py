@@ -90,6 +90,11 @@ def create_app(config_overrides=None):
 def announce(app, geolocator):
     """Start-up lines for the operator: which GeoIP data is in use, and the first-run link."""
     app.logger.info(geolocator.describe())
+    if not app.config["OPERATOR_CONTACT"]:
+        app.logger.warning(
+            "OPENRECEIPT_OPERATOR_CONTACT is not set: the privacy notice at /privacy names no one "
+            "to ask for erasure"
+        )
     base = app.config["PUBLIC_URL"] or config.local_url(config.server_bind())
     link = auth.setup_link(app, base)
     if link:

@@ -1,17 +1,24 @@
-"""Settings: API tokens and the password."""
+"""Settings: API tokens, the password, the do-not-track list, and downloading one's data."""
 
-from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
 
+from . import donottrack, export
 from .accounts import AccountError, authenticate, new_token, set_password
 from .auth import login_required
-from .models import ApiToken
+from .models import ApiToken, DoNotTrack
 
 bp = Blueprint("settings", __name__)
 
 
 def page(**context):
     tokens = ApiToken.select().where(ApiToken.user == g.user).order_by(ApiToken.id.desc())
-    return render_template("settings.html", tokens=tokens, **context)
+    return render_template(
+        "settings.html",
+        tokens=tokens,
+        own_entries=donottrack.listed(g.user),
+        server_entries=donottrack.listed(None),
+        **context,
+    )
 
 
 @bp.get("/settings")
@@ -45,3 +52,47 @@ def change_password():
         else:
             flash("Password changed.")
     return redirect(url_for("settings.show"))
+
+
+@bp.post("/settings/dnt")
+@login_required
+def add_do_not_track():
+    """Add entries (one per line, or separated by commas or spaces)."""
+    texts = request.form.get("entries", "").replace(",", " ").split()
+    if not texts:
+        flash("Write an address, a domain or a top-level domain to add.")
+        return redirect(url_for("settings.show") + "#do-not-track")
+    try:
+        added, stopped = donottrack.add(g.user, texts)
+    except donottrack.EntryError as error:
+        flash(f"Nothing was added: {error}.")
+    else:
+        stopped_note = f" {stopped} receipts stopped recording." if stopped else ""
+        flash(f"Added {', '.join(added) or 'nothing new'}.{stopped_note}")
+    return redirect(url_for("settings.show") + "#do-not-track")
+
+
+@bp.post("/settings/dnt/<int:entry_id>/delete")
+@login_required
+def remove_do_not_track(entry_id):
+    deleted = (
+        DoNotTrack.delete().where(DoNotTrack.id == entry_id, DoNotTrack.user == g.user).execute()
+    )
+    flash("Removed from the do-not-track list." if deleted else "That entry was not on your list.")
+    return redirect(url_for("settings.show") + "#do-not-track")
+
+
+@bp.get("/settings/export.<any(json, csv):form>")
+@login_required
+def download(form):
+    """All of the user's data as a file to keep."""
+    body = export.as_json(g.user) if form == "json" else export.as_csv(g.user)
+    mimetype = "application/json" if form == "json" else "text/csv"
+    return Response(
+        body,
+        mimetype=mimetype,
+        headers={
+            "Content-Disposition": f'attachment; filename="openreceipt-export.{form}"',
+            "Cache-Control": "no-store",
+        },
+    )
