@@ -179,12 +179,14 @@ def mark_sent(public_id):
         changes[Pixel.subject] = text_field(body, "subject", MAX_SUBJECT)
     recipients = recipients_field(body) if "recipients" in body else None
     if recipients is not None:
-        kept = kept_recipients(recipients, current_app.config["STORE_RECIPIENTS"])
-        changes[Pixel.recipients] = kept
-        # A recipient added after the pixel was made, and on the do-not-track list: the
-        # message went out, so the receipt stops recording instead of being refused.
-        added = [r for r in kept if r not in pixel.recipients]
-        if donottrack.matching(donottrack.entries_for(g.user), added):
+        changes[Pixel.recipients] = kept_recipients(
+            recipients, current_app.config["STORE_RECIPIENTS"]
+        )
+        # A recipient on the do-not-track list (added after the pixel was made, or since): the
+        # message went out, so the receipt stops recording instead of being refused. Checked
+        # on the addresses sent, whatever is stored of them; "force" as when minting.
+        listed = donottrack.matching(donottrack.entries_for(g.user), recipients)
+        if listed and body.get("force") is not True:
             changes[Pixel.tracking_stopped_at] = fn.COALESCE(Pixel.tracking_stopped_at, utcnow())
     Pixel.update(changes).where(Pixel.id == pixel.id).execute()
     if recipients is not None:

@@ -76,7 +76,8 @@ def user_delete(email, yes):
         click.confirm(f"Delete {account.email} and all their data?", abort=True)
     with db.atomic():
         pixels = account.pixels.count()
-        account.delete_instance(recursive=True)
+        # delete_nullable: their do-not-track entries go too, instead of becoming the server's.
+        account.delete_instance(recursive=True, delete_nullable=True)
     click.echo(f"deleted user {account.email} and {pixels} receipts", err=True)
 
 

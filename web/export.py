@@ -100,19 +100,26 @@ def as_csv(user):
     for pixel, events in user_pixels(user):
         record = pixel_record(pixel)
         record["recipients"] = " ".join(record["recipients"])
-        row = [_cell(record[name]) for name in PIXEL_FIELDS]
+        row = [_cell(name, record[name]) for name in PIXEL_FIELDS]
         for event in events or [None]:
             cells = event_record(event) if event else {}
-            writer.writerow(row + [_cell(cells.get(name)) for name in EVENT_FIELDS])
+            writer.writerow(row + [_cell(name, cells.get(name)) for name in EVENT_FIELDS])
     return out.getvalue()
 
 
-def _cell(value):
-    """A CSV cell; text that a spreadsheet would run as a formula is quoted with a leading '."""
+# Columns whose text comes from people or from fetchers; the others are ids, numbers, times,
+# addresses and words of openreceipt's own, left exactly as they are.
+FREE_TEXT = {"label", "subject", "recipients", "reason", "city", "client"}
+
+
+def _cell(name, value):
+    """A CSV cell; free text that a spreadsheet would run as a formula gets a leading '."""
     if value is None:
         return ""
     text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    if name in FREE_TEXT and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
 
 
 def forget(address):
@@ -121,9 +128,12 @@ def forget(address):
     address = address.strip().lower()
     removed = []
     with db.atomic():
-        # The recipients are JSON text: narrow down in SQL, then compare exactly.
-        candidates = Pixel.select().where(Pixel.recipients.contains(address))
-        pixels = [pixel for pixel in candidates if address in pixel.recipients]
+        # Every receipt is looked at: an erasure must not depend on how JSON text escapes.
+        candidates = Pixel.select(Pixel.id, Pixel.recipients).iterator()
+        matched = [pixel.id for pixel in candidates if address in pixel.recipients]
+        pixels = []
+        for batch in chunked(matched, 200):
+            pixels.extend(Pixel.select().where(Pixel.id.in_(batch)))
         for batch in chunked(pixels, 200):
             ids = [pixel.id for pixel in batch]
             counts = dict(
