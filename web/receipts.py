@@ -7,7 +7,7 @@ import secrets
 from peewee import Case, fn
 
 from .classify import OPEN, PREFETCH, SELF, SELF_VIEW_REASON, PixelFacts, within_self_view
-from .models import STATES, Event, Pixel, db, locked, utcnow, write_transaction
+from .models import STATES, Event, Pixel, locked, utcnow, write_transaction
 from .retention import archived_rows
 
 COUNTERS = {
@@ -148,6 +148,9 @@ def self_view(pixel, at=None):
     sender's own (later ones are judged so as they arrive). Returns how many were re-classified."""
     at = at or utcnow()
     with write_transaction():
+        # Under the pixel's lock, like record_fetch and retention.purge: a recount never sees
+        # events another transaction is moving or archiving.
+        locked(Pixel.select(Pixel.id).where(Pixel.id == pixel.id)).first()
         Pixel.update(last_self_view_at=at).where(Pixel.id == pixel.id).execute()
         candidates = Event.select(Event.id, Event.at).where(
             Event.pixel == pixel.id,
@@ -164,7 +167,8 @@ def self_view(pixel, at=None):
 
 def correct(event, kind):
     """The sender says what an event really was; the pixel's counters and state follow."""
-    with db.atomic():
+    with write_transaction():
+        locked(Pixel.select(Pixel.id).where(Pixel.id == event.pixel_id)).first()
         if event.kind != kind:
             reason = f"marked '{kind}' by the sender (judged '{event.kind}': {event.reason})"
             Event.update(kind=kind, reason=reason[:200]).where(Event.id == event.id).execute()

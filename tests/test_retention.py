@@ -1,0 +1,438 @@
+"""Retention on SQLite and PostgreSQL: old events are deleted, each receipt keeps what they added
+up to (counters, state, times) through later corrections and fetches; the day's run is claimed by
+one worker; the background purge, `openreceipt purge` and OPENRECEIPT_RETENTION_DAYS."""
+
+import datetime
+import functools
+import threading
+import time
+from collections import Counter
+
+import pytest
+from flask import Config
+from peewee import OperationalError
+
+from web import create_app, receipts, retention
+from web.accounts import create_user
+from web.config import ConfigError, load
+from web.models import Event, Pixel, utcnow
+
+from .helpers import mint, pixel_path, sign_in
+
+DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+KINDS = ("open", "prefetch", "preview", "self", "bot")
+SUMMARY = (
+    "state",
+    "open_count",
+    "prefetch_count",
+    "preview_count",
+    "self_count",
+    "bot_count",
+    "first_open_at",
+    "last_open_at",
+    "delivered_at",
+    "last_event_at",
+    "activity_at",
+)
+
+
+def add_events(pixel_id, *events):
+    """Store (kind, at) events of a pixel and recount it, as if they had been fetched then."""
+    Event.insert_many(
+        [
+            {"pixel": pixel_id, "at": at, "kind": kind, "source": "direct", "reason": f"a {kind}"}
+            for kind, at in events
+        ]
+    ).execute()
+    receipts.refresh(pixel_id)
+
+
+def summary(pixel_id):
+    pixel = Pixel.get_by_id(pixel_id)
+    return {name: getattr(pixel, name) for name in SUMMARY}
+
+
+def kinds_left(pixel_id):
+    return [e.kind for e in Event.select().where(Event.pixel == pixel_id).order_by(Event.at)]
+
+
+def tallies(pixel_id):
+    """Events per kind: those left plus those archived."""
+    counts = Counter(kinds_left(pixel_id))
+    for kind, count, _first, _last in retention.archived_rows(Pixel.get_by_id(pixel_id)):
+        counts[kind] += count
+    return counts
+
+
+def iso(moment):
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
+def together(app, jobs):
+    """Run the jobs in threads at once, each in an app context of its own; their results."""
+    barrier = threading.Barrier(len(jobs))
+    results, errors = [], []
+
+    def run(job):
+        with app.app_context():
+            barrier.wait()
+            try:
+                results.append(job())
+            except Exception as error:  # noqa: BLE001 - reported below, in the test's thread
+                errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    return results
+
+
+def retention_threads():
+    return [t for t in threading.enumerate() if t.name == "openreceipt-retention"]
+
+
+def wait_for(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def join_retention_threads():
+    for thread in retention_threads():
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_purge_deletes_only_old_events_and_keeps_the_summary(client, auth, user, database):
+    """Events older than the cutoff go; the receipt's counters, state and times, its status page
+    and its API answer stay as they were, and a new fetch counts on from there."""
+    now = utcnow()
+    cutoff = now - 90 * DAY
+    public_id = mint(client, auth, subject="Invoice")["id"]
+    pixel = Pixel.get(Pixel.public_id == public_id)
+    add_events(
+        pixel.id,
+        ("prefetch", now - 120 * DAY),
+        ("open", now - 110 * DAY),
+        ("bot", now - 100 * DAY),
+        ("open", cutoff - datetime.timedelta(seconds=1)),
+        ("open", cutoff),  # exactly 90 days old: kept
+        ("self", now - 3 * DAY),
+        ("open", now - 2 * DAY),
+    )
+    recent = receipts.mint(user, subject="Recent")
+    add_events(recent.id, ("open", now - 89 * DAY))
+    before, recent_before = summary(pixel.id), summary(recent.id)
+    assert before["open_count"] == 4 and before["first_open_at"] == now - 110 * DAY
+
+    assert retention.purge(90, now) == (4, 1)
+    assert kinds_left(pixel.id) == ["open", "self", "open"]
+    assert summary(pixel.id) == before and summary(recent.id) == recent_before
+    body = client.get(f"/api/pixels/{public_id}", headers=auth).get_json()
+    assert body["counts"] == {"open": 4, "prefetch": 1, "preview": 0, "self": 1, "bot": 1}
+    assert body["state"] == "opened" and len(body["events"]) == 3
+    assert body["first_open_at"] == iso(now - 110 * DAY)
+    assert body["delivered_at"] == iso(now - 120 * DAY)
+    sign_in(client)
+    page = client.get(f"/m/{public_id}").get_data(as_text=True)
+    assert 'id="count-open">4<' in page and 'id="count-prefetch">1<' in page
+    # A recount from what is left and what was archived says the same.
+    receipts.refresh(pixel.id)
+    assert summary(pixel.id) == before
+
+    fetch = client.get(
+        pixel_path(body["url"]),
+        headers={"User-Agent": GMAIL_PROXY},
+        environ_base={"REMOTE_ADDR": "81.2.69.160"},
+    )
+    assert fetch.headers["X-Openreceipt"] == "recorded: open"
+    after_fetch = summary(pixel.id)
+    assert after_fetch["open_count"] == 5 and after_fetch["first_open_at"] == now - 110 * DAY
+    assert after_fetch["last_open_at"] > now
+    receipts.refresh(pixel.id)
+    assert summary(pixel.id) == after_fetch
+
+
+def test_corrections_after_a_purge_still_count_purged_opens(client, auth, database):
+    """Marking a remaining open as the sender's own keeps the purged opens and the purged first
+    open; marking it back restores the receipt exactly."""
+    now = utcnow()
+    public_id = mint(client, auth, subject="Contract")["id"]
+    pixel = Pixel.get(Pixel.public_id == public_id)
+    add_events(
+        pixel.id,
+        ("prefetch", now - 100 * DAY),
+        ("open", now - 99 * DAY),
+        ("open", now - 98 * DAY),
+        ("open", now - 2 * DAY),
+    )
+    purged = Event.get(Event.pixel == pixel.id, Event.at == now - 99 * DAY)
+    before = summary(pixel.id)
+    assert retention.purge(90, now) == (3, 1)
+    remaining = Event.get(Event.pixel == pixel.id)
+
+    receipts.correct(remaining, "self")
+    marked = summary(pixel.id)
+    assert (marked["open_count"], marked["self_count"], marked["prefetch_count"]) == (2, 1, 1)
+    assert marked["state"] == "opened" and marked["delivered_at"] == now - 100 * DAY
+    assert marked["first_open_at"] == now - 99 * DAY and marked["last_open_at"] == now - 98 * DAY
+    assert marked["last_event_at"] == now - 2 * DAY
+
+    answer = client.post(f"/api/events/{remaining.id}/kind", json={"kind": "open"}, headers=auth)
+    body = answer.get_json()
+    assert answer.status_code == 200 and body["counts"]["open"] == 3 and body["counts"]["self"] == 0
+    assert body["first_open_at"] == iso(now - 99 * DAY)
+    assert body["last_open_at"] == iso(now - 2 * DAY)
+    assert summary(pixel.id) == before
+    # A purged event can no longer be corrected.
+    gone = client.post(f"/api/events/{purged.id}/kind", json={"kind": "self"}, headers=auth)
+    assert gone.status_code == 404 and summary(pixel.id) == before
+
+
+def test_correcting_the_last_prefetch_when_every_open_was_purged(client, auth, database):
+    """With only a prefetch left, recounts keep the archived opens, state and delivery time."""
+    now = utcnow()
+    public_id = mint(client, auth, subject="Quote")["id"]
+    pixel = Pixel.get(Pixel.public_id == public_id)
+    add_events(
+        pixel.id, ("open", now - 99 * DAY), ("open", now - 95 * DAY), ("prefetch", now - DAY)
+    )
+    before = summary(pixel.id)
+    assert retention.purge(90, now) == (2, 1)
+    prefetch = Event.get(Event.pixel == pixel.id)
+
+    receipts.correct(prefetch, "bot")
+    marked = summary(pixel.id)
+    assert (marked["open_count"], marked["prefetch_count"], marked["bot_count"]) == (2, 0, 1)
+    assert marked["state"] == "opened" and marked["delivered_at"] == now - 99 * DAY
+    assert marked["first_open_at"] == now - 99 * DAY and marked["last_open_at"] == now - 95 * DAY
+    assert marked["last_event_at"] == now - DAY
+
+    body = client.post(
+        f"/api/events/{prefetch.id}/kind", json={"kind": "prefetch"}, headers=auth
+    ).get_json()
+    assert body["counts"] == {"open": 2, "prefetch": 1, "preview": 0, "self": 0, "bot": 0}
+    assert summary(pixel.id) == before
+
+
+def many_receipts(user, now, count=20):
+    """`count` receipts with 15 events each, 11 of them older than 90 days, of mixed kinds."""
+    pixels = []
+    for n in range(count):
+        pixel = receipts.mint(user, subject=f"receipt {n}")
+        add_events(pixel.id, *[(KINDS[(n + k) % 5], now - (200 - 10 * k) * DAY) for k in range(15)])
+        pixels.append(pixel)
+    return pixels
+
+
+def test_purging_again_archives_nothing_twice(user, database):
+    now = utcnow()
+    pixels = many_receipts(user, now, count=3)
+    original = {pixel.id: tallies(pixel.id) for pixel in pixels}
+    summaries = {pixel.id: summary(pixel.id) for pixel in pixels}
+    assert retention.purge(90, now) == (33, 3)
+    archived = {pixel.id: Pixel.get_by_id(pixel.id).archived for pixel in pixels}
+    assert retention.purge(90, now) == (0, 0)
+    # A later run, with a later cutoff, adds only what has aged since.
+    assert retention.purge(90, now + 5 * DAY) == (3, 3)
+    for pixel in pixels:
+        assert Pixel.get_by_id(pixel.id).archived != archived[pixel.id]
+        assert tallies(pixel.id) == original[pixel.id] and len(kinds_left(pixel.id)) == 3
+        receipts.refresh(pixel.id)
+        assert summary(pixel.id) == summaries[pixel.id]
+
+
+def test_concurrent_purges_archive_each_event_once(app, user, database):
+    """Two purges at once (two workers, or the command during the day's run) share the work:
+    every old event is deleted and archived exactly once."""
+    now = utcnow()
+    pixels = many_receipts(user, now)
+    original = {pixel.id: tallies(pixel.id) for pixel in pixels}
+    summaries = {pixel.id: summary(pixel.id) for pixel in pixels}
+
+    results = together(app, [lambda: retention.purge(90, now)] * 2)
+    assert sum(deleted for deleted, _ in results) == 20 * 11
+    assert sum(touched for _, touched in results) == 20
+    for pixel in pixels:
+        assert tallies(pixel.id) == original[pixel.id]
+        assert len(kinds_left(pixel.id)) == 4
+        assert summary(pixel.id) == summaries[pixel.id]
+        receipts.refresh(pixel.id)
+        assert summary(pixel.id) == summaries[pixel.id]
+
+
+def correcting_while_purging(app, pixel_id, flip, trials=40):
+    """In each trial 20 more opens become old and are purged while the sender keeps correcting
+    the pixel's one recent open: to the other of open and self (`flip`), or to self again and
+    again. Returns (opens + own views, the number there should be) as read after each
+    correction, and the errors corrections raised."""
+    now = utcnow()
+    recent = Event.get(Event.pixel == pixel_id).id
+    seen, errors = [], []
+
+    def purge(done):
+        try:
+            return retention.purge(90, now)
+        finally:
+            done.set()
+
+    def correct(done, should):
+        while not done.is_set():
+            event = Event.get_by_id(recent)
+            try:
+                receipts.correct(event, "open" if flip and event.kind == "self" else "self")
+            except OperationalError as error:
+                errors.append(error)
+                continue
+            pixel = Pixel.get_by_id(pixel_id)
+            seen.append((pixel.open_count + pixel.self_count, should))
+
+    for trial in range(trials):
+        add_events(pixel_id, *[("open", now - (100 + trial) * DAY)] * 20)
+        pixel = Pixel.get_by_id(pixel_id)
+        done = threading.Event()
+        should = pixel.open_count + pixel.self_count
+        together(app, [functools.partial(purge, done), functools.partial(correct, done, should)])
+    return seen, errors
+
+
+def test_corrections_during_a_purge_count_every_open(app, user, database):
+    """A correction made while the day's purge runs still counts the opens being archived."""
+    pixel = receipts.mint(user)
+    add_events(pixel.id, ("open", utcnow() - DAY))
+    seen, errors = correcting_while_purging(app, pixel.id, flip=True)
+    assert not errors
+    assert [(count, should) for count, should in seen if count != should] == []
+
+
+def test_repeated_corrections_during_a_purge_are_not_refused(app, user, database):
+    """Saying again what an event was (a second click) while the purge runs is no error."""
+    pixel = receipts.mint(user)
+    add_events(pixel.id, ("open", utcnow() - DAY))
+    _seen, errors = correcting_while_purging(app, pixel.id, flip=False)
+    assert errors == []
+
+
+def test_claim_run_once_a_day(database):
+    now = utcnow().replace(microsecond=0)
+    assert retention.last_run() is None
+    assert retention.claim_run(now)
+    assert not retention.claim_run(now + 23 * HOUR)
+    assert retention.last_run() == now
+    assert retention.claim_run(now + DAY)
+    assert not retention.claim_run(now + DAY)
+    assert retention.last_run() == now + DAY
+    # The command records its run whatever the time, and the next automatic run waits a day.
+    assert retention.claim_run(now + DAY + HOUR, force=True)
+    assert retention.claim_run(now + DAY + HOUR, force=True)
+    assert retention.last_run() == now + DAY + HOUR
+    assert not retention.claim_run(now + 2 * DAY)
+    assert retention.claim_run(now + 2 * DAY + HOUR)
+
+
+def test_one_of_many_simultaneous_claims_wins(app, database):
+    now = utcnow().replace(microsecond=0)
+    assert sorted(together(app, [lambda: retention.claim_run(now)] * 8)) == [False] * 7 + [True]
+    assert retention.last_run() == now
+    claims = together(app, [lambda: retention.claim_run(now + DAY)] * 8)
+    assert sorted(claims) == [False] * 7 + [True]
+    assert retention.last_run() == now + DAY
+
+
+def test_requests_start_the_days_purge_once(settings):
+    """The first request starts the purge in the background; the next requests, and another
+    worker's, do not run it again the same day."""
+    worker = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 1})
+    now = utcnow()
+    with worker.app_context():
+        pixel = receipts.mint(create_user("ada@example.com", "correct horse battery"))
+        add_events(pixel.id, ("open", now - 3 * DAY), ("open", now - 2 * DAY), ("open", now - HOUR))
+        before = summary(pixel.id)
+        assert retention.last_run() is None
+    try:
+        assert worker.test_client().get("/privacy").status_code == 200
+        with worker.app_context():
+            wait_for(lambda: kinds_left(pixel.id) == ["open"])
+    finally:
+        join_retention_threads()
+
+    with worker.app_context():
+        ran = retention.last_run()
+        assert ran is not None and abs(ran - now) < datetime.timedelta(minutes=1)
+        assert summary(pixel.id) == before
+        add_events(pixel.id, ("bot", now - 5 * DAY))
+    assert worker.test_client().get("/privacy").status_code == 200
+    assert retention_threads() == []
+
+    other_worker = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 1})
+    try:
+        assert other_worker.test_client().get("/privacy").status_code == 200
+    finally:
+        join_retention_threads()
+    with other_worker.app_context():
+        assert retention.last_run() == ran
+        assert kinds_left(pixel.id) == ["bot", "open"]
+    for app in (worker, other_worker):
+        app.extensions["openreceipt.database"].close()
+
+
+def test_retention_days_0_keeps_every_event(settings):
+    """RETENTION_DAYS 0 starts no purge thread, and the command deletes nothing."""
+    keeper = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 0})
+    with keeper.app_context():
+        pixel = receipts.mint(create_user("ada@example.com", "correct horse battery"))
+        add_events(pixel.id, ("open", utcnow() - 1000 * DAY))
+    assert keeper.test_client().get("/privacy").status_code == 200
+    assert retention_threads() == []
+
+    result = keeper.test_cli_runner().invoke(args=["purge"])
+    assert result.exit_code == 0, result.output
+    assert "events are kept for ever; nothing deleted" in result.output
+    with keeper.app_context():
+        assert kinds_left(pixel.id) == ["open"] and retention.last_run() is None
+        assert retention.purge(0) == (0, 0) and kinds_left(pixel.id) == ["open"]
+    keeper.extensions["openreceipt.database"].close()
+
+
+def test_purge_command(runner, user, database):
+    """`openreceipt purge` deletes now, says how much, and counts as the day's run."""
+    now = utcnow()
+    pixel = receipts.mint(user)
+    add_events(pixel.id, ("open", now - 100 * DAY), ("prefetch", now - 95 * DAY), ("open", now))
+    before = summary(pixel.id)
+
+    result = runner.invoke(args=["purge"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 2 events older than 90 days from 1 receipts" in result.output
+    assert kinds_left(pixel.id) == ["open"] and summary(pixel.id) == before
+    assert abs(retention.last_run() - now) < datetime.timedelta(minutes=1)
+    assert not retention.claim_run()
+
+    again = runner.invoke(args=["purge"])
+    assert "deleted 0 events older than 90 days from 0 receipts" in again.output
+
+
+@pytest.mark.parametrize(("value", "days"), [(None, 90), ("30", 30), (" 7 ", 7), ("0", 0)])
+def test_retention_days_setting(monkeypatch, tmp_path, value, days):
+    monkeypatch.setenv("OPENRECEIPT_DATA_DIR", str(tmp_path))
+    if value is not None:
+        monkeypatch.setenv("OPENRECEIPT_RETENTION_DAYS", value)
+    config = Config(str(tmp_path))
+    load(config, None)
+    assert config["RETENTION_DAYS"] == days
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "ninety", "true", "", "1e3"])
+def test_invalid_retention_days_stop_start_up(monkeypatch, tmp_path, value):
+    monkeypatch.setenv("OPENRECEIPT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("OPENRECEIPT_RETENTION_DAYS", value)
+    with pytest.raises(ConfigError, match="OPENRECEIPT_RETENTION_DAYS must be a whole number"):
+        load(Config(str(tmp_path)), None)
