@@ -172,6 +172,8 @@ def settings(tmp_path, database_url, geoip_path):
         "MX_LOOKUP": False,
         # No purge thread racing the test's own requests; tests/test_retention.py turns it on.
         "RETENTION_AUTO": False,
+        # Nor a spool replayer: tests replay with web.spool.replay() when they mean to.
+        "SPOOL_AUTO": False,
     }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import web.pixel
 import web.receipts
 from web.classify import (
     BOT,
@@ -193,7 +194,8 @@ def test_recorded_over_http(row, app, client, auth, database, monkeypatch):
     # MX look-ups are on by default; no recipients are given, so none is made.
     app.config["MX_LOOKUP"] = True
     now = utcnow().replace(microsecond=0)
-    monkeypatch.setattr(web.receipts, "utcnow", lambda: now)
+    monkeypatch.setattr(web.receipts, "utcnow", lambda: now)  # the beacon's time
+    monkeypatch.setattr(web.pixel, "utcnow", lambda: now)  # the fetch's time
     beacon = beacon_offset(row)
 
     if row["minted_here"] == "yes":

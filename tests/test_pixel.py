@@ -1,5 +1,8 @@
 """The pixel endpoint: always a 200 GIF, an event only for a genuine pixel, nothing raw stored."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from web.models import Event, Pixel
@@ -192,9 +195,12 @@ def test_database_failure_still_answers_a_gif(client, app, pixel, database):
     EventModel._meta.database.execute_sql("DROP TABLE event")
     response = client.get(pixel_path(pixel["url"]), headers={"User-Agent": GMAIL_PROXY})
     assert_gif(response)
-    assert response.headers["X-Openreceipt"] == "not recorded: database unavailable"
-    # The failed write left the pixel's counters untouched (one transaction).
+    assert response.headers["X-Openreceipt"] == "spooled: database unavailable"
+    # The failed write left the pixel's counters untouched (one transaction)...
     assert Pixel.get(Pixel.public_id == pixel["id"]).open_count == 0
+    # ...and the fetch waits in the spool, masked.
+    [line] = (Path(app.config["DATA_DIR"]) / "spool" / "active.jsonl").read_text().splitlines()
+    assert json.loads(line)["public_id"] == pixel["id"] and '"ip": "127.0.0.0"' in line
 
 
 def test_pixel_never_touches_the_login_session(client, pixel):

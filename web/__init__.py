@@ -24,6 +24,7 @@ from . import (
     retention,
     security,
     settings,
+    spool,
 )
 from .classify import Networks, user_agent_parser
 from .geo import Geolocator, open_geolocator
@@ -76,6 +77,7 @@ def create_app(config_overrides=None):
     cli.init_app(app)
     security.init_app(app)
     retention.init_app(app)
+    spool.init_app(app)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(pixel.bp)

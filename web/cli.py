@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from . import donottrack, export, retention
+from . import donottrack, export, retention, spool
 from .accounts import AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
@@ -263,6 +263,33 @@ def forget(address, block):
         click.echo(f"{address.strip().lower()} {state} the server's do-not-track list")
 
 
+@click.group("spool")
+def spool_group():
+    """Fetches that waited in this host's spool while the database was away."""
+
+
+@spool_group.command("replay")
+@with_appcontext
+def spool_replay():
+    """Write the spooled fetches to the database now (the server also does it by itself)."""
+    counts = spool.replay(current_app._get_current_object(), wait=True)
+    click.echo(
+        f"replayed {counts['recorded'] + counts['not_recorded']} fetches: "
+        f"{counts['recorded']} recorded, {counts['not_recorded']} not recorded "
+        f"(repeats, deleted receipts, already replayed); {counts['rejected']} rejected; "
+        f"{counts['left']} left"
+    )
+    if counts["left"]:
+        raise click.ClickException("the database is still unavailable; the rest stays spooled")
+
+
+@spool_group.command("status")
+@with_appcontext
+def spool_status():
+    """How many fetches wait in this host's spool."""
+    click.echo(f"{spool.pending(current_app.config['DATA_DIR'])} fetches spooled")
+
+
 def init_app(app):
     """Make the commands part of the app, so `openreceipt` and app.test_cli_runner() see them."""
     app.cli.add_command(user)
@@ -273,6 +300,7 @@ def init_app(app):
     app.cli.add_command(dnt)
     app.cli.add_command(export_command)
     app.cli.add_command(forget)
+    app.cli.add_command(spool_group)
 
 
 def main():

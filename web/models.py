@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import time
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from peewee import (
@@ -123,6 +124,8 @@ class Event(BaseModel):
     country = CharField(max_length=2, null=True)
     city = CharField(max_length=100, null=True)
     client = CharField(max_length=100, null=True)
+    # The spool's key for a fetch that waited in the spool (web/spool.py): stored once only.
+    spool_key = CharField(max_length=32, null=True, unique=True)
 
     class Meta:
         indexes = ((("pixel", "at"), False),)
@@ -226,6 +229,26 @@ def init_app(app):
     def close_connection(_exc):
         if not database.is_closed():
             database.close()
+
+
+PIXEL_WAIT_MS = 40  # the longest the pixel waits for a lock before it spools the fetch
+
+
+@contextmanager
+def short_lock_waits(database=db):
+    """Within the block, a lock held by another writer is waited for PIXEL_WAIT_MS at most, then
+    the statement fails (and the pixel spools its fetch). SQLite: the connection's busy timeout,
+    restored after; PostgreSQL: lock_timeout for the transaction the block opens (SET LOCAL)."""
+    real = _real(database)
+    if isinstance(real, SqliteDatabase):
+        database.execute_sql(f"PRAGMA busy_timeout = {PIXEL_WAIT_MS}")
+        try:
+            yield
+        finally:
+            if not database.is_closed():
+                database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    else:
+        yield
 
 
 def write_transaction(database=db):

@@ -1,12 +1,15 @@
-"""The pixel endpoint, the hot path: always a 200 GIF, an event only for a genuine pixel."""
+"""The pixel endpoint, the hot path: always a 200 GIF at once, an event only for a genuine
+pixel; when the database cannot take the event, it waits in the spool (web/spool.py)."""
 
 import base64
+import uuid
+from dataclasses import replace
 
 from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError
 
-from . import receipts
-from .classify import Fetch, client_name, judge
+from . import receipts, spool
+from .models import short_lock_waits, utcnow
 from .privacy import anonymize, fingerprint
 
 bp = Blueprint("pixel", __name__)
@@ -37,9 +40,6 @@ def gif(outcome):
 def pixel(token):
     try:
         outcome = record_fetch(token)
-    except DatabaseError as error:
-        current_app.logger.error("pixel fetch not recorded: database: %s", error)
-        outcome = "not recorded: database unavailable"
     except Exception as error:  # noqa: BLE001 - a mail client must never see an error
         # The class and message only: neither the request nor its address is in them.
         current_app.logger.error("pixel fetch not recorded: %s: %s", type(error).__name__, error)
@@ -48,24 +48,42 @@ def pixel(token):
 
 
 def record_fetch(token):
+    """Record the fetch now, or spool it when the database cannot take it at once."""
     services = current_app.extensions["openreceipt"]
     public_id = services.signer.unsign(token.removesuffix(".gif"))
     if public_id is None:
         return "not recorded: invalid signature"
+    fetched = observe(public_id, services)
+    try:
+        with short_lock_waits():
+            return receipts.record(fetched, current_app)
+    except DatabaseError as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        try:
+            spool.append(current_app.config["DATA_DIR"], replace(fetched, key=uuid.uuid4().hex))
+        except spool.SpoolError as spool_error:
+            current_app.logger.error(
+                "pixel fetch lost: database: %s; spool: %s", reason, spool_error.strerror
+            )
+            return "not recorded: database and spool unavailable"
+        current_app.logger.warning("pixel fetch spooled: database: %s", reason)
+        return "spooled: database unavailable"
 
+
+def observe(public_id, services):
+    """What this request tells about the fetch, masked at once: the raw address is read here
+    and nowhere else."""
     ip = anonymize(request.remote_addr)
     user_agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
-    purpose = " ".join(request.headers.get(name, "") for name in PREFETCH_HEADERS)
-    fetch = Fetch(user_agent=user_agent, ip=ip, method=request.method, purpose=purpose)
-    browser = fingerprint(current_app.config["SECRET_KEY"], user_agent, ip)
-    use_mail_hosting = current_app.config["MX_LOOKUP"]
-    collect_client = current_app.config["COLLECT_CLIENT"]
-
-    def decide(facts, now):
-        return judge(fetch, facts, services.networks, now, browser, use_mail_hosting)
-
-    def name_client(source):
-        return client_name(user_agent, source, services.ua_parser) if collect_client else None
-
     location = services.geolocator.locate(ip)
-    return receipts.record_fetch(public_id, decide, ip, location, name_client)
+    return receipts.Fetched(
+        public_id=public_id,
+        at=utcnow(),
+        user_agent=user_agent,
+        ip=ip,
+        method=request.method,
+        purpose=" ".join(request.headers.get(name, "") for name in PREFETCH_HEADERS),
+        browser=fingerprint(current_app.config["SECRET_KEY"], user_agent, ip),
+        country=location.country,
+        city=location.city,
+    )

@@ -3,10 +3,22 @@ counters and state exact."""
 
 import datetime
 import secrets
+from dataclasses import asdict, dataclass
 
 from peewee import Case, fn
 
-from .classify import OPEN, PREFETCH, SELF, SELF_VIEW_REASON, PixelFacts, within_self_view
+from .classify import (
+    OPEN,
+    PREFETCH,
+    SELF,
+    SELF_VIEW_REASON,
+    Fetch,
+    PixelFacts,
+    client_name,
+    judge,
+    within_self_view,
+)
+from .geo import Location
 from .models import STATES, Event, Pixel, locked, utcnow, write_transaction
 from .retention import archived_rows
 
@@ -48,10 +60,56 @@ def facts(pixel):
     )
 
 
-def record_fetch(public_id, decide, ip, location, name_client, at=None):
+@dataclass(frozen=True)
+class Fetched:
+    """One fetch of a pixel as the pixel endpoint saw it, masked and ready to be judged: what is
+    recorded now, or spooled (web/spool.py) and recorded later. Nothing in it is raw: `ip` is the
+    masked network, `browser` the keyed fingerprint of user agent and network."""
+
+    public_id: str
+    at: datetime.datetime
+    user_agent: str
+    ip: str | None
+    method: str
+    purpose: str
+    browser: str
+    country: str | None
+    city: str | None
+    key: str | None = None  # set when spooled: the replay stores it, once
+
+    def to_json(self):
+        return {**asdict(self), "at": self.at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data):
+        return cls(**{**data, "at": datetime.datetime.fromisoformat(data["at"])})
+
+
+def record(fetched, app):
+    """Judge and store a Fetched with the app's classifier data and collection settings."""
+    services, config = app.extensions["openreceipt"], app.config
+    fetch = Fetch(fetched.user_agent, fetched.ip, fetched.method, fetched.purpose)
+    use_mail_hosting, collect_client = config["MX_LOOKUP"], config["COLLECT_CLIENT"]
+
+    def decide(facts, now):
+        return judge(fetch, facts, services.networks, now, fetched.browser, use_mail_hosting)
+
+    def name_client(source):
+        if not collect_client:
+            return None
+        return client_name(fetched.user_agent, source, services.ua_parser)
+
+    location = Location(fetched.country, fetched.city)
+    return record_fetch(
+        fetched.public_id, decide, fetched.ip, location, name_client, fetched.at, fetched.key
+    )
+
+
+def record_fetch(public_id, decide, ip, location, name_client, at=None, key=None):
     """Judge and store one fetch of the pixel `public_id`, under a lock on the pixel so that
     concurrent fetches see each other: `decide(facts, at)` gives the Verdict, `name_client(source)`
-    the client's name. Returns a short outcome for the X-Openreceipt header."""
+    the client's name; `key` marks a spooled fetch, stored at most once. Returns a short outcome
+    for the X-Openreceipt header."""
     at = at or utcnow()
     with write_transaction():
         pixel = locked(Pixel.select().where(Pixel.public_id == public_id)).first()
@@ -59,6 +117,8 @@ def record_fetch(public_id, decide, ip, location, name_client, at=None):
             return "not recorded: no such pixel"
         if pixel.tracking_stopped_at is not None:
             return "not recorded: a recipient is on the do-not-track list"
+        if key is not None and Event.select(Event.id).where(Event.spool_key == key).exists():
+            return "not recorded: already replayed"
         verdict = decide(facts(pixel), at)
         client = name_client(verdict.source)
         client = client[:100] if client else None
@@ -74,6 +134,7 @@ def record_fetch(public_id, decide, ip, location, name_client, at=None):
             country=location.country,
             city=location.city,
             client=client,
+            spool_key=key,
         ).execute()
         Pixel.update(_counter_changes(verdict.kind, at)).where(Pixel.id == pixel.id).execute()
     return f"recorded: {verdict.kind}"
@@ -83,7 +144,7 @@ def _repeat(pixel_id, source, ip, client, at):
     same = [
         Event.pixel == pixel_id,
         Event.source == source,
-        Event.at >= at - REPEAT_WINDOW,
+        Event.at.between(at - REPEAT_WINDOW, at + REPEAT_WINDOW),
         Event.ip.is_null() if ip is None else Event.ip == ip,
         Event.client.is_null() if client is None else Event.client == client,
     ]
@@ -93,17 +154,30 @@ def _repeat(pixel_id, source, ip, client, at):
 def _counter_changes(kind, at):
     """The UPDATE for one new event, in SQL so that concurrent writers never lose a count."""
     counter = COUNTERS[kind]
-    changes = {counter: counter + 1, Pixel.last_event_at: at, Pixel.activity_at: at}
+    # Times only move outwards: a replayed fetch may be older than one recorded meanwhile.
+    changes = {
+        counter: counter + 1,
+        Pixel.last_event_at: _latest(Pixel.last_event_at, at),
+        Pixel.activity_at: _latest(Pixel.activity_at, at),
+    }
     reached = STATE_REACHED.get(kind)
     if reached:
         earlier = STATES[: STATES.index(reached)]
         changes[Pixel.state] = Case(None, [(Pixel.state.in_(earlier), reached)], Pixel.state)
     if kind in (PREFETCH, OPEN):
-        changes[Pixel.delivered_at] = fn.COALESCE(Pixel.delivered_at, at)
+        changes[Pixel.delivered_at] = _earliest(Pixel.delivered_at, at)
     if kind == OPEN:
-        changes[Pixel.first_open_at] = fn.COALESCE(Pixel.first_open_at, at)
-        changes[Pixel.last_open_at] = at
+        changes[Pixel.first_open_at] = _earliest(Pixel.first_open_at, at)
+        changes[Pixel.last_open_at] = _latest(Pixel.last_open_at, at)
     return changes
+
+
+def _latest(column, at):
+    return Case(None, [(column.is_null() | (column < at), at)], column)
+
+
+def _earliest(column, at):
+    return Case(None, [(column.is_null() | (column > at), at)], column)
 
 
 def refresh(pixel_id):

@@ -1,0 +1,202 @@
+"""The spool: where a pixel fetch waits when the database cannot take it (down, locked past the
+pixel's short wait, disk full), so that the mail client still gets its GIF at once and no event
+is lost.
+
+A spooled fetch is a Fetched (web/receipts.py) as one JSON line: already masked, with the keyed
+browser fingerprint instead of anything raw. It is judged when it is replayed, with the pixel's
+facts as they were at the time of the fetch, exactly as it would have been judged live.
+
+Files, in `<DATA_DIR>/spool/`:
+- `active.jsonl`: appended to by every worker of this host; each append holds an flock on the
+  file and checks that the file is still the active one (a replay may have just moved it);
+- `batch-<ns>-<pid>.jsonl`: the active file moved aside by a replay, replayed in name order;
+- `rejected.jsonl`: lines the database refused for good (never expected), kept for the operator;
+- `replay.lock`: held by the one replay of this host that runs at a time.
+
+Exactly once: each line carries a random key stored with its event (Event.spool_key, unique); a
+replay cut short replays lines whose events already exist, and they are skipped."""
+
+import datetime
+import fcntl
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from peewee import DatabaseError, InterfaceError, OperationalError
+
+from . import receipts
+
+ACTIVE = "active.jsonl"
+REJECTED = "rejected.jsonl"
+LOCK = "replay.lock"
+CHECK_SECONDS = 5  # how often a worker looks for spooled fetches to replay
+UNAVAILABLE = (OperationalError, InterfaceError)  # the database is away: try again later
+
+
+class SpoolError(OSError):
+    """The spool could not be written either (e.g. the disk is full)."""
+
+
+def directory(data_dir):
+    return Path(data_dir) / "spool"
+
+
+def append(data_dir, fetched):
+    """Add one fetch to this host's spool. Raises SpoolError when it cannot be written."""
+    folder = directory(data_dir)
+    line = (json.dumps(fetched.to_json(), ensure_ascii=True) + "\n").encode()
+    path = folder / ACTIVE
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for _ in range(10):
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    if os.write(descriptor, line) != len(line):
+                        raise OSError("short write to the spool")
+                    return
+            finally:
+                os.close(descriptor)  # also releases the flock
+    except OSError as error:
+        raise SpoolError(error.errno, f"cannot spool: {error.strerror or error}") from None
+    raise SpoolError(0, "cannot spool: the active file kept moving")
+
+
+def pending(data_dir):
+    """How many fetches wait in this host's spool."""
+    count = 0
+    for path in batches(data_dir, include_active=True):
+        with path.open("rb") as handle:
+            count += sum(1 for line in handle if line.strip())
+    return count
+
+
+def batches(data_dir, include_active=False):
+    folder = directory(data_dir)
+    if not folder.is_dir():
+        return []
+    found = sorted(folder.glob("batch-*.jsonl"))
+    if include_active and (folder / ACTIVE).exists():
+        found.append(folder / ACTIVE)
+    return found
+
+
+def has_work(data_dir):
+    folder = directory(data_dir)
+    return (folder / ACTIVE).exists() or any(folder.glob("batch-*.jsonl"))
+
+
+def _rotate(folder):
+    """Move the active file aside as the newest batch, so writers start a new one."""
+    path = folder / ACTIVE
+    try:
+        descriptor = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        if os.fstat(descriptor).st_size:
+            os.rename(path, folder / f"batch-{time.time_ns():020d}-{os.getpid()}.jsonl")
+    finally:
+        os.close(descriptor)
+
+
+def replay(app, wait=False):
+    """Write this host's spooled fetches to the database, oldest first. Returns a dict of counts
+    (recorded, not_recorded, rejected, left), or None when another replay of this host is running
+    (and `wait` is false). Stops at the first sign that the database is still away."""
+    folder = directory(app.config["DATA_DIR"])
+    if not folder.is_dir():
+        return {"recorded": 0, "not_recorded": 0, "rejected": 0, "left": 0}
+    lock = os.open(folder / LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
+        _rotate(folder)
+        counts = {"recorded": 0, "not_recorded": 0, "rejected": 0, "left": 0}
+        with app.app_context():
+            for batch in batches(app.config["DATA_DIR"]):
+                if not _replay_batch(app, batch, counts):
+                    break
+        counts["left"] = pending(app.config["DATA_DIR"])
+        return counts
+    finally:
+        os.close(lock)
+
+
+def _replay_batch(app, batch, counts):
+    """Replay one batch file; True when it is done (and removed)."""
+    lines = [line for line in batch.read_text(encoding="ascii").splitlines() if line.strip()]
+    done = 0
+    for line in lines:
+        try:
+            fetched = receipts.Fetched.from_json(json.loads(line))
+        except (ValueError, TypeError, KeyError):
+            _reject(batch.parent, line, "unreadable line")
+            counts["rejected"] += 1
+            done += 1
+            continue
+        try:
+            outcome = receipts.record(fetched, app)
+        except UNAVAILABLE:
+            break
+        except DatabaseError as error:
+            _reject(batch.parent, line, f"{type(error).__name__}: {error}")
+            counts["rejected"] += 1
+        else:
+            counts["recorded" if outcome.startswith("recorded") else "not_recorded"] += 1
+        done += 1
+    if done == len(lines):
+        batch.unlink()
+        return True
+    rest = batch.with_suffix(".tmp")
+    rest.write_text("".join(line + "\n" for line in lines[done:]), encoding="ascii")
+    os.replace(rest, batch)
+    return False
+
+
+def _reject(folder, line, why):
+    record = {"line": line, "why": why[:300], "at": datetime.datetime.now(datetime.UTC).isoformat()}
+    with (folder / REJECTED).open("a", encoding="ascii") as handle:
+        handle.write(json.dumps(record, ensure_ascii=True) + "\n")
+
+
+def init_app(app):
+    """In each worker process, a thread that replays the spool every few seconds while it holds
+    fetches; started by the first request the process serves (after gunicorn forks)."""
+    if not app.config.get("SPOOL_AUTO", True):
+        return
+    started = {"pid": None}
+    guard = threading.Lock()
+    data_dir = app.config["DATA_DIR"]
+
+    def loop():
+        while True:
+            time.sleep(CHECK_SECONDS)
+            try:
+                if has_work(data_dir):
+                    counts = replay(app)
+                    if counts and (counts["recorded"] or counts["not_recorded"]):
+                        app.logger.info("spool: replayed %s", counts)
+            except Exception as error:  # noqa: BLE001 - tried again at the next check
+                app.logger.error("spool: replay failed: %s: %s", type(error).__name__, error)
+
+    @app.before_request
+    def start_replayer():
+        if started["pid"] == os.getpid() or not guard.acquire(blocking=False):
+            return
+        try:
+            if started["pid"] != os.getpid():
+                started["pid"] = os.getpid()
+                threading.Thread(target=loop, name="openreceipt-spool", daemon=True).start()
+        finally:
+            guard.release()
