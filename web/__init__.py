@@ -4,9 +4,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from flask_wtf.csrf import CSRFProtect
+from peewee import InterfaceError, OperationalError
 from ua_parser import Parser
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -83,6 +84,8 @@ def create_app(config_overrides=None):
     csrf.exempt(pixel.bp)
     CORS(app, resources={r"/api/*": {"origins": "*"}}, supports_credentials=False, max_age=86400)
     app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(OperationalError, database_unavailable)
+    app.register_error_handler(InterfaceError, database_unavailable)
 
     if app.config.get("ANNOUNCE_STARTUP", True):
         announce(app, geolocator)
@@ -105,6 +108,19 @@ def announce(app, geolocator):
             "or run: openreceipt user add EMAIL",
             link,
         )
+
+
+def database_unavailable(error):
+    """The database is down, locked past the timeout, or full: say so, with 503, and log the
+    driver's first line (it names the database server, never a client)."""
+    app = current_app
+    app.logger.error(
+        "database unavailable: %s", str(error).splitlines()[0][:200] if str(error) else ""
+    )
+    message = "the database is unavailable; try again shortly"
+    if request.path.startswith("/api/"):
+        return jsonify(error=message), 503
+    return Response(f"openreceipt: {message}.\n", 503, mimetype="text/plain")
 
 
 def http_error(error):

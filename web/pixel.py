@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError
 
 from . import receipts, spool
-from .models import short_lock_waits, utcnow
+from .models import PIXEL_WAIT_MS, utcnow, with_short_lock_waits
 from .privacy import anonymize, fingerprint
 
 bp = Blueprint("pixel", __name__)
@@ -54,11 +54,13 @@ def record_fetch(token):
     if public_id is None:
         return "not recorded: invalid signature"
     fetched = observe(public_id, services)
+    app = current_app._get_current_object()
     try:
-        with short_lock_waits():
-            return receipts.record(fetched, current_app)
+        return with_short_lock_waits(lambda: receipts.record(fetched, app))
     except DatabaseError as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        if "locked" in reason or "busy" in reason:
+            reason = f"busy for {PIXEL_WAIT_MS} ms"
         try:
             spool.append(current_app.config["DATA_DIR"], replace(fetched, key=uuid.uuid4().hex))
         except spool.SpoolError as spool_error:
