@@ -68,6 +68,8 @@ def create_app(config_overrides=None):
         # Only the last `hops` entries of X-Forwarded-For were written by proxies we run.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
+    # "/p//x" is no reason to redirect a mail client, nor "/api//pixels" a script.
+    app.url_map.merge_slashes = False
     app.register_blueprint(pixel.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(auth.bp)

@@ -1,6 +1,7 @@
 """The JSON API: Bearer-token authentication, open to any origin (no cookies involved)."""
 
 import functools
+import re
 from email.utils import parseaddr
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, request, url_for
@@ -12,7 +13,7 @@ from . import donottrack, receipts
 from .accounts import user_for_token
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .classify import KINDS
-from .models import Event, Pixel, utcnow
+from .models import MAX_ID, Event, Pixel, utcnow
 from .pixel import MAX_USER_AGENT
 from .privacy import anonymize, fingerprint, kept_recipients
 
@@ -23,6 +24,7 @@ MAX_LABEL = 200
 MAX_RECIPIENTS = 100
 MAX_ADDRESS = 320
 MAX_PER_PAGE = 100
+PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 @bp.before_request
@@ -111,6 +113,8 @@ def timeline(pixel):
 
 
 def own_pixel(public_id):
+    if not PUBLIC_ID.fullmatch(public_id):
+        raise NotFound("no such pixel")
     pixel = Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == g.user)
     if pixel is None:
         raise NotFound("no such pixel")
@@ -203,7 +207,7 @@ def self_view(public_id):
     return jsonify(id=pixel.public_id, reclassified=reclassified)
 
 
-@bp.post("/events/<int:event_id>/kind")
+@bp.post(f"/events/<int(max={MAX_ID}):event_id>/kind")
 @token_required
 def correct_event(event_id):
     """The sender corrects what an event was: {"kind": "self"} (or back to "open")."""
@@ -256,7 +260,10 @@ def json_object():
     """The request body as a dict; an empty body counts as {}."""
     if not request.get_data(cache=True):
         return {}
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
@@ -309,6 +316,6 @@ def int_arg(name, default, low, high):
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20) or not low <= int(raw) <= high:
         raise BadRequest(f"'{name}' must be a whole number from {low} to {high}")
     return int(raw)

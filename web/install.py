@@ -8,7 +8,7 @@ from .accounts import new_token, revoke_token
 from .api import pixel_html, pixel_url
 from .auth import login_required
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
-from .models import ApiToken
+from .models import MAX_ID, ApiToken
 
 bp = Blueprint("install", __name__)
 
@@ -39,7 +39,7 @@ def create():
     return page(bookmarklet=build_bookmarklet(origin(), secret), created=row)
 
 
-@bp.post("/bookmarklet/tokens/<int:token_id>/revoke")
+@bp.post(f"/bookmarklet/tokens/<int(max={MAX_ID}):token_id>/revoke")
 @login_required
 def revoke(token_id):
     if revoke_token(token_id, user=g.user):

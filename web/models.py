@@ -29,6 +29,7 @@ MIGRATION_LOCK = 0x6F70656E72637074
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
 STATES = ("waiting", "inserted", "delivered", "opened")
+MAX_ID = 2**63 - 1  # the largest row id either database takes in a query
 
 
 def utcnow():

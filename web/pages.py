@@ -4,10 +4,10 @@ from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template
 from peewee import Cast, fn
 
 from . import receipts
-from .api import pixel_html, pixel_url
+from .api import PUBLIC_ID, pixel_html, pixel_url
 from .auth import login_required
 from .classify import KINDS
-from .models import STATES, Event, Pixel, utcnow
+from .models import MAX_ID, STATES, Event, Pixel, utcnow
 from .notice import render_notice
 from .timeline import timeline_svg
 
@@ -154,6 +154,8 @@ def live_receipts():
 
 
 def own_pixel_or_404(public_id):
+    if not PUBLIC_ID.fullmatch(public_id):
+        abort(404)
     pixel = Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == g.user)
     if pixel is None:
         abort(404)
@@ -165,6 +167,8 @@ def events_page(pixel, before=None):
     `before` (an event id; None: the latest), and the id to ask for the page before them."""
     query = Event.select().where(Event.pixel == pixel)
     if before is not None:
+        if not 0 < before <= MAX_ID:
+            abort(404)
         cursor = Event.get_or_none(Event.id == before, Event.pixel == pixel)
         if cursor is None:
             abort(404)
@@ -243,7 +247,7 @@ def event_row(event):
     }
 
 
-@bp.post("/m/<public_id>/events/<int:event_id>/kind")
+@bp.post(f"/m/<public_id>/events/<int(max={MAX_ID}):event_id>/kind")
 @login_required
 def correct(public_id, event_id):
     pixel = own_pixel_or_404(public_id)

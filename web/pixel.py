@@ -6,7 +6,7 @@ import uuid
 from dataclasses import replace
 
 from flask import Blueprint, Response, current_app, request
-from peewee import DatabaseError
+from peewee import DatabaseError, DataError, IntegrityError
 
 from . import receipts, spool
 from .models import PIXEL_WAIT_MS, utcnow, with_short_lock_waits
@@ -57,6 +57,8 @@ def record_fetch(token):
     app = current_app._get_current_object()
     try:
         return with_short_lock_waits(lambda: receipts.record(fetched, app))
+    except (DataError, IntegrityError):
+        raise  # the fetch itself is at fault: replaying it later would fail the same way
     except DatabaseError as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         if "locked" in reason or "busy" in reason:

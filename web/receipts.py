@@ -120,8 +120,7 @@ def record_fetch(public_id, decide, ip, location, name_client, at=None, key=None
         if key is not None and Event.select(Event.id).where(Event.spool_key == key).exists():
             return "not recorded: already replayed"
         verdict = decide(facts(pixel), at)
-        client = name_client(verdict.source)
-        client = client[:100] if client else None
+        client = printable(name_client(verdict.source) or "")[:100] or None
         if _repeat(pixel.id, verdict.source, ip, client, at):
             return "not recorded: repeat of a fetch seconds ago"
         Event.insert(
@@ -138,6 +137,11 @@ def record_fetch(public_id, decide, ip, location, name_client, at=None, key=None
         ).execute()
         Pixel.update(_counter_changes(verdict.kind, at)).where(Pixel.id == pixel.id).execute()
     return f"recorded: {verdict.kind}"
+
+
+def printable(text):
+    """Text without control characters (a user agent may hold NUL, which PostgreSQL refuses)."""
+    return "".join(c for c in text if c.isprintable() or c == " ").strip()
 
 
 def _repeat(pixel_id, source, ip, client, at):

@@ -5,7 +5,7 @@ from flask import Blueprint, Response, flash, g, redirect, render_template, requ
 from . import donottrack, export
 from .accounts import AccountError, authenticate, new_token, set_password
 from .auth import login_required
-from .models import ApiToken, DoNotTrack
+from .models import MAX_ID, ApiToken, DoNotTrack
 
 bp = Blueprint("settings", __name__)
 
@@ -72,7 +72,7 @@ def add_do_not_track():
     return redirect(url_for("settings.show") + "#do-not-track")
 
 
-@bp.post("/settings/dnt/<int:entry_id>/delete")
+@bp.post(f"/settings/dnt/<int(max={MAX_ID}):entry_id>/delete")
 @login_required
 def remove_do_not_track(entry_id):
     deleted = (

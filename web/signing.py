@@ -1,12 +1,16 @@
 """Signed pixel tokens: a pixel's public id plus an HMAC, so garbage is refused without a
 database read, and old keys keep verifying after the secret key is rotated."""
 
+import base64
 import hashlib
+import re
 
 from itsdangerous import BadSignature, Signer
 
 SALT = "openreceipt.pixel"
 MAX_TOKEN_LENGTH = 128
+# A public id, a dot, and an unpadded URL-safe base64 SHA-256 signature: nothing else.
+TOKEN = re.compile(r"(?P<value>[A-Za-z0-9_.-]{1,64})\.(?P<signature>[A-Za-z0-9_-]{43})")
 
 
 class PixelSigner:
@@ -25,7 +29,17 @@ class PixelSigner:
         """The public id inside a genuine token, or None for anything forged, cut or foreign."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None
+        match = TOKEN.fullmatch(token)
+        # itsdangerous decodes base64 leniently (padding, '+' for '-', spare low bits): only the
+        # one canonical spelling of a signature is a pixel's URL.
+        if match is None or not _canonical(match["signature"]):
+            return None
         try:
             return self._signer.unsign(token.encode("ascii")).decode("ascii")
         except (BadSignature, UnicodeError):
             return None
+
+
+def _canonical(signature):
+    raw = base64.urlsafe_b64decode(signature + "=")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == signature
