@@ -1,0 +1,34 @@
+"""The framework's floor, for bench/pixel_load.py: a Flask app that answers every pixel URL with
+the pixel's own GIF and headers and does nothing else. Served from the repository root with the
+same gunicorn.conf.py as openreceipt (workers, preload, logger, access log):
+
+    .venv/bin/gunicorn bench.floor:app
+
+No database, no settings: it reads no OPENRECEIPT_* variable (gunicorn.conf.py reads only
+OPENRECEIPT_BIND).
+"""
+
+from flask import Flask, Response
+
+from web.pixel import CACHE_CONTROL, GIF
+
+# Same length as the shortest outcomes of the real pixel ("not recorded: repeat ..." is longer).
+OUTCOME = "not recorded: floor"
+
+app = Flask(__name__)
+
+
+@app.route("/p/<path:token>", methods=["GET"])
+def pixel(token):
+    """The answer web.pixel.gif() gives, built the same way, per request."""
+    return Response(
+        GIF,
+        200,
+        {
+            "Content-Type": "image/gif",
+            "Cache-Control": CACHE_CONTROL,
+            "Pragma": "no-cache",
+            "Expires": "0",
+            "X-Openreceipt": OUTCOME,
+        },
+    )
