@@ -20,3 +20,11 @@ limit_request_field_size = 65536
 limit_request_fields = 200
 # No runtime control socket: several instances on one host would fight over its default path.
 control_socket_disable = True
+
+
+def worker_exit(server, worker):
+    """A worker that stops closes its pooled database connections: on SQLite the last one to
+    close folds the write-ahead log back into the database file."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "openreceipt.database" in getattr(app, "extensions", {}):
+        app.extensions["openreceipt.database"].close_all()

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,10 +120,20 @@ function delay()
   return 0
 end
 
+local many = %(many)s  -- each fetch from a network of its own (X-Forwarded-For), or all from one
+
 function request()
   sent = sent + 1
   position = position %% #prepared + 1
-  return prepared[position]
+  if not many then
+    return prepared[position]
+  end
+  local n = sent * 4 + thread_index  -- threads never share a network
+  local round = math.floor((position - 1) / #paths)
+  local path = paths[(position - 1) %% #paths + 1]
+  local agent = agents[mix[((position - 1) %% #paths + 1 + round) %% #mix + 1]]
+  local network = string.format("10.%%d.%%d.7", math.floor(n / 250) %% 250, n %% 250)
+  return wrk.format("GET", path, {["User-Agent"] = agent, ["X-Forwarded-For"] = network})
 end
 
 function response(status, headers, body)
@@ -242,7 +253,20 @@ def parse_args(argv):
         help="sqlite:///NEW-FILE or postgresql://... (a schema of its own is made and dropped); "
         "default: SQLite in a fresh temporary data dir",
     )
-    parser.add_argument("--duration", type=int, default=15, help="seconds of load a server")
+    parser.add_argument(
+        "--duration", type=int, default=10, help="seconds of load a server and round"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds, the servers taking turns (default 3)"
+    )
+    parser.add_argument(
+        "--networks",
+        choices=("one", "many"),
+        default="one",
+        help="one: every fetch from the load generator's address, so most are repeats of a "
+        "fetch seconds ago; many: each from a network of its own through a trusted proxy "
+        "header, so each is a new event (the write path)",
+    )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
     parser.add_argument(
         "--threads",
@@ -305,6 +329,10 @@ def run(args, url, data_dir):
     env = {name: value for name, value in os.environ.items() if not name.startswith("OPENRECEIPT_")}
     env["OPENRECEIPT_DATA_DIR"] = str(data_dir)
     env["OPENRECEIPT_MX_LOOKUP"] = "off"
+    if args.networks == "many":
+        # Behind one proxy, as the README's HTTPS section runs it: X-Forwarded-For names the
+        # client's network, so the fetches are not one reader's repeats.
+        env["OPENRECEIPT_TRUSTED_PROXIES"] = "1"
     if url:
         env["OPENRECEIPT_DATABASE_URL"] = url
     sqlite_path = None if url and not url.startswith("sqlite") else database_file(url, data_dir)
@@ -339,14 +367,24 @@ def run(args, url, data_dir):
             flush=True,
         )
 
-        loads, memory = {}, {}
-        for server in (floor, pixel):
-            print(f"loading {server.name} ({server.app})...", flush=True)
-            if args.load == "wrk":
-                loads[server.name] = wrk_load(server, paths, args, data_dir)
-            else:
-                loads[server.name] = python_load(server, paths, args)
-            memory[server.name] = worker_memory(server)
+        # Rounds, the two servers taking turns (and turns at going first): a machine whose
+        # speed drifts during the run then weighs on both alike.
+        rounds, memory = {"floor": [], "pixel": []}, {}
+        for number in range(args.rounds):
+            order = (floor, pixel) if number % 2 == 0 else (pixel, floor)
+            for server in order:
+                print(f"round {number + 1}: loading {server.name} ({server.app})...", flush=True)
+                if args.load == "wrk":
+                    rounds[server.name].append(wrk_load(server, paths, args, data_dir))
+                else:
+                    rounds[server.name].append(python_load(server, paths, args))
+                memory[server.name] = worker_memory(server)
+        for number, (a, b) in enumerate(zip(rounds["pixel"], rounds["floor"], strict=True)):
+            print(
+                f"round {number + 1}: pixel {a.rate:.0f} req/s, floor {b.rate:.0f} req/s, "
+                f"ratio {a.rate / b.rate:.2f}"
+            )
+        loads = {name: combined(results) for name, results in rounds.items()}
         pixel.stop()
         floor.stop()
 
@@ -361,6 +399,22 @@ def run(args, url, data_dir):
         replay,
         (spool_left, spool_rejected),
         (pixel, floor),
+    )
+
+
+def combined(loads):
+    """Several rounds of one server as one: counts and seconds added up, so the rate is over
+    all of them; the latency percentiles are the rounds' medians, the maximum their maximum."""
+    return Load(
+        requests=sum(load.requests for load in loads),
+        seconds=sum(load.seconds for load in loads),
+        p50_ms=statistics.median(load.p50_ms for load in loads),
+        p99_ms=statistics.median(load.p99_ms for load in loads),
+        max_ms=max(load.max_ms for load in loads),
+        not_ok=sum(load.not_ok for load in loads),
+        socket_errors=sum(load.socket_errors for load in loads),
+        outcomes=sum((load.outcomes for load in loads), Counter()),
+        cut_off=sum(load.cut_off for load in loads),
     )
 
 
@@ -510,6 +564,7 @@ def wrk_load(server, paths, args, data_dir):
             "paths": ", ".join(lua_string(path) for path in paths),
             "agents": ", ".join(lua_string(agent) for _, agent, _ in CLIENT_MIX),
             "mix": ", ".join(str(slot) for slot in slots()),
+            "many": "true" if args.networks == "many" else "false",
         }
     )
     command = [
@@ -562,7 +617,7 @@ def python_load(server, paths, args):
         for index, path in enumerate(paths)
     ]
     parts = urlsplit(server.url)
-    sequence = itertools.count()
+    sequence, networks = itertools.count(), itertools.count()
     lock = threading.Lock()
     latencies, outcomes = [], Counter()
     failures = Counter()
@@ -575,7 +630,11 @@ def python_load(server, paths, args):
             path, agent = fetches[next(sequence) % len(fetches)]
             started = time.perf_counter()
             try:
-                connection.request("GET", path, headers={"User-Agent": agent})
+                headers = {"User-Agent": agent}
+                if args.networks == "many":
+                    n = next(networks)
+                    headers["X-Forwarded-For"] = f"10.{n // 250 % 250}.{n % 250}.7"
+                connection.request("GET", path, headers=headers)
                 response = connection.getresponse()
                 response.read()
             except (OSError, http.client.HTTPException):

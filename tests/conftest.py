@@ -20,7 +20,7 @@ from werkzeug.security import generate_password_hash
 
 from web import create_app
 from web.accounts import create_user, new_token
-from web.models import MIGRATIONS, MODELS, db
+from web.models import MIGRATIONS, MODELS, close_pool, db
 
 MODEL_TABLES = {model._meta.table_name for model in MODELS}
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -181,9 +181,7 @@ def settings(tmp_path, database_url, geoip_path):
 def app(settings):
     app = create_app(settings)
     yield app
-    database = app.extensions["openreceipt.database"]
-    if not database.is_closed():
-        database.close()
+    close_pool(app)
 
 
 @pytest.fixture

@@ -414,8 +414,7 @@ def proxied_app(app, settings):
     proxied.config["PROPAGATE_EXCEPTIONS"] = False
     yield proxied
     database = proxied.extensions["openreceipt.database"]
-    if not database.is_closed():
-        database.close()
+    database.close_all()
 
 
 @pytest.fixture

@@ -45,8 +45,7 @@ def configured(settings):
     yield make
     for app in apps:
         database = app.extensions["openreceipt.database"]
-        if not database.is_closed():
-            database.close()
+        database.close_all()
 
 
 def stored(app, pixel):

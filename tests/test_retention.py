@@ -381,7 +381,7 @@ def test_requests_start_the_days_purge_once(settings):
         assert retention.last_run() == ran
         assert kinds_left(pixel.id) == ["bot", "open"]
     for app in (worker, other_worker):
-        app.extensions["openreceipt.database"].close()
+        app.extensions["openreceipt.database"].close_all()
 
 
 def test_retention_days_0_keeps_every_event(settings):
@@ -399,7 +399,7 @@ def test_retention_days_0_keeps_every_event(settings):
     with keeper.app_context():
         assert kinds_left(pixel.id) == ["open"] and retention.last_run() is None
         assert retention.purge(0) == (0, 0) and kinds_left(pixel.id) == ["open"]
-    keeper.extensions["openreceipt.database"].close()
+    keeper.extensions["openreceipt.database"].close_all()
 
 
 def test_purge_command(runner, user, database):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask, Response, current_app, jsonify, request
-from flask_cors import CORS
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from peewee import InterfaceError, OperationalError
 from ua_parser import Parser
@@ -36,6 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 csrf = CSRFProtect()
 
 
+class PageSessions(SecureCookieSessionInterface):
+    """The login cookie, read by the pages only: the pixel and the API never open a session, so
+    a fetch costs no cookie parsing or signing, and can never set a cookie."""
+
+    def open_session(self, app, request):
+        if request.path.startswith(("/p/", "/api/")):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+
 @dataclass(frozen=True)
 class Services:
     """What the pixel path needs, built once at start-up and kept on the app."""
@@ -50,6 +60,7 @@ class Services:
 def create_app(config_overrides=None):
     """Build the application: defaults, then OPENRECEIPT_* environment, then the mapping given."""
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
+    app.session_interface = PageSessions()
     config.load(app.config, config_overrides)
     app.logger.setLevel(logging.INFO)
 
@@ -84,13 +95,14 @@ def create_app(config_overrides=None):
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(pixel.bp)
-    CORS(app, resources={r"/api/*": {"origins": "*"}}, supports_credentials=False, max_age=86400)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(InterfaceError, database_unavailable)
 
     if app.config.get("ANNOUNCE_STARTUP", True):
         announce(app, geolocator)
+    # gunicorn forks its workers from this process: no connection of ours may be shared.
+    models.close_pool(app)
     return app
 
 

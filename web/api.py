@@ -5,6 +5,7 @@ import re
 from email.utils import parseaddr
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, request, url_for
+from flask_cors import CORS
 from markupsafe import escape
 from peewee import fn
 from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
@@ -18,6 +19,9 @@ from .pixel import MAX_USER_AGENT
 from .privacy import anonymize, fingerprint, kept_recipients
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+# Any origin may call the API (the bearer token is the credential, no cookie is involved). On
+# this blueprint only: the pixel and the pages never pay for it.
+CORS(bp, origins="*", supports_credentials=False, max_age=86400)
 
 MAX_SUBJECT = 998  # the longest line RFC 5322 allows
 MAX_LABEL = 200

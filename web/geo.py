@@ -1,6 +1,7 @@
 """City and country for a masked address, from a MaxMind-format (.mmdb) database opened once."""
 
 import datetime
+import functools
 from dataclasses import dataclass
 
 import geoip2.database
@@ -35,6 +36,7 @@ class Geolocator:
     def __init__(self, path, cities=True):
         self.path = path
         self.cities = cities
+        self._locate_cached = functools.lru_cache(maxsize=4096)(self._locate)
         self._reader = geoip2.database.Reader(path) if path else None
         if self._reader is None:
             self.database_type = None
@@ -56,7 +58,11 @@ class Geolocator:
         return f"GeoIP database {self.database_type} built {self.built} ({self.path}{what})"
 
     def locate(self, masked_ip):
-        """The Location of a masked address; NOWHERE when unknown or without a database."""
+        """The Location of a masked address; NOWHERE when unknown or without a database. Mail
+        proxies fetch from few networks: the answers for the latest ones are kept."""
+        return self._locate_cached(masked_ip)
+
+    def _locate(self, masked_ip):
         if self._reader is None or not masked_ip:
             return NOWHERE
         try:

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import time
+import weakref
 from urllib.parse import urlsplit
 
 from peewee import (
@@ -20,6 +21,7 @@ from peewee import (
 )
 from playhouse.db_url import parse as parse_database_url
 from playhouse.migrations import Runner
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 db = DatabaseProxy()
 
@@ -161,22 +163,43 @@ class Setting(BaseModel):
 MODELS = (User, ApiToken, Pixel, Event, DoNotTrack, LoginFailure, Setting)
 
 
-def open_database(url):
-    """A peewee Database for an OPENRECEIPT_DATABASE_URL (sqlite:///path or postgresql://...)."""
+# A request, CLI command or background thread "closes" its connection at the end, which hands it
+# back to its process's pool: opening a connection costs more than a pixel's whole write. A
+# connection that broke (the database restarted) is dropped, not handed out again.
+POOL = {"max_connections": 32, "stale_timeout": 300}
+
+
+class PooledPostgresql(PooledPostgresqlDatabase):
+    """Hands out a pooled connection without first asking the server "SELECT 1" (peewee's
+    check): that round trip would cost as much as the pixel's own work. A connection the server
+    dropped meanwhile fails on first use (the pixel then spools its fetch) and is not pooled
+    again."""
+
+    def _is_closed(self, conn):
+        return conn.closed or conn.broken
+
+
+def open_database(url, pooled=False):
+    """A peewee Database for an OPENRECEIPT_DATABASE_URL (sqlite:///path or postgresql://...);
+    `pooled`: one that keeps its connections for reuse (the app's)."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         path = url[len("sqlite:///") :] or ":memory:"
-        return SqliteDatabase(
-            path,
-            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-            pragmas={
+        options = {
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "pragmas": {
                 "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
                 "synchronous": "normal",
                 "foreign_keys": 1,
             },
-        )
+        }
+        if not pooled or path == ":memory:":
+            return SqliteDatabase(path, **options)
+        # check_same_thread: a pooled connection may serve another thread later.
+        return PooledSqliteDatabase(path, check_same_thread=False, **options, **POOL)
     params = parse_database_url(url, unquote_password=True, unquote_user=True)
-    return PostgresqlDatabase(params.pop("database"), prefer_psycopg3=True, **params)
+    kind = PooledPostgresql if pooled else PostgresqlDatabase
+    return kind(params.pop("database"), prefer_psycopg3=True, **params, **(POOL if pooled else {}))
 
 
 def migrate(database, directory=MIGRATIONS):
@@ -220,9 +243,12 @@ def enable_wal(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
 def init_app(app):
     """Bind the models to the configured database, migrate it, and close the connection at the
     end of every request (and every CLI command or other app context)."""
-    database = open_database(app.config["DATABASE_URL"])
+    database = open_database(app.config["DATABASE_URL"], pooled=True)
     db.initialize(database)
     app.extensions["openreceipt.database"] = database
+    # When an app is done with (tests and tools make many), its pooled connections are closed.
+    if hasattr(database, "close_all"):
+        weakref.finalize(app, database.close_all)
     migrate(database)
 
     @app.teardown_appcontext
@@ -260,6 +286,16 @@ def with_short_lock_waits(work, database=db):
     finally:
         if not database.is_closed():
             database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+
+def close_pool(app):
+    """Close every idle pooled connection of this process (before gunicorn forks, and when an
+    app is done with)."""
+    database = app.extensions["openreceipt.database"]
+    if not database.is_closed():
+        database.close()
+    if hasattr(database, "close_idle"):
+        database.close_idle()
 
 
 def write_transaction(database=db):

@@ -62,14 +62,14 @@ class NetworkSet:
         if not masked_ip:
             return False
         try:
-            ip = ipaddress.ip_address(masked_ip)
+            version, _, value = _span(masked_ip)
         except ValueError:
             return False
-        host_bits = (32 - IPV4_PREFIX) if ip.version == 4 else (128 - IPV6_PREFIX)
-        first = int(ip) >> host_bits << host_bits
+        host_bits = (32 - IPV4_PREFIX) if version == 4 else (128 - IPV6_PREFIX)
+        first = value >> host_bits << host_bits
         last = first | ((1 << host_bits) - 1)
-        index = bisect.bisect_right(self._starts[ip.version], last) - 1
-        return index >= 0 and self._ends[ip.version][index] >= first
+        index = bisect.bisect_right(self._starts[version], last) - 1
+        return index >= 0 and self._ends[version][index] >= first
 
 
 def _span(prefix):

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError, DataError, IntegrityError
 
 from . import receipts, spool
-from .models import PIXEL_WAIT_MS, utcnow, with_short_lock_waits
+from .models import PIXEL_WAIT_MS, utcnow
 from .privacy import anonymize, fingerprint
 
 bp = Blueprint("pixel", __name__)
@@ -18,7 +18,7 @@ GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7
 # Gmail's proxy honours no-cache since 2014; "private" keeps shared caches from answering for us.
 CACHE_CONTROL = "no-cache, no-store, must-revalidate, private"
 MAX_USER_AGENT = 1024
-PREFETCH_HEADERS = ("Purpose", "Sec-Purpose", "X-Purpose", "X-Moz")
+PREFETCH_HEADERS = ("HTTP_PURPOSE", "HTTP_SEC_PURPOSE", "HTTP_X_PURPOSE", "HTTP_X_MOZ")
 
 
 def gif(outcome):
@@ -56,7 +56,7 @@ def record_fetch(token):
     fetched = observe(public_id, services)
     app = current_app._get_current_object()
     try:
-        return with_short_lock_waits(lambda: receipts.record(fetched, app))
+        return receipts.record(fetched, app, short_waits=True)
     except (DataError, IntegrityError):
         raise  # the fetch itself is at fault: replaying it later would fail the same way
     except DatabaseError as error:
@@ -86,7 +86,7 @@ def observe(public_id, services):
         user_agent=user_agent,
         ip=ip,
         method=request.method,
-        purpose=" ".join(request.headers.get(name, "") for name in PREFETCH_HEADERS),
+        purpose=" ".join(request.environ.get(name, "") for name in PREFETCH_HEADERS),
         browser=fingerprint(current_app.config["SECRET_KEY"], user_agent, ip),
         country=location.country,
         city=location.city,

@@ -19,6 +19,9 @@ def anonymize(address):
     if not address:
         return None
     text = str(address).strip()
+    quick = _plain_ipv4(text)
+    if quick is not None:
+        return quick
     match = _WITH_PORT.match(text)
     if match:
         text = match.group("v6") or match.group("v4")
@@ -34,6 +37,21 @@ def anonymize(address):
             ip = embedded
     prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
     return str(ipaddress.ip_network((ip, prefix), strict=False).network_address)
+
+
+def _plain_ipv4(text):
+    """The /24 of a plain dotted IPv4 address ("81.2.69.160"), the common case, without
+    ipaddress's cost; None for anything else (the full parse decides)."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    for part in parts:
+        # Decimal, 0-255, no leading zero: exactly what ipaddress accepts.
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or int(part) > 255:
+            return None
+        if len(part) > 1 and part[0] == "0":
+            return None
+    return f"{parts[0]}.{parts[1]}.{parts[2]}.0"
 
 
 def fingerprint(secret, user_agent, masked_ip):

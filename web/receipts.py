@@ -5,8 +5,9 @@ import datetime
 import secrets
 from dataclasses import asdict, dataclass
 
-from peewee import Case, fn
+from peewee import fn
 
+from . import hotpath
 from .classify import (
     OPEN,
     PREFETCH,
@@ -19,6 +20,7 @@ from .classify import (
     within_self_view,
 )
 from .geo import Location
+from .hotpath import STATE_REACHED
 from .models import STATES, Event, Pixel, locked, utcnow, write_transaction
 from .retention import archived_rows
 
@@ -29,9 +31,6 @@ COUNTERS = {
     "self": Pixel.self_count,
     "bot": Pixel.bot_count,
 }
-STATE_REACHED = {"preview": "inserted", "prefetch": "delivered", "open": "opened"}
-# Mail clients and proxies often fetch an image twice: the same fetcher within 10 s is one event.
-REPEAT_WINDOW = datetime.timedelta(seconds=10)
 
 
 def new_public_id():
@@ -48,15 +47,6 @@ def mint(owner, subject=None, recipients=(), label=None, mint_fingerprint=None):
         recipients=list(recipients),
         label=label,
         mint_fingerprint=mint_fingerprint,
-    )
-
-
-def facts(pixel):
-    return PixelFacts(
-        mint_fingerprint=pixel.mint_fingerprint,
-        sent_at=pixel.sent_at,
-        last_self_view_at=pixel.last_self_view_at,
-        mail_hosting=pixel.mail_hosting,
     )
 
 
@@ -85,103 +75,46 @@ class Fetched:
         return cls(**{**data, "at": datetime.datetime.fromisoformat(data["at"])})
 
 
-def record(fetched, app):
-    """Judge and store a Fetched with the app's classifier data and collection settings."""
+def record(fetched, app, short_waits=False):
+    """Judge and store a Fetched with the app's classifier data and collection settings;
+    `short_waits` as hotpath.record_fetch takes it."""
     services, config = app.extensions["openreceipt"], app.config
     fetch = Fetch(fetched.user_agent, fetched.ip, fetched.method, fetched.purpose)
     use_mail_hosting, collect_client = config["MX_LOOKUP"], config["COLLECT_CLIENT"]
 
     def decide(facts, now):
-        return judge(fetch, facts, services.networks, now, fetched.browser, use_mail_hosting)
+        pixel = PixelFacts(
+            mint_fingerprint=facts["mint_fingerprint"],
+            sent_at=facts["sent_at"],
+            last_self_view_at=facts["last_self_view_at"],
+            mail_hosting=facts["mail_hosting"],
+        )
+        return judge(fetch, pixel, services.networks, now, fetched.browser, use_mail_hosting)
 
     def name_client(source):
         if not collect_client:
             return None
-        return client_name(fetched.user_agent, source, services.ua_parser)
+        return (
+            printable(client_name(fetched.user_agent, source, services.ua_parser) or "")[:100]
+            or None
+        )
 
     location = Location(fetched.country, fetched.city)
-    return record_fetch(
-        fetched.public_id, decide, fetched.ip, location, name_client, fetched.at, fetched.key
+    return hotpath.record_fetch(
+        fetched.public_id,
+        decide,
+        name_client,
+        fetched.ip,
+        location,
+        fetched.at,
+        fetched.key,
+        short_waits,
     )
-
-
-def record_fetch(public_id, decide, ip, location, name_client, at=None, key=None):
-    """Judge and store one fetch of the pixel `public_id`, under a lock on the pixel so that
-    concurrent fetches see each other: `decide(facts, at)` gives the Verdict, `name_client(source)`
-    the client's name; `key` marks a spooled fetch, stored at most once. Returns a short outcome
-    for the X-Openreceipt header."""
-    at = at or utcnow()
-    with write_transaction():
-        pixel = locked(Pixel.select().where(Pixel.public_id == public_id)).first()
-        if pixel is None:
-            return "not recorded: no such pixel"
-        if pixel.tracking_stopped_at is not None:
-            return "not recorded: a recipient is on the do-not-track list"
-        if key is not None and Event.select(Event.id).where(Event.spool_key == key).exists():
-            return "not recorded: already replayed"
-        verdict = decide(facts(pixel), at)
-        client = printable(name_client(verdict.source) or "")[:100] or None
-        if _repeat(pixel.id, verdict.source, ip, client, at):
-            return "not recorded: repeat of a fetch seconds ago"
-        Event.insert(
-            pixel=pixel.id,
-            at=at,
-            kind=verdict.kind,
-            source=verdict.source,
-            reason=verdict.reason[:200],
-            ip=ip,
-            country=location.country,
-            city=location.city,
-            client=client,
-            spool_key=key,
-        ).execute()
-        Pixel.update(_counter_changes(verdict.kind, at)).where(Pixel.id == pixel.id).execute()
-    return f"recorded: {verdict.kind}"
 
 
 def printable(text):
     """Text without control characters (a user agent may hold NUL, which PostgreSQL refuses)."""
     return "".join(c for c in text if c.isprintable() or c == " ").strip()
-
-
-def _repeat(pixel_id, source, ip, client, at):
-    same = [
-        Event.pixel == pixel_id,
-        Event.source == source,
-        Event.at.between(at - REPEAT_WINDOW, at + REPEAT_WINDOW),
-        Event.ip.is_null() if ip is None else Event.ip == ip,
-        Event.client.is_null() if client is None else Event.client == client,
-    ]
-    return Event.select(Event.id).where(*same).exists()
-
-
-def _counter_changes(kind, at):
-    """The UPDATE for one new event, in SQL so that concurrent writers never lose a count."""
-    counter = COUNTERS[kind]
-    # Times only move outwards: a replayed fetch may be older than one recorded meanwhile.
-    changes = {
-        counter: counter + 1,
-        Pixel.last_event_at: _latest(Pixel.last_event_at, at),
-        Pixel.activity_at: _latest(Pixel.activity_at, at),
-    }
-    reached = STATE_REACHED.get(kind)
-    if reached:
-        earlier = STATES[: STATES.index(reached)]
-        changes[Pixel.state] = Case(None, [(Pixel.state.in_(earlier), reached)], Pixel.state)
-    if kind in (PREFETCH, OPEN):
-        changes[Pixel.delivered_at] = _earliest(Pixel.delivered_at, at)
-    if kind == OPEN:
-        changes[Pixel.first_open_at] = _earliest(Pixel.first_open_at, at)
-        changes[Pixel.last_open_at] = _latest(Pixel.last_open_at, at)
-    return changes
-
-
-def _latest(column, at):
-    return Case(None, [(column.is_null() | (column < at), at)], column)
-
-
-def _earliest(column, at):
-    return Case(None, [(column.is_null() | (column > at), at)], column)
 
 
 def refresh(pixel_id):

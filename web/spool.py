@@ -31,6 +31,7 @@ from . import receipts
 ACTIVE = "active.jsonl"
 REJECTED = "rejected.jsonl"
 LOCK = "replay.lock"
+APPEND_TRIES = 1000  # a replay moves the active file at most once per run; this is plenty
 CHECK_SECONDS = 5  # how often a worker looks for spooled fetches to replay
 UNAVAILABLE = (OperationalError, InterfaceError)  # the database is away: try again later
 
@@ -50,7 +51,7 @@ def append(data_dir, fetched):
     path = folder / ACTIVE
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        for _ in range(10):
+        for _ in range(APPEND_TRIES):
             descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
