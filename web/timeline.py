@@ -20,7 +20,17 @@ WIDTH, HEIGHT, MARGIN, LEFT = 720, 120, 16, 130  # LEFT: room for the row labels
 ROWS = {"open": 30, "self": 46, "prefetch": 62, "preview": 78, "bot": 94}
 
 
-BUCKET = 4  # events of one kind closer than this many units on the axis share a mark
+BUCKET = 10  # events of one kind within a mark's width (this many units on the axis) share it
+
+
+def scale_of(start, end):
+    """Axis units a second, for a picture from `start` to `end`."""
+    return (WIDTH - LEFT - MARGIN) / max((end - start).total_seconds(), 1.0)
+
+
+def bucket_of(seconds, scale):
+    """The mark an event `seconds` after the start belongs to, within its kind."""
+    return int(seconds * scale // BUCKET)
 
 
 def timeline_svg(created_at, events, now):
@@ -30,20 +40,23 @@ def timeline_svg(created_at, events, now):
     Presentation attributes only, so the page's Content Security Policy needs no inline styles."""
     start = created_at
     end = max([now, *(event.at for event in events)])
-    span = max((end - start).total_seconds(), 1.0)
-    scale = (WIDTH - LEFT - MARGIN) / span
-
+    scale = scale_of(start, end)
     marks = {}  # (kind, bucket) -> [first, last, count], in the order first seen
     for event in events:
-        key = (event.kind, int((event.at - start).total_seconds() * scale // BUCKET))
+        key = (event.kind, bucket_of((event.at - start).total_seconds(), scale))
         mark = marks.get(key)
         if mark is None:
             marks[key] = [event.at, event.at, 1]
         else:
             mark[1] = max(mark[1], event.at)
             mark[2] += 1
+    return draw(start, end, [(kind, *mark) for (kind, _), mark in marks.items()], len(events))
 
-    count = len(events)
+
+def draw(start, end, marks, count):
+    """The SVG of `marks` — (kind, first, last, count) each — on an axis from `start` to `end`,
+    for `count` events in all."""
+    scale = scale_of(start, end)
     parts = [
         f'<svg class="timeline" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-label="{count} event{"" if count == 1 else "s"} between '
@@ -61,7 +74,7 @@ def timeline_svg(created_at, events, now):
             f'<text x="2" y="{y + 4}" font-size="10" fill="{KIND_COLOURS[kind]}">'
             f"{escape(KIND_LABELS[kind])}</text>"
         )
-    for (kind, _), (first, last, n) in marks.items():
+    for kind, first, last, n in marks:
         cx = LEFT + (first - start).total_seconds() * scale
         when = f"{first:%Y-%m-%d %H:%M:%S}"
         if last != first:
