@@ -23,8 +23,11 @@ control_socket_disable = True
 
 
 def worker_exit(server, worker):
-    """A worker that stops closes its pooled database connections: on SQLite the last one to
-    close folds the write-ahead log back into the database file."""
+    """A worker that stops ends its spool replayer, then closes its pooled database connections:
+    on SQLite the last one to close folds the write-ahead log back into the database file."""
     app = getattr(worker, "wsgi", None)
     if app is not None and "openreceipt.database" in getattr(app, "extensions", {}):
+        from web import spool
+
+        spool.stop(app)  # a replay in progress stops between two lines, keeping the rest
         app.extensions["openreceipt.database"].close_all()

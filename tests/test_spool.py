@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from web import spool
-from web.models import Event, Pixel, utcnow
+from web import create_app, spool
+from web.models import Event, Pixel, close_pool, utcnow
 from web.receipts import Fetched
 
 from .conftest import unavailable
@@ -277,3 +277,30 @@ def test_postgresql_outage_loses_no_fetch(gunicorn, own_postgresql):
     assert ips == {f"81.0.{n}.0" for n in range(200)}
     server.stop()
     assert b"spooled" in server.log_bytes() and b"Traceback" not in server.log_bytes()
+
+
+def test_a_replay_keeps_what_the_database_could_not_take(app, client, auth, database):
+    """Only a line the database refuses for itself is set aside; a broken schema (or anything
+    else that may pass) keeps the line for a later replay."""
+    pixel = mint(client, auth)
+    spool.append(app.config["DATA_DIR"], spooled_fetch(pixel["id"], 1))
+    database.execute_sql("ALTER TABLE event RENAME TO event_away")
+    try:
+        counts = spool.replay(app)
+    finally:
+        database.execute_sql("ALTER TABLE event_away RENAME TO event")
+    assert counts == {"recorded": 0, "not_recorded": 0, "rejected": 0, "left": 1}
+    assert spool.replay(app) == {"recorded": 1, "not_recorded": 0, "rejected": 0, "left": 0}
+
+
+def test_a_stopping_worker_replays_no_further(settings, client, auth, database):
+    """gunicorn's worker_exit stops the replayer between two lines; the rest stays spooled."""
+    app = create_app({**settings, "SPOOL_AUTO": True})
+    try:
+        pixel = mint(app.test_client(), auth)
+        for n in range(3):
+            spool.append(app.config["DATA_DIR"], spooled_fetch(pixel["id"], n))
+        spool.stop(app)
+        assert spool.replay(app) == {"recorded": 0, "not_recorded": 0, "rejected": 0, "left": 3}
+    finally:
+        close_pool(app)

@@ -198,6 +198,11 @@ def open_database(url, pooled=False):
         # check_same_thread: a pooled connection may serve another thread later.
         return PooledSqliteDatabase(path, check_same_thread=False, **options, **POOL)
     params = parse_database_url(url, unquote_password=True, unquote_user=True)
+    # A database host that went silent must not hold a request until gunicorn kills the worker:
+    # connecting gives up after 2 s, and a connection whose peer vanished fails within 5 s.
+    # (Either can be set in the URL instead.)
+    params.setdefault("connect_timeout", 2)
+    params.setdefault("tcp_user_timeout", 5000)
     kind = PooledPostgresql if pooled else PostgresqlDatabase
     return kind(params.pop("database"), prefer_psycopg3=True, **params, **(POOL if pooled else {}))
 
@@ -266,10 +271,9 @@ def with_short_lock_waits(work, database=db):
     the last error is raised (and the pixel spools its fetch). On SQLite the connection's busy
     timeout is cut to 1 ms meanwhile: SQLite's own busy handler sleeps ever longer between tries
     (1, 2, 5, 10, 15 ms...), which under steady load keeps missing the lock's short free moments;
-    trying every half millisecond does not. PostgreSQL waits for row locks as usual: a pixel's
-    row is held only by other fetches of the same pixel, for a moment."""
+    trying every half millisecond does not."""
     if not isinstance(_real(database), SqliteDatabase):
-        return work()
+        return work()  # PostgreSQL: the transaction sets its own lock_timeout (web/hotpath.py)
     deadline = time.monotonic() + PIXEL_WAIT_MS / 1000
     database.execute_sql("PRAGMA busy_timeout = 1")
     try:

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from peewee import DatabaseError, InterfaceError, OperationalError
+from peewee import DataError, IntegrityError
 
 from . import receipts
 
@@ -33,7 +33,9 @@ REJECTED = "rejected.jsonl"
 LOCK = "replay.lock"
 APPEND_TRIES = 1000  # a replay moves the active file at most once per run; this is plenty
 CHECK_SECONDS = 5  # how often a worker looks for spooled fetches to replay
-UNAVAILABLE = (OperationalError, InterfaceError)  # the database is away: try again later
+# What the database says of the line itself: replaying it again would fail the same way. Any
+# other failure (the database away, read-only, upgrading; the worker stopping) keeps the line.
+REFUSED = (DataError, IntegrityError)
 
 
 class SpoolError(OSError):
@@ -60,8 +62,14 @@ def append(data_dir, fetched):
                 except FileNotFoundError:
                     current = False
                 if current:
-                    if os.write(descriptor, line) != len(line):
-                        raise OSError("short write to the spool")
+                    size = os.fstat(descriptor).st_size
+                    try:
+                        if os.write(descriptor, line) != len(line):
+                            raise OSError(28, "short write to the spool")
+                    except OSError:
+                        # No half line may stay: the next one would be glued to it.
+                        os.ftruncate(descriptor, size)
+                        raise
                     return
             finally:
                 os.close(descriptor)  # also releases the flock
@@ -146,13 +154,16 @@ def _replay_batch(app, batch, counts):
             counts["rejected"] += 1
             done += 1
             continue
+        if stopping(app):
+            break
         try:
             outcome = receipts.record(fetched, app)
-        except UNAVAILABLE:
-            break
-        except DatabaseError as error:
+        except REFUSED as error:
             _reject(batch.parent, line, f"{type(error).__name__}: {error}")
             counts["rejected"] += 1
+        except Exception as error:  # noqa: BLE001 - anything else may pass: keep the line
+            app.logger.warning("spool: replay paused: %s: %s", type(error).__name__, error)
+            break
         else:
             counts["recorded" if outcome.startswith("recorded") else "not_recorded"] += 1
         done += 1
@@ -179,10 +190,10 @@ def init_app(app):
     started = {"pid": None}
     guard = threading.Lock()
     data_dir = app.config["DATA_DIR"]
+    app.extensions["openreceipt.spool"] = replayer = {"stop": threading.Event(), "thread": None}
 
     def loop():
-        while True:
-            time.sleep(CHECK_SECONDS)
+        while not replayer["stop"].wait(CHECK_SECONDS):
             try:
                 if has_work(data_dir):
                     counts = replay(app)
@@ -198,6 +209,24 @@ def init_app(app):
         try:
             if started["pid"] != os.getpid():
                 started["pid"] = os.getpid()
-                threading.Thread(target=loop, name="openreceipt-spool", daemon=True).start()
+                replayer["thread"] = threading.Thread(
+                    target=loop, name="openreceipt-spool", daemon=True
+                )
+                replayer["thread"].start()
         finally:
             guard.release()
+
+
+def stopping(app):
+    replayer = app.extensions.get("openreceipt.spool")
+    return replayer is not None and replayer["stop"].is_set()
+
+
+def stop(app, timeout=10):
+    """Stop this process's replayer between two lines (a worker that exits), and wait for it."""
+    replayer = app.extensions.get("openreceipt.spool")
+    if replayer is None:
+        return
+    replayer["stop"].set()
+    if replayer["thread"] is not None:
+        replayer["thread"].join(timeout)
