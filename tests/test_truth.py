@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from web import receipts
 from web.classify import within_self_view
 from web.mailhosts import GOOGLE, OTHER, UNKNOWN, MailHosts
 from web.models import Event, Pixel, utcnow
@@ -370,3 +371,12 @@ def test_late_mx_answers_are_stored(settings, dns_server, auth, app, monkeypatch
                 break
             time.sleep(0.05)
         assert Pixel.get(Pixel.public_id == body["id"]).mail_hosting == OTHER
+
+
+def test_a_late_beacon_does_not_move_the_self_view_back(app, user, database):
+    """Beacons may arrive out of order (two tabs, a slow network): the latest one counts."""
+    pixel = receipts.mint(user, subject="Invoice")
+    later = utcnow().replace(microsecond=0)
+    receipts.self_view(pixel, at=later)
+    receipts.self_view(pixel, at=later - datetime.timedelta(minutes=5))
+    assert Pixel.get_by_id(pixel.id).last_self_view_at == later

@@ -5,7 +5,7 @@ import datetime
 import secrets
 from dataclasses import asdict, dataclass
 
-from peewee import fn
+from peewee import Case, fn
 
 from . import hotpath
 from .classify import (
@@ -162,7 +162,10 @@ def self_view(pixel, at=None):
         # Under the pixel's lock, like record_fetch and retention.purge: a recount never sees
         # events another transaction is moving or archiving.
         locked(Pixel.select(Pixel.id).where(Pixel.id == pixel.id)).first()
-        Pixel.update(last_self_view_at=at).where(Pixel.id == pixel.id).execute()
+        # Never backwards: a late beacon does not shorten the window of a later one.
+        column = Pixel.last_self_view_at
+        later = Case(None, [(column.is_null() | (column < at), at)], column)
+        Pixel.update({column: later}).where(Pixel.id == pixel.id).execute()
         candidates = Event.select(Event.id, Event.at).where(
             Event.pixel == pixel.id,
             Event.source == "gmail-proxy",

@@ -135,5 +135,7 @@ def init_app(app):
         try:
             state["next_check"] = time.monotonic() + CHECK_SECONDS
             threading.Thread(target=run, name="openreceipt-retention", daemon=True).start()
+        except RuntimeError as error:  # no thread to be had: the request goes on, retried later
+            app.logger.error("retention: not started: %s", error)
         finally:
             guard.release()

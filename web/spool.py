@@ -213,6 +213,9 @@ def init_app(app):
                     target=loop, name="openreceipt-spool", daemon=True
                 )
                 replayer["thread"].start()
+        except RuntimeError as error:  # no thread to be had: the request (a pixel!) goes on
+            started["pid"] = None
+            app.logger.error("spool: replayer not started: %s", error)
         finally:
             guard.release()
 
