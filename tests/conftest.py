@@ -9,6 +9,7 @@ skipping, and a run in which no PostgreSQL or browser test passed fails as well.
 import functools
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -59,19 +60,28 @@ def geoip_path(tmp_path_factory):
     return build_city_database(tmp_path_factory.mktemp("geoip") / "test-city.mmdb")
 
 
-@pytest.fixture(scope="session")
-def postgresql_schema():
-    """A schema of this run's own in the PostgreSQL test database; yields a DATABASE_URL."""
+@contextmanager
+def scratch_schema(name):
+    """A new schema `name` in the PostgreSQL test database, dropped with everything in it at the
+    end; yields a DATABASE_URL whose connections work in it."""
     try:
         connection = psycopg.connect(POSTGRESQL_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
         unavailable(f"PostgreSQL at {POSTGRESQL_URL} is unreachable: {error}")
-    schema = f"openreceipt_test_{os.getpid()}_{secrets.token_hex(3)}"
-    connection.execute(f'CREATE SCHEMA "{schema}"')
-    separator = "&" if "?" in POSTGRESQL_URL else "?"
-    yield f"{POSTGRESQL_URL}{separator}options={quote(f'-csearch_path={schema}')}"
-    connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    connection.close()
+    with connection:
+        connection.execute(f'CREATE SCHEMA "{name}"')
+        separator = "&" if "?" in POSTGRESQL_URL else "?"
+        try:
+            yield f"{POSTGRESQL_URL}{separator}options={quote(f'-csearch_path={name}')}"
+        finally:
+            connection.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def postgresql_schema():
+    """A schema of this run's own in the PostgreSQL test database; yields a DATABASE_URL."""
+    with scratch_schema(f"openreceipt_test_{os.getpid()}_{secrets.token_hex(3)}") as url:
+        yield url
 
 
 def shipped_migrations():
@@ -249,16 +259,19 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture
 def gunicorn(tmp_path, geoip_path):
-    """Start real gunicorn servers: gunicorn(**settings) -> tests.servers.Gunicorn."""
+    """Start real gunicorn servers: gunicorn(**settings) -> tests.servers.Gunicorn. With `name`,
+    a server keeps its data dir and logs under tmp_path/name (several hosts in one test)."""
     from .servers import start_gunicorn
 
     started = []
 
-    def start(host="127.0.0.1", **settings):
-        settings.setdefault("DATA_DIR", tmp_path / "data")
+    def start(host="127.0.0.1", name=None, workers=2, **settings):
+        directory = tmp_path / name if name else tmp_path
+        directory.mkdir(exist_ok=True)
+        settings.setdefault("DATA_DIR", directory / "data")
         settings.setdefault("GEOIP_DATABASE", geoip_path)
         settings.setdefault("MX_LOOKUP", "off")
-        server = start_gunicorn(tmp_path, settings, host=host)
+        server = start_gunicorn(directory, settings, host=host, workers=workers)
         started.append(server)
         return server
 

@@ -13,16 +13,14 @@ import secrets
 import urllib.parse
 from collections import namedtuple
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from web.bookmarklet import VERSION, build_bookmarklet
 
-from .conftest import unavailable
 from .gmail_fixtures import GmailFixtures
 from .servers import ROOT, Gunicorn, free_port, start_gunicorn
-from .test_browser import CHROME_UA, CHROMIUM, CHROMIUM_ARGS
+from .test_browser import CHROME_UA, launched_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -180,16 +178,8 @@ def receipts(tmp_path_factory, geoip_path):
 def browser():
     """test_browser.py's `chromium` fixture (Debian's Chromium, same flags, never a download),
     launched once for the module instead of once a test."""
-    if not Path(CHROMIUM).exists():
-        unavailable(f"Chromium is not installed at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launched_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ bookmarklet does from Gmail, puts the returned <img> in the page, and the fetch 
 import json
 import os
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -87,8 +88,10 @@ def compose_origin():
     httpd.server_close()
 
 
-@pytest.fixture
-def chromium():
+@contextmanager
+def launched_chromium():
+    """Debian's Chromium driven by Playwright, never a downloaded browser; unavailable (a skip,
+    or a failure under CI=true) when either is missing."""
     if not Path(CHROMIUM).exists():
         unavailable(f"Chromium is not installed at {CHROMIUM}")
     try:
@@ -99,6 +102,12 @@ def chromium():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def chromium():
+    with launched_chromium() as browser:
+        yield browser
 
 
 def test_cross_origin_mint_and_real_image_fetch(gunicorn, chromium, compose_origin):

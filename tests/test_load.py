@@ -22,8 +22,6 @@ import pytest
 
 from web.models import MIGRATIONS, MODELS
 
-from .servers import start_gunicorn
-
 pytestmark = pytest.mark.slow
 
 GMAIL_PROXY = (
@@ -184,34 +182,9 @@ def replay_spool(server, spooled):
         return None
 
 
-@pytest.fixture
-def servers(tmp_path, geoip_path):
-    """Start real gunicorn servers, each with its own data dir and logs under tmp_path/name:
-    servers(name, workers, **settings) -> tests.servers.Gunicorn."""
-    started = []
-
-    def start(name, workers=2, **settings):
-        directory = tmp_path / name
-        directory.mkdir()
-        settings = {
-            "DATA_DIR": directory / "data",
-            "GEOIP_DATABASE": geoip_path,
-            "MX_LOOKUP": "off",
-            "TRUSTED_PROXIES": 1,
-            **settings,
-        }
-        server = start_gunicorn(directory, settings, workers=workers)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def test_four_workers_on_one_sqlite_file_count_every_fetch(tmp_path, servers):
+def test_four_workers_on_one_sqlite_file_count_every_fetch(tmp_path, gunicorn):
     rng = random.Random(2024)
-    server = servers("sqlite", workers=4)
+    server = gunicorn(name="sqlite", workers=4, TRUSTED_PROXIES=1)
     auth = sign_up(server)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
@@ -271,12 +244,14 @@ def test_four_workers_on_one_sqlite_file_count_every_fetch(tmp_path, servers):
 
 
 @pytest.mark.postgresql
-def test_two_hosts_on_one_postgresql_schema_count_every_fetch_once(empty_postgresql_url, servers):
+def test_two_hosts_on_one_postgresql_schema_count_every_fetch_once(empty_postgresql_url, gunicorn):
     rng = random.Random(1984)
     settings = {"DATABASE_URL": empty_postgresql_url, "SECRET_KEY": SECRET_KEY}
     # Both start on an empty schema at once: both run the migrations, one after the other.
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        hosts = list(pool.map(lambda name: servers(name, **settings), ["a", "b"]))
+        hosts = list(
+            pool.map(lambda name: gunicorn(name=name, TRUSTED_PROXIES=1, **settings), ["a", "b"])
+        )
 
     def rows(sql):
         with closing(psycopg.connect(empty_postgresql_url)) as connection:

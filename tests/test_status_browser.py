@@ -8,17 +8,14 @@ import json
 import re
 import secrets
 import urllib.parse
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote
 
-import psycopg
 import pytest
 
-from .conftest import POSTGRESQL_URL, unavailable
+from .conftest import scratch_schema
 from .servers import ROOT, Gunicorn, start_gunicorn
-from .test_browser import CHROME_UA, CHROMIUM, CHROMIUM_ARGS
+from .test_browser import CHROME_UA, launched_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -159,23 +156,6 @@ class Receipts:
         return headers["X-Openreceipt"]
 
 
-@contextmanager
-def own_postgresql_schema():
-    """A schema of these tests' own, so the server's rows meet no other test's."""
-    try:
-        connection = psycopg.connect(POSTGRESQL_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        unavailable(f"PostgreSQL at {POSTGRESQL_URL} is unreachable: {error}")
-    schema = f"openreceipt_status_{secrets.token_hex(4)}"
-    connection.execute(f'CREATE SCHEMA "{schema}"')
-    separator = "&" if "?" in POSTGRESQL_URL else "?"
-    try:
-        yield f"{POSTGRESQL_URL}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        connection.close()
-
-
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 )
@@ -185,7 +165,8 @@ def server(request, tmp_path_factory, geoip_path):
     settings = {"DATA_DIR": tmp_path / "data", "GEOIP_DATABASE": geoip_path, "MX_LOOKUP": "off"}
     with ExitStack() as stack:
         if request.param == "postgresql":
-            settings["DATABASE_URL"] = stack.enter_context(own_postgresql_schema())
+            schema = f"openreceipt_status_{secrets.token_hex(4)}"
+            settings["DATABASE_URL"] = stack.enter_context(scratch_schema(schema))
         server = start_gunicorn(tmp_path, settings)
         stack.callback(server.stop)
         yield server
@@ -209,16 +190,8 @@ def docs_receipts(server):
 @pytest.fixture(scope="module")
 def browser():
     """test_browser.py's Chromium (Debian's, same flags, never a download), once a module."""
-    if not Path(CHROMIUM).exists():
-        unavailable(f"Chromium is not installed at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launched_chromium() as browser:
         yield browser
-        browser.close()
 
 
 class Tab:
