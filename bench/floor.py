@@ -8,9 +8,9 @@ No database, no settings: it reads no OPENRECEIPT_* variable (gunicorn.conf.py r
 OPENRECEIPT_BIND).
 """
 
-from flask import Flask, Response
+from flask import Flask
 
-from web.pixel import CACHE_CONTROL, GIF
+from web.pixel import gif
 
 # Same length as the shortest outcomes of the real pixel ("not recorded: repeat ..." is longer).
 OUTCOME = "not recorded: floor"
@@ -20,15 +20,5 @@ app = Flask(__name__)
 
 @app.route("/p/<path:token>", methods=["GET"])
 def pixel(token):
-    """The answer web.pixel.gif() gives, built the same way, per request."""
-    return Response(
-        GIF,
-        200,
-        {
-            "Content-Type": "image/gif",
-            "Cache-Control": CACHE_CONTROL,
-            "Pragma": "no-cache",
-            "Expires": "0",
-            "X-Openreceipt": OUTCOME,
-        },
-    )
+    """The pixel's own answer, built by web.pixel.gif() per request, and nothing else."""
+    return gif(OUTCOME)

@@ -15,7 +15,6 @@ import itertools
 import json
 import math
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -27,12 +26,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg
+from scratch import scratch_database  # bench/scratch.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -240,7 +240,7 @@ def main(argv=None):
     args = parse_args(argv)
     data_dir = Path(tempfile.mkdtemp(prefix="openreceipt-bench-"))
     try:
-        with bench_database(args.database_url, data_dir) as url:
+        with scratch_database(args.database_url) as url:
             return run(args, url, data_dir)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -292,37 +292,6 @@ def parse_args(argv):
     elif args.load == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed")
     return args
-
-
-@contextmanager
-def bench_database(url, data_dir):
-    """The database: None for openreceipt's default (SQLite in the data dir), a new SQLite file,
-    or a new schema in a PostgreSQL database, dropped at the end with everything in it (and
-    nothing else)."""
-    if not url:
-        yield None
-        return
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        path = Path(url[len("sqlite:///") :])
-        if not path.name or path.exists():
-            raise SystemExit(f"bench: give the path of a new SQLite file, not {url!r}")
-        try:
-            yield url
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
-        return
-    if scheme not in ("postgresql", "postgres"):
-        raise SystemExit(f"bench: --database-url must be sqlite:/// or postgresql://, not {url!r}")
-    schema = f"openreceipt_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            separator = "&" if "?" in url else "?"
-            yield f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
-        finally:
-            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def run(args, url, data_dir):

@@ -22,10 +22,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
 
-import psycopg
 from peewee import Case, PostgresqlDatabase, chunked, fn
+from scratch import scratch_database  # bench/scratch.py, beside this script
 from werkzeug.exceptions import HTTPException
 
 from web import create_app
@@ -147,7 +146,8 @@ def main(argv=None):
     rng = random.Random(args.seed)
     data_dir = Path(tempfile.mkdtemp(prefix="openreceipt-bench-"))
     try:
-        with bench_database(args.database_url, data_dir) as url:
+        with scratch_database(args.database_url) as url:
+            url = url or f"sqlite:///{data_dir / 'openreceipt.db'}"
             return run(args, url, data_dir, rng)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -175,36 +175,6 @@ def parse_args(argv):
     if min(args.pixels, args.repeat, args.empty_pixels) < 1 or args.events < 0:
         parser.error("--pixels, --empty-pixels and --repeat must be at least 1, --events 0 or more")
     return args
-
-
-@contextmanager
-def bench_database(url, data_dir):
-    """The DATABASE_URL to fill: a new SQLite file, or a new schema in a PostgreSQL database,
-    dropped at the end with everything in it (and nothing else)."""
-    if not url:
-        yield f"sqlite:///{data_dir / 'openreceipt.db'}"
-        return
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        path = Path(url[len("sqlite:///") :])
-        if not path.name or path.exists():
-            raise SystemExit(f"bench: give the path of a new SQLite file, not {url!r}")
-        try:
-            yield url
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
-        return
-    if scheme not in ("postgresql", "postgres"):
-        raise SystemExit(f"bench: --database-url must be sqlite:/// or postgresql://, not {url!r}")
-    schema = f"openreceipt_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            separator = "&" if "?" in url else "?"
-            yield f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
-        finally:
-            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def run(args, url, data_dir, rng):

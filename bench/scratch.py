@@ -1,0 +1,40 @@
+"""What the benchmarks share: a database of their own, made for the run and removed after it."""
+
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import psycopg
+
+
+@contextmanager
+def scratch_database(url):
+    """The database a benchmark fills, from its --database-url: None when none is given (the
+    caller's default), a new SQLite file (an existing one is refused, so a real database cannot be
+    filled by mistake), or a new schema in a PostgreSQL database; removed at the end with
+    everything in it, and nothing else."""
+    if not url:
+        yield None
+        return
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = Path(url[len("sqlite:///") :])
+        if not path.name or path.exists():
+            raise SystemExit(f"bench: give the path of a new SQLite file, not {url!r}")
+        try:
+            yield url
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return
+    if scheme not in ("postgresql", "postgres"):
+        raise SystemExit(f"bench: --database-url must be sqlite:/// or postgresql://, not {url!r}")
+    schema = f"openreceipt_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            separator = "&" if "?" in url else "?"
+            yield f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
+        finally:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
