@@ -91,8 +91,12 @@ def test_raw_address_is_stored_and_logged_nowhere(request, tmp_path, gunicorn, b
         haystacks["pg_dump"] = postgresql_dump(server.env["OPENRECEIPT_DATABASE_URL"])
         assert b"81.2.69.0" in haystacks["pg_dump"]
     else:
-        database = tmp_path / "data" / "openreceipt.db"
-        assert b"81.2.69.0" in database.read_bytes()  # the masked address is there...
+        # The database is its file and its write-ahead log: two workers closing at the same
+        # moment may each leave the checkpoint to the other.
+        database = b"".join(
+            path.read_bytes() for path in (tmp_path / "data").glob("openreceipt.db*")
+        )
+        assert b"81.2.69.0" in database  # the masked address is there...
     leaks = [name for name, content in haystacks.items() if RAW.encode() in content]
     assert leaks == []  # ...and the raw one nowhere
 
