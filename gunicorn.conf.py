@@ -23,11 +23,13 @@ control_socket_disable = True
 
 
 def worker_exit(server, worker):
-    """A worker that stops ends its spool replayer, then closes its pooled database connections:
-    on SQLite the last one to close folds the write-ahead log back into the database file."""
+    """A worker that stops ends its background loops (the spool's replayer, the notification
+    delivery), then closes its pooled database connections: on SQLite the last one to close
+    folds the write-ahead log back into the database file."""
     app = getattr(worker, "wsgi", None)
     if app is not None and "openreceipt.database" in getattr(app, "extensions", {}):
-        from web import spool
+        from web import background
 
-        spool.stop(app)  # a replay in progress stops between two lines, keeping the rest
+        # A replay stops between two lines, a delivery between two notices; the rest waits.
+        background.stop(app)
         app.extensions["openreceipt.database"].close_all()

@@ -184,6 +184,8 @@ def settings(tmp_path, database_url, geoip_path):
         "RETENTION_AUTO": False,
         # Nor a spool replayer: tests replay with web.spool.replay() when they mean to.
         "SPOOL_AUTO": False,
+        # Nor a notification sender: tests deliver with web.notify.deliver_due() themselves.
+        "NOTIFY_IN_WORKERS": False,
     }
 
 

@@ -174,7 +174,12 @@ def test_receipts_survive_a_restart(settings, app, client, auth):
 
 def test_first_start_creates_the_schema_ready_for_the_first_user(tmp_path, empty_database_url):
     app = create_app(
-        {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": empty_database_url, "MX_LOOKUP": False}
+        {
+            "DATA_DIR": str(tmp_path / "data"),
+            "DATABASE_URL": empty_database_url,
+            "MX_LOOKUP": False,
+            "NOTIFY_IN_WORKERS": False,
+        }
     )
     try:
         database = app.extensions["openreceipt.database"]

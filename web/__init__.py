@@ -20,6 +20,7 @@ from . import (
     install,
     models,
     notice,
+    notify,
     pages,
     pixel,
     retention,
@@ -92,6 +93,7 @@ def create_app(config_overrides=None):
     security.init_app(app)
     retention.init_app(app)
     spool.init_app(app)
+    notify.init_app(app)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(pixel.bp)

@@ -1,14 +1,15 @@
 """The `openreceipt` command: accounts, API tokens, bookmarklets, address ranges, and the
-privacy tools (purge, do-not-track, export, forget)."""
+privacy tools (purge, do-not-track, export, forget), the spool and notification delivery."""
 
 import functools
 import sys
+import time
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from . import donottrack, export, retention, spool
+from . import donottrack, export, notify, retention, spool
 from .accounts import AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
@@ -290,6 +291,39 @@ def spool_status():
     click.echo(f"{spool.pending(current_app.config['DATA_DIR'])} fetches spooled")
 
 
+@click.command("notify")
+@click.option("--once", is_flag=True, help="Send what is due now, then stop.")
+@with_appcontext
+def notify_command(once):
+    """Send the notices that are due, and keep doing so (the server's workers do it themselves
+    unless OPENRECEIPT_NOTIFY_IN_WORKERS is off)."""
+    app = current_app._get_current_object()
+    total = dict.fromkeys(("sent", "retry", "failed", "skipped"), 0)
+    try:
+        while True:
+            counts = notify.deliver_due(app)
+            db.close()
+            for name, count in counts.items():
+                total[name] += count
+            if not once and any(counts.values()):
+                click.echo(_notify_summary(counts))
+            if sum(counts.values()) >= notify.BATCH:
+                continue
+            if once:
+                break
+            time.sleep(notify.CHECK_SECONDS)
+    except KeyboardInterrupt:
+        pass
+    click.echo(_notify_summary(total))
+
+
+def _notify_summary(counts):
+    return (
+        f"{counts['sent']} notices sent, {counts['retry']} to be tried again, "
+        f"{counts['failed']} given up, {counts['skipped']} no longer wanted"
+    )
+
+
 def init_app(app):
     """Make the commands part of the app, so `openreceipt` and app.test_cli_runner() see them."""
     app.cli.add_command(user)
@@ -301,6 +335,7 @@ def init_app(app):
     app.cli.add_command(export_command)
     app.cli.add_command(forget)
     app.cli.add_command(spool_group)
+    app.cli.add_command(notify_command)
 
 
 def main():

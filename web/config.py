@@ -4,8 +4,9 @@ create_app(). validate() turns them into checked values or stops start-up with o
 import difflib
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .mailhosts import parse_nameserver
 
@@ -27,6 +28,13 @@ DEFAULTS = {
     "STORE_RECIPIENTS": "address",
     "RETENTION_DAYS": 90,
     "OPERATOR_CONTACT": None,
+    # Notifications (web/notify.py): the operator's mail server for email notices, and how the
+    # delivery loop runs and retries.
+    "SMTP_URL": None,
+    "SMTP_FROM": None,
+    "NOTIFY_IN_WORKERS": True,
+    "NOTIFY_RETRY_SECONDS": 30,
+    "NOTIFY_GIVE_UP_HOURS": 24,
 }
 
 CHOICES = {
@@ -143,12 +151,80 @@ def validate(config):
         raise ConfigError("OPENRECEIPT_OPERATOR_CONTACT must be one line (an address or a URL)")
     config["OPERATOR_CONTACT"] = contact or None
 
+    config["SMTP"] = smtp_server(config["SMTP_URL"])
+    config["SMTP_FROM"] = _smtp_from(config["SMTP_FROM"], config["SMTP"], config["PUBLIC_URL"])
+    config["NOTIFY_IN_WORKERS"] = _switch("NOTIFY_IN_WORKERS", config["NOTIFY_IN_WORKERS"])
+    for name in ("NOTIFY_RETRY_SECONDS", "NOTIFY_GIVE_UP_HOURS"):
+        config[name] = _whole_number(name, config[name])
+        if not config[name]:
+            raise ConfigError(f"OPENRECEIPT_{name} must be at least 1")
+
     # The login cookie is marked Secure whenever the public address is HTTPS.
     config["SESSION_COOKIE_SECURE"] = bool(config["PUBLIC_URL"]) and config[
         "PUBLIC_URL"
     ].startswith("https://")
     config["SESSION_COOKIE_SAMESITE"] = "Lax"
     config["SESSION_COOKIE_NAME"] = "openreceipt_session"
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where email notices go out: OPENRECEIPT_SMTP_URL taken apart."""
+
+    security: str  # "starttls", "ssl" or "none"
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+
+# scheme -> (security, default port)
+SMTP_SCHEMES = {"smtp": ("starttls", 587), "smtps": ("ssl", 465), "smtp+plain": ("none", 25)}
+
+
+def smtp_server(url):
+    """The SmtpServer of an OPENRECEIPT_SMTP_URL, or None when it is not set."""
+    if url is None or not str(url).strip():
+        return None
+    text = str(url).strip()
+    example = "smtp://user:password@mail.example.com:587 (STARTTLS), smtps://... or smtp+plain://"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"OPENRECEIPT_SMTP_URL is not a URL; write it like {example}") from None
+    if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+        raise ConfigError(
+            f"OPENRECEIPT_SMTP_URL must look like {example}, got scheme {parts.scheme!r}"
+        )
+    security, default_port = SMTP_SCHEMES[parts.scheme]
+    return SmtpServer(
+        security=security,
+        host=parts.hostname,
+        port=port or default_port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def _smtp_from(value, server, public_url):
+    """The From address of email notices: as set, else the SMTP user name when it is an
+    address, else openreceipt@ the public host name."""
+    text = str(value or "").strip()
+    if text:
+        if "@" not in text or any(c in text for c in "\r\n"):
+            raise ConfigError(f"OPENRECEIPT_SMTP_FROM must be an email address, got {value!r}")
+        return text
+    if server is None:
+        return None
+    if server.username and "@" in server.username:
+        return server.username
+    if public_url:
+        return f"openreceipt@{urlsplit(public_url).hostname}"
+    raise ConfigError(
+        "OPENRECEIPT_SMTP_URL is set but no sender: set OPENRECEIPT_SMTP_FROM "
+        "(e.g. receipts@example.com)"
+    )
 
 
 def _whole_number(name, value):

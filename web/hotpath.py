@@ -7,7 +7,9 @@ One fetch is judged and stored like this:
 2. otherwise, take the write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: the pixel's row, FOR
    UPDATE), read the facts again (judged again if they changed), check for a repeat again (a
    concurrent twin may have just been stored), insert the event and move the pixel's counters,
-   state and times in one UPDATE that never loses a concurrent count.
+   state and times in one UPDATE that never loses a concurrent count;
+3. in the same transaction, an open or a delivery whose owner wants to hear of it puts a notice
+   in the outbox for each of their channels (web/notify.py sends it later).
 
 The statements are the same as the Peewee models describe (web/models.py); the tests run every
 fetch through here and read the results back through the models."""
@@ -18,12 +20,15 @@ from dataclasses import dataclass
 
 from peewee import SqliteDatabase
 
+from . import notify
 from .classify import KINDS
 from .models import (
     PIXEL_WAIT_MS,
     STATES,
+    Notice,
     Pixel,
     db,
+    utcnow,
     with_short_lock_waits,
     write_transaction,
 )
@@ -48,6 +53,8 @@ class Statements:
     replayed: str
     insert: str
     update: dict  # kind -> (sql, number of time parameters)
+    channels: str
+    queue: str
     sqlite: bool
 
 
@@ -95,9 +102,22 @@ def statements(database):
         replayed=f"SELECT 1 FROM event WHERE spool_key = {p}",
         insert=(
             "INSERT INTO event (pixel_id, at, kind, source, reason, ip, country, city, client, "
-            f"spool_key) VALUES ({', '.join([p] * 10)})"
+            f"spool_key) VALUES ({', '.join([p] * 10)})" + ("" if sqlite else " RETURNING id")
         ),
         update={kind: _update(kind, p) for kind in KINDS},
+        # Before the pixel's UPDATE: its counters still say whether this is the first open.
+        channels=(
+            "SELECT c.id, u.notify_opens, u.notify_delivered, u.notify_quiet_minutes, "
+            "p.open_count, p.delivered_at, (SELECT MAX(n.created_at) FROM notice n "
+            f"WHERE n.channel_id = c.id AND n.pixel_id = p.id AND n.reason = {p} "
+            "AND n.state <> 'skipped') FROM pixel p "
+            'JOIN "user" u ON u.id = p.owner_id JOIN notify_channel c ON c.user_id = u.id '
+            f"WHERE p.id = {p}"
+        ),
+        queue=(
+            "INSERT INTO notice (channel_id, pixel_id, event_id, reason, created_at, due_at, "
+            f"state, attempts) VALUES ({', '.join([p] * 6)}, 'pending', 0)"
+        ),
         sqlite=sqlite,
     )
 
@@ -180,7 +200,7 @@ def record_fetch(public_id, judge, describe, ip, location, at, key=None, short_w
         return f"recorded: {judged[1].kind}"
 
     def store(pixel_id, verdict, client):
-        db.execute_sql(
+        cursor = db.execute_sql(
             sql.insert,
             (
                 pixel_id,
@@ -195,7 +215,32 @@ def record_fetch(public_id, judge, describe, ip, location, at, key=None, short_w
                 key,
             ),
         )
+        reason = notify.REASONS.get(verdict.kind)
+        if reason:
+            event_id = cursor.lastrowid if sql.sqlite else cursor.fetchone()[0]
+            queue_notices(pixel_id, event_id, reason, verdict)
         update, times = sql.update[verdict.kind]
         db.execute_sql(update, (*[stamp] * times, pixel_id))
+
+    def queue_notices(pixel_id, event_id, reason, verdict):
+        rows = db.execute_sql(sql.channels, (reason, pixel_id)).fetchall()
+        if not rows:
+            return
+        now = utcnow()
+        due = now + notify.hold(verdict.source, at, now)
+        for channel_id, opens, delivered, quiet, open_count, delivered_at, last in rows:
+            wanted = notify.wanted(reason, opens, delivered, open_count, delivered_at is not None)
+            if wanted and notify.past_quiet(Notice.created_at.python_value(last), quiet, now):
+                db.execute_sql(
+                    sql.queue,
+                    (
+                        channel_id,
+                        pixel_id,
+                        event_id,
+                        reason,
+                        _time(now, sql.sqlite),
+                        _time(due, sql.sqlite),
+                    ),
+                )
 
     return with_short_lock_waits(write) if short_waits else write()

@@ -8,6 +8,7 @@ import weakref
 from urllib.parse import urlsplit
 
 from peewee import (
+    BooleanField,
     CharField,
     DatabaseProxy,
     DateTimeField,
@@ -59,6 +60,12 @@ class User(BaseModel):
     email = CharField(max_length=320, unique=True)
     password_hash = CharField(max_length=255)
     created_at = DateTimeField(default=utcnow)
+    # Which events send a notice (web/notify.py): opens "first", "every" or "off"; deliveries
+    # (the first prefetch) or not; and no second notice of one kind for one receipt on one
+    # channel within the quiet period.
+    notify_opens = CharField(max_length=8, default="first")
+    notify_delivered = BooleanField(default=False)
+    notify_quiet_minutes = IntegerField(default=30)
 
 
 class ApiToken(BaseModel):
@@ -132,6 +139,11 @@ class Event(BaseModel):
     class Meta:
         indexes = ((("pixel", "at"), False),)
 
+    @property
+    def place(self):
+        """ "London, GB", as much of it as was collected."""
+        return ", ".join(part for part in (self.city, self.country) if part)
+
 
 class DoNotTrack(BaseModel):
     """An address (bob@example.de), a domain (example.de, and its subdomains) or a top-level
@@ -160,7 +172,54 @@ class Setting(BaseModel):
     value = TextField()
 
 
-MODELS = (User, ApiToken, Pixel, Event, DoNotTrack, LoginFailure, Setting)
+class NotifyChannel(BaseModel):
+    """Where a user's notices go: "email" (an address, through the operator's SMTP server),
+    "webhook" (a URL that gets signed JSON) or "push" (an ntfy-style topic URL)."""
+
+    user = ForeignKeyField(User, backref="channels", on_delete="CASCADE")
+    kind = CharField(max_length=16)
+    target = CharField(max_length=2000)
+    # webhook: the HMAC key the receiver verifies with; push: an optional access token.
+    secret = CharField(max_length=200, null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class Notice(BaseModel):
+    """The outbox: one notice for one channel, written in the same transaction as the event it
+    tells of, and sent later by the delivery loop (web/notify.py). It holds no text of its own:
+    the event and the receipt give it when it is sent."""
+
+    channel = ForeignKeyField(NotifyChannel, backref="notices", on_delete="CASCADE")
+    pixel = ForeignKeyField(Pixel, on_delete="CASCADE")
+    event = ForeignKeyField(Event, null=True, on_delete="CASCADE")
+    reason = CharField(max_length=16)  # "open" or "delivered"
+    created_at = DateTimeField(default=utcnow)
+    # When it may next be tried; while a delivery loop holds it, when that claim runs out.
+    due_at = DateTimeField(default=utcnow)
+    state = CharField(max_length=16, default="pending")  # pending, sent, failed, skipped
+    attempts = IntegerField(default=0)
+    claim = CharField(max_length=32, null=True)
+    sent_at = DateTimeField(null=True)
+    last_error = CharField(max_length=300, null=True)
+
+    class Meta:
+        indexes = (
+            (("state", "due_at"), False),
+            (("channel", "pixel", "reason"), False),
+        )
+
+
+MODELS = (
+    User,
+    ApiToken,
+    Pixel,
+    Event,
+    DoNotTrack,
+    LoginFailure,
+    Setting,
+    NotifyChannel,
+    Notice,
+)
 
 
 # A request, CLI command or background thread "closes" its connection at the end, which hands it

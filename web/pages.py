@@ -123,9 +123,7 @@ def row_json(pixel, last_open):
 
 
 def place(event):
-    if event is None:
-        return ""
-    return ", ".join(part for part in (event.city, event.country) if part)
+    return event.place if event is not None else ""
 
 
 @bp.get("/")

@@ -1,11 +1,31 @@
-"""Settings: API tokens, the password, the do-not-track list, and downloading one's data."""
+"""Settings: API tokens, the password, notifications, the do-not-track list, and downloading
+one's data."""
 
-from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
+import secrets
+from urllib.parse import urlsplit
 
-from . import donottrack, export
-from .accounts import AccountError, authenticate, new_token, set_password
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from peewee import fn
+
+from . import donottrack, export, notify
+from .accounts import AccountError, authenticate, new_token, normalise_email, set_password
 from .auth import login_required
-from .models import MAX_ID, ApiToken, DoNotTrack
+from .models import MAX_ID, ApiToken, DoNotTrack, Notice, NotifyChannel, Pixel, User
+
+MAX_CHANNELS = 10
+MAX_QUIET_MINUTES = 24 * 60
+FAILURES_SHOWN = 10
 
 bp = Blueprint("settings", __name__)
 
@@ -17,7 +37,59 @@ def page(**context):
         tokens=tokens,
         own_entries=donottrack.listed(g.user),
         server_entries=donottrack.listed(None),
+        channels=channel_rows(g.user),
+        failures=recent_failures(g.user),
+        email_ready=current_app.config["SMTP"] is not None,
         **context,
+    )
+
+
+def channel_rows(user):
+    """The user's channels, each with how its notices fare: (channel, {state: count}, last
+    sent, last error of a notice still being tried)."""
+    channels = list(
+        NotifyChannel.select().where(NotifyChannel.user == user).order_by(NotifyChannel.id)
+    )
+    tallies = {}
+    rows = (
+        Notice.select(Notice.channel, Notice.state, fn.COUNT(Notice.id), fn.MAX(Notice.sent_at))
+        .join(NotifyChannel)
+        .where(NotifyChannel.user == user)
+        .group_by(Notice.channel, Notice.state)
+        .tuples()
+    )
+    for channel_id, state, count, last_sent in rows:
+        tally = tallies.setdefault(channel_id, {"counts": {}, "last_sent": None, "error": None})
+        tally["counts"][state] = count
+        if state == "sent":
+            tally["last_sent"] = Notice.sent_at.python_value(last_sent)
+    retrying = (
+        Notice.select(Notice.channel, Notice.last_error)
+        .join(NotifyChannel)
+        .where(
+            NotifyChannel.user == user,
+            Notice.state == "pending",
+            Notice.last_error.is_null(False),
+        )
+        .order_by(Notice.id)
+        .tuples()
+    )
+    for channel_id, error in retrying:
+        tallies[channel_id]["error"] = error
+    empty = {"counts": {}, "last_sent": None, "error": None}
+    return [(channel, tallies.get(channel.id, empty)) for channel in channels]
+
+
+def recent_failures(user):
+    """The user's latest notices that were given up, with their receipts and channels."""
+    return list(
+        Notice.select(Notice, NotifyChannel, Pixel)
+        .join(NotifyChannel)
+        .switch(Notice)
+        .join(Pixel)
+        .where(NotifyChannel.user == user, Notice.state == "failed")
+        .order_by(Notice.id.desc())
+        .limit(FAILURES_SHOWN)
     )
 
 
@@ -52,6 +124,100 @@ def change_password():
         else:
             flash("Password changed.")
     return redirect(url_for("settings.show"))
+
+
+@bp.post("/settings/notify")
+@login_required
+def notify_choices():
+    opens = request.form.get("opens", "")
+    quiet = request.form.get("quiet", "").strip()
+    if opens not in notify.OPENS:
+        flash("Choose when to be told of opens: the first one, every one, or never.")
+    elif not quiet.isdigit() or int(quiet) > MAX_QUIET_MINUTES:
+        flash(f"The quiet period is a number of minutes from 0 to {MAX_QUIET_MINUTES}.")
+    else:
+        User.update(
+            notify_opens=opens,
+            notify_delivered=request.form.get("delivered") == "on",
+            notify_quiet_minutes=int(quiet),
+        ).where(User.id == g.user.id).execute()
+        flash("Notification choices saved.")
+    return redirect(url_for("settings.show") + "#notifications")
+
+
+def channel_target(kind, target):
+    """The channel's target checked and tidied; raises ValueError saying what is wrong."""
+    target = target.strip()
+    if kind == "email":
+        try:
+            return normalise_email(target or g.user.email)
+        except AccountError as error:
+            raise ValueError(str(error)) from None
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(target) > 2000:
+        example = "https://ntfy.sh/a-long-secret-topic" if kind == "push" else "https://..."
+        raise ValueError(f"the address must be an http(s) URL like {example}")
+    if parts.username or parts.password:
+        raise ValueError("put no password in the URL; a push server's token has its own field")
+    return target
+
+
+@bp.post("/settings/channels")
+@login_required
+def add_channel():
+    kind = request.form.get("kind", "")
+    if kind not in notify.CHANNEL_KINDS:
+        abort(400)
+    if kind == "email" and current_app.config["SMTP"] is None:
+        flash("Email notices need the operator to set OPENRECEIPT_SMTP_URL; nothing was added.")
+        return redirect(url_for("settings.show") + "#notifications")
+    if NotifyChannel.select().where(NotifyChannel.user == g.user).count() >= MAX_CHANNELS:
+        flash(f"You have {MAX_CHANNELS} channels already; remove one first.")
+        return redirect(url_for("settings.show") + "#notifications")
+    try:
+        target = channel_target(kind, request.form.get("target", ""))
+    except ValueError as error:
+        flash(f"Nothing was added: {error}.")
+        return redirect(url_for("settings.show") + "#notifications")
+    secret = None
+    if kind == "webhook":
+        secret = "whsec_" + secrets.token_urlsafe(24)
+    elif kind == "push":
+        secret = request.form.get("token", "").strip()[:200] or None
+    NotifyChannel.create(user=g.user, kind=kind, target=target, secret=secret)
+    flash(f"Added: {kind} notices to {target}. Send a test notification to check it.")
+    return redirect(url_for("settings.show") + "#notifications")
+
+
+def own_channel_or_404(channel_id):
+    channel = NotifyChannel.get_or_none(
+        NotifyChannel.id == channel_id, NotifyChannel.user == g.user
+    )
+    if channel is None:
+        abort(404)
+    return channel
+
+
+@bp.post(f"/settings/channels/<int(max={MAX_ID}):channel_id>/test")
+@login_required
+def test_channel(channel_id):
+    """Send a test notice at once and say how it went."""
+    channel = own_channel_or_404(channel_id)
+    problem = notify.send_test(channel, current_app.config)
+    if problem:
+        flash(f"The test notification to {channel.target} failed: {problem}")
+    else:
+        flash(f"A test notification went to {channel.target}.")
+    return redirect(url_for("settings.show") + "#notifications")
+
+
+@bp.post(f"/settings/channels/<int(max={MAX_ID}):channel_id>/delete")
+@login_required
+def remove_channel(channel_id):
+    channel = own_channel_or_404(channel_id)
+    channel.delete_instance(recursive=True)
+    flash(f"Removed: {channel.kind} notices to {channel.target}.")
+    return redirect(url_for("settings.show") + "#notifications")
 
 
 @bp.post("/settings/dnt")

@@ -20,13 +20,12 @@ import datetime
 import fcntl
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
 from peewee import DataError, IntegrityError
 
-from . import receipts
+from . import background, receipts
 
 ACTIVE = "active.jsonl"
 REJECTED = "rejected.jsonl"
@@ -184,52 +183,24 @@ def _reject(folder, line, why):
 
 def init_app(app):
     """In each worker process, a thread that replays the spool every few seconds while it holds
-    fetches; started by the first request the process serves (after gunicorn forks)."""
+    fetches."""
     if not app.config.get("SPOOL_AUTO", True):
         return
-    started = {"pid": None}
-    guard = threading.Lock()
     data_dir = app.config["DATA_DIR"]
-    app.extensions["openreceipt.spool"] = replayer = {"stop": threading.Event(), "thread": None}
 
-    def loop():
-        while not replayer["stop"].wait(CHECK_SECONDS):
-            try:
-                if has_work(data_dir):
-                    counts = replay(app)
-                    if counts and (counts["recorded"] or counts["not_recorded"]):
-                        app.logger.info("spool: replayed %s", counts)
-            except Exception as error:  # noqa: BLE001 - tried again at the next check
-                app.logger.error("spool: replay failed: %s: %s", type(error).__name__, error)
+    def step():
+        if has_work(data_dir):
+            counts = replay(app)
+            if counts and (counts["recorded"] or counts["not_recorded"]):
+                app.logger.info("spool: replayed %s", counts)
 
-    @app.before_request
-    def start_replayer():
-        if started["pid"] == os.getpid() or not guard.acquire(blocking=False):
-            return
-        try:
-            if started["pid"] != os.getpid():
-                started["pid"] = os.getpid()
-                replayer["thread"] = threading.Thread(
-                    target=loop, name="openreceipt-spool", daemon=True
-                )
-                replayer["thread"].start()
-        except RuntimeError as error:  # no thread to be had: the request (a pixel!) goes on
-            started["pid"] = None
-            app.logger.error("spool: replayer not started: %s", error)
-        finally:
-            guard.release()
+    background.start_per_process(app, "spool", step, CHECK_SECONDS)
 
 
 def stopping(app):
-    replayer = app.extensions.get("openreceipt.spool")
-    return replayer is not None and replayer["stop"].is_set()
+    return background.stopping(app, "spool")
 
 
 def stop(app, timeout=10):
     """Stop this process's replayer between two lines (a worker that exits), and wait for it."""
-    replayer = app.extensions.get("openreceipt.spool")
-    if replayer is None:
-        return
-    replayer["stop"].set()
-    if replayer["thread"] is not None:
-        replayer["thread"].join(timeout)
+    background.stop(app, "spool", timeout)

@@ -1,0 +1,703 @@
+"""Notifications: what queues a notice (in the event's own transaction), what it says, how each
+channel delivers it to a real local receiver, retries, giving up, and exactly-once delivery
+with several deliverers at once. Every database test runs on SQLite and PostgreSQL."""
+
+import datetime
+import email.header
+import hashlib
+import hmac
+import threading
+
+import pytest
+import trustme
+
+from web import notify
+from web.config import ConfigError, smtp_server
+from web.models import Event, Notice, NotifyChannel, Pixel, User, utcnow
+from web.notify import deliver_due
+
+from .helpers import csrf_token, mint, pixel_path, sign_in
+from .receivers import Receiver, start_mail_server
+
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
+APPLE_MPP = "Mozilla/5.0"
+LONDON = "81.2.69.160"  # in the test GeoIP database
+# A Gmail-proxy open is held GMAIL_HOLD before it is due: deliveries look a little ahead.
+SOON = datetime.timedelta(seconds=20)
+
+
+# --- the rules, without a database ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "opens, open_count, expected",
+    [
+        ("first", 0, True),
+        ("first", 1, False),
+        ("every", 0, True),
+        ("every", 7, True),
+        ("off", 0, False),
+    ],
+)
+def test_which_opens_notify(opens, open_count, expected):
+    assert notify.wanted("open", opens, False, open_count, False) is expected
+
+
+@pytest.mark.parametrize(
+    "delivered, was_delivered, expected",
+    [(True, False, True), (True, True, False), (False, False, False), (1, False, True)],
+)
+def test_which_deliveries_notify(delivered, was_delivered, expected):
+    assert notify.wanted("delivered", "every", delivered, 0, was_delivered) is expected
+
+
+def test_quiet_period():
+    now = datetime.datetime(2026, 11, 25, 12, 0)
+    assert notify.past_quiet(None, 30, now)
+    assert not notify.past_quiet(now - datetime.timedelta(minutes=29), 30, now)
+    assert notify.past_quiet(now - datetime.timedelta(minutes=30), 30, now)
+    assert notify.past_quiet(now, 0, now)
+
+
+def test_gmail_proxy_opens_are_held_until_a_self_view_could_have_come():
+    now = datetime.datetime(2026, 11, 25, 12, 0)
+    assert notify.hold("gmail-proxy", now, now) == notify.GMAIL_HOLD
+    assert notify.GMAIL_HOLD > datetime.timedelta(seconds=5)  # the beacon's reach back
+    assert notify.hold("direct", now, now) == datetime.timedelta(0)
+    # A fetch replayed from the spool long after is not held again.
+    assert notify.hold("gmail-proxy", now - datetime.timedelta(hours=1), now).total_seconds() == 0
+
+
+def test_pauses_double_up_to_an_hour():
+    pauses = [notify.pause(n, 30).total_seconds() for n in range(1, 12)]
+    assert pauses[:4] == [30, 60, 120, 240]
+    assert max(pauses) == 3600 and pauses == sorted(pauses)
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("smtp://mail.example.com", ("starttls", "mail.example.com", 587, None, None)),
+        (
+            "smtps://a%40b.com:p%3Ass@mail.example.com",
+            ("ssl", "mail.example.com", 465, "a@b.com", "p:ss"),
+        ),
+        ("smtp+plain://127.0.0.1:2525", ("none", "127.0.0.1", 2525, None, None)),
+    ],
+)
+def test_smtp_urls(url, expected):
+    server = smtp_server(url)
+    assert (server.security, server.host, server.port, server.username, server.password) == expected
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"SMTP_URL": "mail.example.com"}, "OPENRECEIPT_SMTP_URL must look like smtp://"),
+        ({"SMTP_URL": "smtp://h:99999"}, "OPENRECEIPT_SMTP_URL is not a URL"),
+        ({"SMTP_URL": "smtp://h", "PUBLIC_URL": None}, "set OPENRECEIPT_SMTP_FROM"),
+        ({"SMTP_FROM": "nobody"}, "OPENRECEIPT_SMTP_FROM must be an email address"),
+        ({"NOTIFY_RETRY_SECONDS": "0"}, "OPENRECEIPT_NOTIFY_RETRY_SECONDS must be at least 1"),
+        ({"NOTIFY_IN_WORKERS": "maybe"}, "OPENRECEIPT_NOTIFY_IN_WORKERS must be on or off"),
+    ],
+)
+def test_notification_settings_are_checked(tmp_path, overrides, message):
+    from web import create_app
+
+    with pytest.raises(ConfigError) as error:
+        create_app({"DATA_DIR": str(tmp_path), "GEOIP_DATABASE": "off", **overrides})
+    assert message in error.value.message
+
+
+def test_the_sender_address_is_found(tmp_path):
+    from web import create_app
+
+    base = {"DATA_DIR": str(tmp_path), "GEOIP_DATABASE": "off", "NOTIFY_IN_WORKERS": False}
+    for overrides, sender in [
+        ({"SMTP_URL": "smtp://me%40example.org:pw@h"}, "me@example.org"),
+        (
+            {"SMTP_URL": "smtp://h", "PUBLIC_URL": "https://r.example.net"},
+            "openreceipt@r.example.net",
+        ),
+        (
+            {"SMTP_URL": "smtp://h", "SMTP_FROM": "Receipts <r@example.com>"},
+            "Receipts <r@example.com>",
+        ),
+    ]:
+        app = create_app({**base, **overrides})
+        assert app.config["SMTP_FROM"] == sender
+        app.extensions["openreceipt.database"].close()
+
+
+# --- queueing: the pixel writes the outbox ----------------------------------------------------
+
+
+def open_pixel(client, pixel, user_agent=GMAIL_PROXY, address=LONDON):
+    response = client.get(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": user_agent},
+        environ_base={"REMOTE_ADDR": address},
+    )
+    assert response.status_code == 200
+    return response.headers["X-Openreceipt"]
+
+
+def add_channel(user, kind="webhook", target="http://127.0.0.1:9/hook", secret="whsec_test"):
+    return NotifyChannel.create(user=user, kind=kind, target=target, secret=secret)
+
+
+def choose(user, **choices):
+    User.update(**choices).where(User.id == user.id).execute()
+
+
+def notices(**where):
+    query = Notice.select().order_by(Notice.id)
+    for name, value in where.items():
+        query = query.where(getattr(Notice, name) == value)
+    return list(query)
+
+
+def test_first_open_queues_one_notice_per_channel(client, auth, user, database):
+    hook, push = add_channel(user), add_channel(user, "push", "http://127.0.0.1:9/topic", None)
+    pixel = mint(client, auth, subject="Invoice 42")
+    assert open_pixel(client, pixel) == "recorded: open"
+    event = Event.get()
+    queued = notices()
+    assert {notice.channel_id for notice in queued} == {hook.id, push.id}
+    for notice in queued:
+        assert (notice.reason, notice.state, notice.attempts, notice.event_id) == (
+            "open",
+            "pending",
+            0,
+            event.id,
+        )
+        # Held until the sender's own Gmail tab could have said it was them.
+        assert notice.due_at - notice.created_at >= datetime.timedelta(seconds=7)
+    # A second open (another network, minutes later) is no first open.
+    assert open_pixel(client, pixel, address="81.2.70.1") == "recorded: open"
+    assert len(notices()) == 2
+
+
+def test_no_notice_for_previews_self_views_bots_or_prefetches(client, auth, user, database):
+    add_channel(user)
+    pixel = client.post(
+        "/api/pixels", json={"subject": "s"}, headers={**auth, "User-Agent": THUNDERBIRD}
+    ).get_json()
+    assert open_pixel(client, pixel, THUNDERBIRD, "127.0.0.1") == "recorded: preview"
+    assert open_pixel(client, pixel, "curl/8.5.0", "192.0.2.1") == "recorded: bot"
+    assert open_pixel(client, pixel, APPLE_MPP, "17.58.1.2") == "recorded: prefetch"
+    client.post(f"/api/pixels/{pixel['id']}/self-view", headers=auth)
+    assert open_pixel(client, pixel, GMAIL_PROXY, "66.249.84.10") == "recorded: self"
+    assert notices() == []
+
+
+def test_deliveries_notify_when_chosen_and_opens_still_do(client, auth, user, database):
+    add_channel(user)
+    choose(user, notify_delivered=True)
+    pixel = mint(client, auth)
+    assert open_pixel(client, pixel, APPLE_MPP, "17.58.1.2") == "recorded: prefetch"
+    assert open_pixel(client, pixel, APPLE_MPP, "17.58.9.9") == "recorded: prefetch"
+    assert [notice.reason for notice in notices()] == ["delivered"]
+    # Not held: no self-view can turn a prefetch into the sender's own.
+    assert notices()[0].due_at <= utcnow()
+    assert open_pixel(client, pixel) == "recorded: open"
+    assert [notice.reason for notice in notices()] == ["delivered", "open"]
+
+
+def test_every_open_within_the_quiet_period_is_one_notice(client, auth, user, database):
+    add_channel(user)
+    choose(user, notify_opens="every", notify_quiet_minutes=30)
+    pixel = mint(client, auth)
+    for n in range(4):
+        assert open_pixel(client, pixel, address=f"81.2.{70 + n}.1") == "recorded: open"
+    assert len(notices()) == 1
+    # A notice from before the quiet period does not keep the next one back.
+    Notice.update(created_at=utcnow() - datetime.timedelta(minutes=31)).execute()
+    open_pixel(client, pixel, address="81.2.90.1")
+    assert len(notices()) == 2
+    choose(user, notify_quiet_minutes=0)
+    open_pixel(client, pixel, address="81.2.91.1")
+    open_pixel(client, pixel, address="81.2.92.1")
+    assert len(notices()) == 4
+
+
+def test_opens_off_queues_nothing_and_other_users_channels_are_not_used(
+    client, auth, other_auth, user, database
+):
+    other = User.get(User.email == "grace@example.com")
+    add_channel(other)
+    choose(user, notify_opens="off")
+    add_channel(user)
+    pixel = mint(client, auth)
+    open_pixel(client, pixel)
+    assert notices() == []
+
+
+def test_the_notice_is_written_with_its_event_or_not_at_all(app, client, auth, user, database):
+    """The outbox row is part of the event's transaction: when it cannot be written, the event
+    is not stored either (the fetch waits in the spool), and the replay stores both."""
+    from web import spool
+
+    add_channel(user)
+    pixel = mint(client, auth)
+    database.execute_sql("ALTER TABLE notice RENAME TO notice_away")
+    try:
+        assert open_pixel(client, pixel) == "spooled: database unavailable"
+        assert Event.select().count() == 0
+        assert Pixel.get().open_count == 0
+    finally:
+        database.execute_sql("ALTER TABLE notice_away RENAME TO notice")
+    assert spool.replay(app)["recorded"] == 1
+    [notice] = notices()
+    assert notice.event_id == Event.get().id and Pixel.get().open_count == 1
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver():
+    started = Receiver().start()
+    yield started
+    started.stop()
+
+
+def deliver(app, at=None):
+    with app.app_context():
+        return deliver_due(app, now=at or utcnow() + SOON)
+
+
+def test_webhook_carries_the_notice_signed(app, client, auth, user, receiver, database):
+    hook = add_channel(user, target=receiver.url + "/hook", secret="whsec_abc")
+    pixel = mint(client, auth, subject="Invoice 42", label="ACME invoice")
+    open_pixel(client, pixel)
+    assert deliver(app, utcnow()) == {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}  # held
+    assert deliver(app) == {"sent": 1, "retry": 0, "failed": 0, "skipped": 0}
+    [request] = receiver.received
+    notice = Notice.get()
+    assert (notice.state, notice.attempts, notice.claim is not None) == ("sent", 1, True)
+    assert notice.sent_at is not None and notice.last_error is None
+
+    expected = hmac.new(
+        b"whsec_abc",
+        request.headers["X-Openreceipt-Timestamp"].encode() + b"." + request.body,
+        hashlib.sha256,
+    ).hexdigest()
+    assert request.headers["X-Openreceipt-Signature"] == f"sha256={expected}"
+    assert request.headers["X-Openreceipt-Delivery"] == str(notice.id)
+    assert request.path == "/hook" and request.headers["Content-Type"].startswith(
+        "application/json"
+    )
+    body = request.json()
+    assert body["id"] == notice.id and body["type"] == "opened"
+    assert body["title"] == "Opened: ACME invoice"
+    assert body["receipt"] == {
+        "id": pixel["id"],
+        "label": "ACME invoice",
+        "subject": "Invoice 42",
+        "url": f"https://receipts.example.com/m/{pixel['id']}",
+    }
+    assert body["fetch"]["city"] == "London" and body["fetch"]["country"] == "GB"
+    assert body["fetch"]["kind"] == "open" and body["fetch"]["source"] == "gmail-proxy"
+    assert "in London, GB" in body["text"] and body["fetch"]["client"] in body["text"]
+    # Never an address: neither the raw one nor the masked network.
+    everything = request.body.decode() + str(request.headers)
+    assert "81.2.69" not in everything and hook.secret not in everything
+    # Sent once: the next round finds nothing.
+    assert sum(deliver(app).values()) == 0 and len(receiver.received) == 1
+
+
+def test_a_forged_signature_does_not_verify(app, client, auth, user, receiver, database):
+    """What a receiver checks: the signature covers the timestamp and every byte of the body."""
+    add_channel(user, target=receiver.url, secret="whsec_abc")
+    open_pixel(client, mint(client, auth))
+    deliver(app)
+    [request] = receiver.received
+    stamp, sent = (
+        request.headers["X-Openreceipt-Timestamp"],
+        request.headers["X-Openreceipt-Signature"],
+    )
+    assert notify.signature("whsec_abc", stamp, request.body) == sent
+    assert notify.signature("whsec_abc", stamp, request.body + b" ") != sent
+    assert notify.signature("whsec_abc", str(int(stamp) + 1), request.body) != sent
+    assert notify.signature("whsec_other", stamp, request.body) != sent
+
+
+def test_push_is_ntfy_style(app, client, auth, user, receiver, database):
+    add_channel(user, "push", receiver.url + "/my-topic", "tk_secret")
+    open_pixel(client, mint(client, auth, subject="Rechnung für März"))
+    assert deliver(app)["sent"] == 1
+    [request] = receiver.received
+    assert request.path == "/my-topic"
+    title = request.headers["Title"]
+    assert title.isascii()  # RFC 2047 encoded words, as ntfy reads them
+    decoded = "".join(
+        part.decode(charset) if isinstance(part, bytes) else part
+        for part, charset in email.header.decode_header(title)
+    )
+    assert decoded == "Opened: Rechnung für März"
+    assert request.headers["Authorization"] == "Bearer tk_secret"
+    assert request.headers["Click"].startswith("https://receipts.example.com/m/")
+    text = request.body.decode()
+    assert text.startswith("“Rechnung für März” was opened on ") and "London, GB" in text
+
+
+@pytest.fixture(scope="module")
+def certificate_authority(tmp_path_factory):
+    authority = trustme.CA()
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(path))
+    return authority, path
+
+
+@pytest.fixture
+def mail_server(request, certificate_authority, monkeypatch):
+    """A real SMTP server; the app trusts the test CA the way an operator trusts a private one:
+    through SSL_CERT_FILE."""
+    authority, path = certificate_authority
+    monkeypatch.setenv("SSL_CERT_FILE", str(path))
+    server = start_mail_server(
+        authority.issue_cert("127.0.0.1"), getattr(request, "param", "starttls")
+    )
+    yield server
+    server.stop()
+
+
+def smtp_settings(settings, server, scheme="smtp"):
+    return {
+        **settings,
+        "SMTP_URL": f"{scheme}://notices:s3cret@127.0.0.1:{server.port}",
+        "SMTP_FROM": "Receipts <receipts@example.com>",
+    }
+
+
+@pytest.mark.parametrize(
+    "mail_server, scheme", [("starttls", "smtp"), ("ssl", "smtps")], indirect=["mail_server"]
+)
+def test_email_through_the_operators_mail_server(settings, mail_server, scheme):
+    from web import create_app
+    from web.accounts import create_user, new_token
+
+    app = create_app(smtp_settings(settings, mail_server, scheme))
+    try:
+        client = app.test_client()
+        with app.app_context():
+            user = create_user("ada@example.com", "correct horse battery")
+            auth = {"Authorization": f"Bearer {new_token(user)[1]}"}
+            add_channel(user, "email", "ada@example.com", None)
+        open_pixel(client, mint(client, auth, subject="Lease notice"), THUNDERBIRD)
+        assert deliver(app)["sent"] == 1
+    finally:
+        app.extensions["openreceipt.database"].close_all()
+    assert mail_server.logins == ["notices"]
+    [(sender, recipients, message)] = mail_server.messages
+    assert sender == "receipts@example.com" and recipients == ["ada@example.com"]
+    assert message["Subject"] == "Opened: Lease notice"
+    assert message["To"] == "ada@example.com" and message["Auto-Submitted"] == "auto-generated"
+    body = message.get_content()
+    assert "“Lease notice” was opened on " in body and "London, GB" in body
+    assert "https://receipts.example.com/m/" in body and "81.2.69" not in message.as_string()
+
+
+@pytest.mark.parametrize("mail_server", ["none"], indirect=True)
+def test_smtp_url_without_starttls_on_offer_is_not_sent_in_the_clear(settings, mail_server):
+    from web import create_app
+    from web.models import db
+
+    app = create_app(smtp_settings(settings, mail_server))
+    try:
+        with app.app_context():
+            channel = NotifyChannel(kind="email", target="ada@example.com")
+            problem = notify.send_test(channel, app.config)
+            db.close()
+    finally:
+        app.extensions["openreceipt.database"].close_all()
+    assert "does not offer STARTTLS" in problem
+    assert mail_server.messages == [] and mail_server.logins == []
+
+
+def test_email_to_a_refused_address_is_given_up_at_once(settings, mail_server):
+    from web import create_app
+    from web.accounts import create_user, new_token
+
+    app = create_app(smtp_settings(settings, mail_server))
+    try:
+        client = app.test_client()
+        with app.app_context():
+            user = create_user("ada@example.com", "correct horse battery")
+            auth = {"Authorization": f"Bearer {new_token(user)[1]}"}
+            add_channel(user, "email", "ada@refused.example", None)
+        open_pixel(client, mint(client, auth))
+        assert deliver(app)["failed"] == 1
+        with app.app_context():
+            notice = Notice.get()
+            assert notice.state == "failed" and "550" in notice.last_error
+    finally:
+        app.extensions["openreceipt.database"].close_all()
+
+
+def test_retries_after_the_receiver_was_down(app, client, auth, user, database):
+    receiver = Receiver()  # not started yet: nothing listens on its port
+    add_channel(user, target=receiver.url)
+    open_pixel(client, mint(client, auth))
+    first = utcnow() + SOON
+    assert deliver(app, first)["retry"] == 1
+    notice = Notice.get()
+    assert notice.state == "pending" and notice.attempts == 1 and notice.claim is None
+    assert "refused" in notice.last_error.lower()
+    assert notice.due_at == first + datetime.timedelta(seconds=30)
+    # Not before its pause is over: then a second failure waits twice as long.
+    assert sum(deliver(app, first + datetime.timedelta(seconds=29)).values()) == 0
+    second = first + datetime.timedelta(seconds=30)
+    assert deliver(app, second)["retry"] == 1
+    assert Notice.get().due_at == second + datetime.timedelta(seconds=60)
+
+    receiver.start()
+    try:
+        assert deliver(app, second + datetime.timedelta(seconds=60))["sent"] == 1
+    finally:
+        receiver.stop()
+    notice = Notice.get()
+    assert (notice.state, notice.attempts, notice.last_error) == ("sent", 3, None)
+    assert len(receiver.received) == 1
+
+
+def test_server_errors_are_retried_and_refusals_are_not(app, client, auth, user, database):
+    receiver = Receiver(answers=[503, 429, 200]).start()
+    try:
+        add_channel(user, target=receiver.url)
+        open_pixel(client, mint(client, auth))
+        at = utcnow() + SOON
+        assert deliver(app, at)["retry"] == 1
+        assert "503" in Notice.get().last_error
+        assert deliver(app, at + datetime.timedelta(minutes=1))["retry"] == 1
+        assert deliver(app, at + datetime.timedelta(minutes=3))["sent"] == 1
+
+        receiver.answers = [404]
+        open_pixel(client, mint(client, auth))
+        assert deliver(app)["failed"] == 1
+        assert (
+            Notice.get(Notice.state == "failed").last_error == "the receiver answered 404 Not Found"
+        )
+    finally:
+        receiver.stop()
+
+
+def test_given_up_after_the_bounded_time_and_shown_in_settings(app, client, auth, user, database):
+    add_channel(user, target=Receiver().url + "/down")
+    open_pixel(client, mint(client, auth, label="Contract"))
+    at = utcnow() + SOON
+    assert deliver(app, at)["retry"] == 1
+    # Still tried while younger than NOTIFY_GIVE_UP_HOURS (24)...
+    assert deliver(app, at + datetime.timedelta(hours=23))["retry"] == 1
+    # ...and given up at the first failure after.
+    assert deliver(app, at + datetime.timedelta(hours=24, minutes=1))["failed"] == 1
+    assert sum(deliver(app, at + datetime.timedelta(days=3)).values()) == 0
+    notice = Notice.get()
+    assert notice.state == "failed" and notice.attempts == 3
+
+    sign_in(client)
+    page = client.get("/settings").get_data(as_text=True)
+    assert "Notices that could not be delivered" in page
+    assert "Contract" in page and "1 given up" in page
+    assert "Connection refused" in page or "refused" in page
+
+
+def test_a_gmail_open_that_was_the_sender_sends_nothing(
+    app, client, auth, user, receiver, database
+):
+    """The sender's Gmail tab shows the pixel (a Gmail-proxy fetch); the bookmarklet's beacon
+    comes a moment later and makes it `self`: the held notice is skipped, not sent."""
+    add_channel(user, target=receiver.url)
+    pixel = mint(client, auth)
+    assert open_pixel(client, pixel, GMAIL_PROXY, "66.249.84.10") == "recorded: open"
+    beacon = client.post(f"/api/pixels/{pixel['id']}/self-view", headers=auth)
+    assert beacon.get_json()["reclassified"] == 1
+    assert deliver(app) == {"sent": 0, "retry": 0, "failed": 0, "skipped": 1}
+    notice = Notice.get()
+    assert notice.state == "skipped" and "judged otherwise" in notice.last_error
+    assert receiver.received == []
+    # A real first open later still gets its notice: the skipped one keeps no quiet period.
+    assert open_pixel(client, pixel, THUNDERBIRD) == "recorded: open"
+    assert deliver(app)["sent"] == 1 and len(receiver.received) == 1
+
+
+def test_deleting_the_receipt_or_the_channel_drops_its_notices(client, auth, user, database):
+    hook = add_channel(user)
+    first, second = mint(client, auth), mint(client, auth)
+    open_pixel(client, first)
+    open_pixel(client, second)
+    assert len(notices()) == 2
+    Pixel.get(Pixel.public_id == first["id"]).delete_instance(recursive=True)
+    assert len(notices()) == 1
+    hook.delete_instance(recursive=True)
+    assert notices() == []
+
+
+def test_several_deliverers_at_once_send_each_notice_once(app, client, auth, user, database):
+    """Four threads, each with its own connection, deliver the same 30 notices at the same time
+    to a slow receiver: every notice arrives exactly once and is marked sent once."""
+    receiver = Receiver(delay=0.02).start()
+    try:
+        add_channel(user, target=receiver.url)
+        for _ in range(30):
+            open_pixel(client, mint(client, auth))
+        at = utcnow() + SOON
+        results, start = [], threading.Barrier(4)
+
+        def deliverer():
+            start.wait()
+            with app.app_context():
+                while True:
+                    counts = deliver_due(app, now=at, limit=5)
+                    results.append(counts)
+                    if (
+                        not any(counts.values())
+                        and not Notice.select()
+                        .where(Notice.state == "pending", Notice.due_at <= at)
+                        .exists()
+                    ):
+                        break
+
+        threads = [threading.Thread(target=deliverer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        receiver.stop()
+    ids = [request.json()["id"] for request in receiver.received]
+    assert len(ids) == 30 and len(set(ids)) == 30
+    assert sum(counts["sent"] for counts in results) == 30
+    assert {(n.state, n.attempts) for n in notices()} == {("sent", 1)}
+
+
+def test_a_stale_claim_cannot_overwrite_what_another_deliverer_did(
+    app, client, auth, user, database
+):
+    """A deliverer whose lease ran out (it hung) and a second one that took the notice over:
+    the first one's late result is not recorded over the second one's."""
+    add_channel(user)
+    open_pixel(client, mint(client, auth))
+    at = utcnow() + SOON
+    notice = Notice.get()
+    stale = notify.claim(notice.id, 0, at)
+    assert stale and notify.claim(notice.id, 0, at) is None  # taken
+    later = at + notify.LEASE + datetime.timedelta(seconds=1)
+    fresh = notify.claim(notice.id, 1, later)
+    assert fresh and fresh != stale
+    Notice.update(state="sent").where(Notice.id == notice.id, Notice.claim == fresh).execute()
+    assert (
+        Notice.update(state="failed").where(Notice.id == notice.id, Notice.claim == stale).execute()
+        == 0
+    )
+    assert Notice.get().state == "sent"
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signed_in(client, user):
+    """Signed in before `database` keeps an app context (and so one `g`) around the requests:
+    the sign-in starts a new session, which must not meet a CSRF token cached in `g`."""
+    sign_in(client)
+    return client
+
+
+def post_form(client, path, **fields):
+    page = client.get("/settings")
+    return client.post(path, data={**fields, "csrf_token": csrf_token(page)}, follow_redirects=True)
+
+
+def test_settings_add_channels_and_choose_events(signed_in, database):
+    client = signed_in
+    page = client.get("/settings").get_data(as_text=True)
+    assert 'id="notifications"' in page and "No channel yet" in page
+    assert "the operator has not set up a mail server" in page  # no SMTP_URL in these tests
+
+    page = post_form(client, "/settings/channels", kind="push", target="ftp://x").get_data(
+        as_text=True
+    )
+    assert "Nothing was added: the address must be an http(s) URL" in page
+    page = post_form(client, "/settings/channels", kind="email", target="").get_data(as_text=True)
+    assert "need the operator to set OPENRECEIPT_SMTP_URL" in page
+    page = post_form(
+        client, "/settings/channels", kind="webhook", target="https://u:p@hooks.example.com/x"
+    ).get_data(as_text=True)
+    assert "put no password in the URL" in page
+    assert NotifyChannel.select().count() == 0
+
+    post_form(
+        client, "/settings/channels", kind="push", target="https://ntfy.example/t0p", token="tk_1"
+    )
+    page = post_form(
+        client, "/settings/channels", kind="webhook", target="https://hooks.example.com/in"
+    ).get_data(as_text=True)
+    hook = NotifyChannel.get(NotifyChannel.kind == "webhook")
+    push = NotifyChannel.get(NotifyChannel.kind == "push")
+    assert hook.secret.startswith("whsec_") and hook.secret in page
+    assert push.secret == "tk_1" and "tk_1" not in page  # the push token is not shown again
+    assert "Send a test notification" in page
+
+    page = post_form(client, "/settings/notify", opens="every", delivered="on", quiet="5")
+    assert "Notification choices saved." in page.get_data(as_text=True)
+    saved = User.get()
+    assert (saved.notify_opens, saved.notify_delivered, saved.notify_quiet_minutes) == (
+        "every",
+        True,
+        5,
+    )
+    page = post_form(client, "/settings/notify", opens="sometimes", quiet="5").get_data(
+        as_text=True
+    )
+    assert "Choose when to be told of opens" in page
+    page = post_form(client, "/settings/notify", opens="first", quiet="-1").get_data(as_text=True)
+    assert "The quiet period is a number of minutes" in page
+    assert User.get().notify_opens == "every"
+
+    page = post_form(client, f"/settings/channels/{push.id}/delete").get_data(as_text=True)
+    assert "Removed: push notices" in page and NotifyChannel.select().count() == 1
+
+
+def test_send_a_test_notification(signed_in, user, receiver, database):
+    client = signed_in
+    hook = add_channel(user, target=receiver.url + "/hook", secret="whsec_t")
+    page = post_form(client, f"/settings/channels/{hook.id}/test").get_data(as_text=True)
+    assert f"A test notification went to {receiver.url}/hook" in page
+    [request] = receiver.received
+    assert request.json()["type"] == "test"
+    assert (
+        notify.signature("whsec_t", request.headers["X-Openreceipt-Timestamp"], request.body)
+        == (request.headers["X-Openreceipt-Signature"])
+    )
+    down = add_channel(user, "push", Receiver().url + "/topic", None)
+    page = post_form(client, f"/settings/channels/{down.id}/test").get_data(as_text=True)
+    assert "The test notification to" in page and "failed" in page and "refused" in page.lower()
+    assert Notice.select().count() == 0  # tests are not queued
+
+
+def test_channels_of_other_users_are_out_of_reach(signed_in, database):
+    from web.accounts import create_user
+
+    client = signed_in
+    other = create_user("grace@example.com", "another long password")
+    theirs = add_channel(other)
+    assert post_form(client, f"/settings/channels/{theirs.id}/test").status_code == 404
+    assert post_form(client, f"/settings/channels/{theirs.id}/delete").status_code == 404
+    assert NotifyChannel.select().count() == 1
+    assert "127.0.0.1:9/hook" not in client.get("/settings").get_data(as_text=True)
+
+
+def test_the_notify_command_delivers_what_is_due(
+    app, client, auth, user, receiver, runner, database
+):
+    add_channel(user, target=receiver.url)
+    open_pixel(client, mint(client, auth), THUNDERBIRD)  # a direct open: due at once
+    result = runner.invoke(args=["notify", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "1 notices sent, 0 to be tried again, 0 given up" in result.output
+    assert len(receiver.received) == 1 and Notice.get().state == "sent"

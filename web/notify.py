@@ -1,0 +1,411 @@
+"""Notifications: telling a user that their message was opened (or delivered) by email, by a
+signed JSON webhook, or by an ntfy-style push, without slowing the pixel or losing a notice.
+
+The outbox: when the pixel stores an open or a delivery whose owner wants to hear of it, it adds
+a Notice row per channel of theirs in the same transaction as the event (web/hotpath.py). Either
+both are stored or neither is; a fetch that waited in the spool queues its notice when replayed.
+
+The delivery loop: each gunicorn worker runs deliver_due() in a thread every CHECK_SECONDS (or,
+with OPENRECEIPT_NOTIFY_IN_WORKERS=off, `openreceipt notify` does, as a service of its own). A
+notice is claimed with one conditional UPDATE that moves its due time a lease ahead; the worker
+or host whose UPDATE changed the row sends it, so several workers and hosts never send the same
+notice twice. Sent: marked so, by its claim. Failed: tried again with growing pauses, until
+NOTIFY_GIVE_UP_HOURS after it was queued (or at once when the receiver refuses it for good);
+given-up notices are listed in the user's settings. A worker that dies after sending and before
+marking leaves the notice to be sent again once the lease runs out: receivers that must never
+see a notice twice use its id (X-Openreceipt-Delivery, or "id" in the JSON).
+
+A notice says which message (label or subject), when, where (city and country, as collected)
+and with what (the mail client): never an address of any kind."""
+
+import datetime
+import email.utils
+import hashlib
+import hmac
+import json
+import secrets
+import smtplib
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from email.header import Header
+from email.message import EmailMessage
+from urllib.parse import urlsplit
+
+from .background import start_per_process, stopping
+from .classify import SELF_VIEW_BEFORE
+from .models import Event, Notice, NotifyChannel, Pixel, User, utcnow
+
+# What kind of event tells of what: an open, or a delivery (a machine fetched it on delivery).
+# Previews, the sender's own views and bots never notify.
+REASONS = {"open": "open", "prefetch": "delivered"}
+EVENT_KIND = {reason: kind for kind, reason in REASONS.items()}
+OPENS = ("first", "every", "off")
+CHANNEL_KINDS = ("email", "webhook", "push")
+CHECK_SECONDS = 2  # how often each worker looks for notices that are due
+BATCH = 20  # notices a round claims at most
+LEASE = datetime.timedelta(minutes=2)  # how long a claimed notice is left to its worker
+TIMEOUT = 10  # seconds one delivery may take to connect or answer
+LONGEST_PAUSE = datetime.timedelta(hours=1)
+# A Gmail-proxy open is held this long before it is sent: the sender's own Gmail tab announces
+# itself up to SELF_VIEW_BEFORE after such a fetch, and the open then becomes `self`.
+GMAIL_HOLD = SELF_VIEW_BEFORE + datetime.timedelta(seconds=3)
+SIGNATURE_HEADER = "X-Openreceipt-Signature"
+TIMESTAMP_HEADER = "X-Openreceipt-Timestamp"
+DELIVERY_HEADER = "X-Openreceipt-Delivery"
+
+
+# --- what the pixel path asks (web/hotpath.py) ------------------------------------------------
+
+
+def wanted(reason, opens, delivered, open_count, was_delivered):
+    """Whether a user whose choices are `opens` and `delivered` gets a notice of this event;
+    `open_count` and `was_delivered` are the pixel's before it."""
+    if reason == "open":
+        return opens == "every" or (opens == "first" and open_count == 0)
+    return bool(delivered) and not was_delivered
+
+
+def past_quiet(last, quiet_minutes, now):
+    """Whether the last notice of the same kind for the same receipt and channel (or None) is
+    longer ago than the quiet period: one reading session sends one notice."""
+    return last is None or now - last >= datetime.timedelta(minutes=quiet_minutes or 0)
+
+
+def hold(source, at, now):
+    """How long a new notice waits before it is due."""
+    if source != "gmail-proxy":
+        return datetime.timedelta(0)
+    return max(datetime.timedelta(0), at + GMAIL_HOLD - now)
+
+
+# --- what a notice says -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One notice, ready for any channel."""
+
+    notice_id: int | None
+    title: str
+    text: str
+    link: str | None
+    data: dict  # the webhook's JSON
+
+
+def receipt_link(public_url, pixel):
+    return f"{public_url}/m/{pixel.public_id}" if public_url and pixel else None
+
+
+def compose(reason, pixel, event, public_url, notice_id=None):
+    """The Message for a notice of `reason` ("open", "delivered" or "test")."""
+    if reason == "test":
+        return Message(
+            notice_id=None,
+            title="openreceipt: test notification",
+            text="This is a test. When one of your messages is opened, the notice comes here.",
+            link=public_url,
+            data={"id": None, "type": "test"},
+        )
+    name = pixel.label or pixel.subject or "Your message"
+    when = event.at.strftime("%-d %b %Y at %H:%M UTC")
+    if reason == "open":
+        title = f"Opened: {name}"
+        text = f"“{name}” was opened on {when}"
+    else:
+        title = f"Delivered: {name}"
+        text = (
+            f"“{name}” was delivered on {when} (a mail server fetched it; nobody has read it yet)"
+        )
+    details = [part for part in (event.place and f"in {event.place}", event.client) if part]
+    text += (", " + ", with ".join(details) if details else "") + "."
+    link = receipt_link(public_url, pixel)
+    data = {
+        "id": notice_id,
+        "type": "opened" if reason == "open" else "delivered",
+        "title": title,
+        "text": text,
+        "receipt": {
+            "id": pixel.public_id,
+            "label": pixel.label,
+            "subject": pixel.subject,
+            "url": link,
+        },
+        "fetch": {
+            "at": event.at.isoformat(timespec="seconds") + "Z",
+            "kind": event.kind,
+            "source": event.source,
+            "client": event.client,
+            "city": event.city,
+            "country": event.country,
+        },
+    }
+    return Message(notice_id, title, text, link, data)
+
+
+# --- the channels -----------------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    """A notice could not be delivered; `final` when trying again cannot help."""
+
+    def __init__(self, message, final=False):
+        super().__init__(message)
+        self.final = final
+
+
+def send(channel, message, config):
+    """Deliver `message` on `channel`, or raise DeliveryError."""
+    senders = {"email": send_email, "webhook": send_webhook, "push": send_push}
+    if channel.kind not in senders:
+        raise DeliveryError(f"unknown channel kind {channel.kind!r}", final=True)
+    senders[channel.kind](channel, message, config)
+
+
+def send_email(channel, message, config):
+    server = config["SMTP"]
+    if server is None:
+        raise DeliveryError("the server has no mail server (OPENRECEIPT_SMTP_URL) set up")
+    mail = EmailMessage()
+    mail["From"] = config["SMTP_FROM"]
+    mail["To"] = channel.target
+    mail["Subject"] = message.title
+    mail["Date"] = email.utils.formatdate(usegmt=True)
+    mail["Message-ID"] = email.utils.make_msgid(domain=config["SMTP_FROM"].rpartition("@")[2])
+    mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to it
+    mail.set_content(message.text + (f"\n\n{message.link}\n" if message.link else "\n"))
+    context = ssl.create_default_context()
+    try:
+        if server.security == "ssl":
+            smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=TIMEOUT, context=context)
+        else:
+            smtp = smtplib.SMTP(server.host, server.port, timeout=TIMEOUT)
+        with smtp:
+            if server.security == "starttls":
+                smtp.starttls(context=context)  # refuses to go on unencrypted if not offered
+            if server.username:
+                smtp.login(server.username, server.password or "")
+            smtp.send_message(mail)
+    except smtplib.SMTPRecipientsRefused as error:
+        code, reply = next(iter(error.recipients.values()))
+        raise DeliveryError(
+            _smtp_reply("the mail server refused the address", code, reply), final=500 <= code < 600
+        ) from None
+    except smtplib.SMTPResponseException as error:
+        raise DeliveryError(
+            _smtp_reply("the mail server said", error.smtp_code, error.smtp_error)
+        ) from None
+    except smtplib.SMTPNotSupportedError:
+        raise DeliveryError(
+            "the mail server does not offer STARTTLS (use smtps:// or "
+            "smtp+plain:// in OPENRECEIPT_SMTP_URL)"
+        ) from None
+    except (OSError, smtplib.SMTPException) as error:
+        raise DeliveryError(f"mail server {server.host}:{server.port}: {_reason(error)}") from None
+
+
+def _smtp_reply(what, code, reply):
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return f"{what}: {code} {' '.join(text.split())}"
+
+
+def signature(secret, timestamp, body):
+    """The webhook signature: HMAC-SHA256 of "<timestamp>.<body>" with the channel's secret."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def send_webhook(channel, message, config):
+    body = json.dumps(message.data, ensure_ascii=False).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: signature(channel.secret or "", timestamp, body),
+    }
+    if message.notice_id is not None:
+        headers[DELIVERY_HEADER] = str(message.notice_id)
+    _post(channel.target, body, headers)
+
+
+def send_push(channel, message, config):
+    """An ntfy-style push: the text as the body, the title and a link in headers."""
+    headers = {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Title": _header_text(message.title),
+        "Tags": "envelope_with_arrow",
+    }
+    if message.link:
+        headers["Click"] = message.link
+    if channel.secret:
+        headers["Authorization"] = f"Bearer {channel.secret}"
+    _post(channel.target, message.text.encode(), headers)
+
+
+def _header_text(text):
+    """A header value: as is when ASCII, else RFC 2047 encoded words (ntfy decodes them)."""
+    text = " ".join(text.split())
+    return text if text.isascii() else Header(text, "utf-8").encode()
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a redirect is an answer like any other: not a delivery
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+RETRY_STATUSES = {408, 425, 429}
+
+
+def _post(url, body, headers):
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    request.add_header("User-Agent", "openreceipt-notify")
+    try:
+        with _opener.open(request, timeout=TIMEOUT) as response:
+            response.read(65536)
+    except urllib.error.HTTPError as error:
+        with error:
+            final = 300 <= error.code < 500 and error.code not in RETRY_STATUSES
+            raise DeliveryError(
+                f"the receiver answered {error.code} {error.reason}", final=final
+            ) from None
+    except (OSError, ValueError) as error:
+        raise DeliveryError(
+            f"{urlsplit(url).hostname or 'the receiver'}: {_reason(error)}"
+        ) from None
+
+
+def _reason(error):
+    reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+    return " ".join(str(reason).split())[:200] or type(error).__name__
+
+
+# --- the delivery loop ------------------------------------------------------------------------
+
+
+def pause(attempts, first_seconds):
+    """How long to wait after the `attempts`-th failed try: doubling, at most an hour."""
+    seconds = first_seconds * 2 ** min(attempts - 1, 20)
+    return min(datetime.timedelta(seconds=seconds), LONGEST_PAUSE)
+
+
+def claim(notice_id, attempts, now):
+    """Take the notice for this process: one conditional UPDATE that only one of any number of
+    workers or hosts asking at once can make. Returns the claim token, or None."""
+    token = secrets.token_hex(8)
+    taken = (
+        Notice.update(claim=token, due_at=now + LEASE, attempts=Notice.attempts + 1)
+        .where(
+            Notice.id == notice_id,
+            Notice.state == "pending",
+            Notice.due_at <= now,
+            Notice.attempts == attempts,
+        )
+        .execute()
+    )
+    return token if taken else None
+
+
+def deliver_due(app, now=None, limit=BATCH):
+    """Claim and send the notices that are due. Returns how many were sent, are to be tried
+    again, were given up and were skipped."""
+    counts = {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
+    now = now or utcnow()
+    due = (
+        Notice.select(Notice.id, Notice.attempts)
+        .where(Notice.state == "pending", Notice.due_at <= now)
+        .order_by(Notice.due_at)
+        .limit(limit)
+        .tuples()
+    )
+    for notice_id, attempts in list(due):
+        if stopping(app, "notify"):
+            break
+        token = claim(notice_id, attempts, now)
+        if token is not None:
+            counts[deliver(app, notice_id, token, now)] += 1
+    return counts
+
+
+def deliver(app, notice_id, token, now):
+    """Send one claimed notice and record what came of it (by its claim, so a worker whose lease
+    ran out cannot overwrite what another one did)."""
+    notice = (
+        Notice.select(Notice, NotifyChannel, Pixel, User)
+        .join(NotifyChannel)
+        .switch(Notice)
+        .join(Pixel)
+        .join(User)
+        .where(Notice.id == notice_id)
+        .first()
+    )
+    if notice is None:  # the receipt or the channel was deleted meanwhile
+        return "skipped"
+    mine = (Notice.id == notice_id) & (Notice.claim == token)
+    event = Event.get_or_none(Event.id == notice.event_id)
+    why_not = _no_longer_wanted(notice, event)
+    if why_not:
+        Notice.update(state="skipped", last_error=why_not).where(mine).execute()
+        return "skipped"
+    message = compose(notice.reason, notice.pixel, event, app.config["PUBLIC_URL"], notice.id)
+    try:
+        send(notice.channel, message, app.config)
+    except DeliveryError as error:
+        text = str(error)[:300]
+        give_up = error.final or now - notice.created_at >= datetime.timedelta(
+            hours=app.config["NOTIFY_GIVE_UP_HOURS"]
+        )
+        if give_up:
+            Notice.update(state="failed", last_error=text).where(mine).execute()
+            app.logger.warning(
+                "notify: notice %d (%s channel %d) given up after %d tries: %s",
+                notice.id,
+                notice.channel.kind,
+                notice.channel.id,
+                notice.attempts,
+                text,
+            )
+            return "failed"
+        later = now + pause(notice.attempts, app.config["NOTIFY_RETRY_SECONDS"])
+        Notice.update(due_at=later, claim=None, last_error=text).where(mine).execute()
+        return "retry"
+    Notice.update(state="sent", sent_at=utcnow(), last_error=None).where(mine).execute()
+    return "sent"
+
+
+def _no_longer_wanted(notice, event):
+    """Why a queued notice is not to be sent after all (or None)."""
+    if event is None or event.kind != EVENT_KIND.get(notice.reason):
+        return "the fetch was judged otherwise since (e.g. it was the sender's own view)"
+    user = notice.pixel.owner
+    if notice.reason == "open" and user.notify_opens == "off":
+        return "notices of opens were turned off"
+    if notice.reason == "delivered" and not user.notify_delivered:
+        return "notices of deliveries were turned off"
+    return None
+
+
+def send_test(channel, config):
+    """Send a test notice on `channel` now; returns None, or what went wrong."""
+    try:
+        send(channel, compose("test", None, None, config["PUBLIC_URL"]), config)
+    except DeliveryError as error:
+        return str(error)
+    return None
+
+
+def init_app(app):
+    """Deliver from a thread in each worker, unless OPENRECEIPT_NOTIFY_IN_WORKERS is off (then
+    `openreceipt notify` runs the same loop on its own)."""
+    if not app.config["NOTIFY_IN_WORKERS"]:
+        return
+    start_per_process(app, "notify", lambda: step(app), CHECK_SECONDS)
+
+
+def step(app):
+    """One round of the delivery loop; True when there may be more due at once."""
+    with app.app_context():
+        counts = deliver_due(app)
+    return sum(counts.values()) >= BATCH
