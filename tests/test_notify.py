@@ -6,6 +6,7 @@ import datetime
 import email.header
 import hashlib
 import hmac
+import json
 import threading
 
 import pytest
@@ -701,3 +702,33 @@ def test_the_notify_command_delivers_what_is_due(
     assert result.exit_code == 0, result.output
     assert "1 notices sent, 0 to be tried again, 0 given up" in result.output
     assert len(receiver.received) == 1 and Notice.get().state == "sent"
+
+
+def test_export_holds_the_choices_and_channels_but_no_secret(runner, user, database):
+    add_channel(user, secret="whsec_never_exported")
+    add_channel(user, "push", "https://ntfy.example/topic", "tk_never_exported")
+    choose(user, notify_opens="every", notify_delivered=True, notify_quiet_minutes=5)
+    result = runner.invoke(args=["export", "ada@example.com", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(result.stdout)["notifications"]
+    assert (exported["opens"], exported["delivered"], exported["quiet_minutes"]) == (
+        "every",
+        True,
+        5,
+    )
+    assert [(c["kind"], c["target"]) for c in exported["channels"]] == [
+        ("webhook", "http://127.0.0.1:9/hook"),
+        ("push", "https://ntfy.example/topic"),
+    ]
+    assert "never_exported" not in result.stdout
+
+
+def test_retention_takes_the_notices_of_the_events_it_deletes(client, auth, user, database):
+    from web import retention
+
+    add_channel(user)
+    open_pixel(client, mint(client, auth))
+    assert len(notices()) == 1
+    Event.update(at=utcnow() - datetime.timedelta(days=100)).execute()
+    assert retention.purge(90) == (1, 1)
+    assert notices() == []

@@ -6,7 +6,7 @@ import json
 
 from peewee import chunked, fn
 
-from .models import ApiToken, DoNotTrack, Event, Pixel, db
+from .models import ApiToken, DoNotTrack, Event, NotifyChannel, Pixel, db
 
 PIXEL_FIELDS = (
     "id",
@@ -80,6 +80,22 @@ def as_json(user):
             for token in tokens
         ],
         "do_not_track": [entry.entry for entry in entries],
+        "notifications": {
+            "opens": user.notify_opens,
+            "delivered": bool(user.notify_delivered),
+            "quiet_minutes": user.notify_quiet_minutes,
+            # Where notices go; never the webhook's signing secret or a push access token.
+            "channels": [
+                {
+                    "kind": channel.kind,
+                    "target": channel.target,
+                    "created_at": iso(channel.created_at),
+                }
+                for channel in NotifyChannel.select()
+                .where(NotifyChannel.user == user)
+                .order_by(NotifyChannel.id)
+            ],
+        },
         "pixels": [
             {**pixel_record(pixel), "events": [event_record(event) for event in events]}
             for pixel, events in user_pixels(user)

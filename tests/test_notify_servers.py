@@ -1,0 +1,106 @@
+"""Notifications end to end: real gunicorn workers deliver from their own threads to a real
+local receiver that is down at first. Every notice arrives exactly once, however many workers
+(and, on PostgreSQL, hosts) compete for it, and the retries bring the ones that failed."""
+
+import json
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from web import create_app
+from web.models import Notice, NotifyChannel, User, close_pool
+
+from .receivers import Receiver
+
+EMAIL, PASSWORD = "ada@example.com", "correct horse battery"
+THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
+PIXELS, OPENS = 12, 3
+
+
+@pytest.mark.slow
+def test_workers_deliver_every_notice_once_after_the_receiver_comes_up(
+    database_url, gunicorn, tmp_path
+):
+    postgresql = database_url.startswith("postgresql")
+    (tmp_path / "data").mkdir(exist_ok=True)  # where the SQLite file goes
+    settings = {
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "notify-end-to-end",
+        "TRUSTED_PROXIES": 1,
+        "NOTIFY_RETRY_SECONDS": 1,
+    }
+    # Two workers each; on PostgreSQL two hosts as well, sharing the database.
+    hosts = [
+        gunicorn(name=f"host{n}", workers=2, **settings) for n in range(2 if postgresql else 1)
+    ]
+    hosts[0].openreceipt("user", "add", EMAIL, "--password-stdin", input=f"{PASSWORD}\n")
+    auth = {"Authorization": f"Bearer {hosts[0].openreceipt('token', 'new', EMAIL)}"}
+
+    receiver = Receiver(delay=0.05)  # down: nothing listens on its port yet
+    local = create_app(
+        {
+            "DATA_DIR": str(tmp_path / "local"),
+            "DATABASE_URL": database_url,
+            "GEOIP_DATABASE": "off",
+            "ANNOUNCE_STARTUP": False,
+            "NOTIFY_IN_WORKERS": False,
+            "SPOOL_AUTO": False,
+            "RETENTION_AUTO": False,
+        }
+    )
+    try:
+        with local.app_context():
+            user = User.get(User.email == EMAIL)
+            User.update(notify_opens="every", notify_quiet_minutes=0).where(
+                User.id == user.id
+            ).execute()
+            NotifyChannel.create(user=user, kind="webhook", target=receiver.url, secret="whsec_e2e")
+
+        for number in range(PIXELS):
+            host = hosts[number % len(hosts)]
+            status, _, body = host.request("POST", "/api/pixels", {"subject": f"#{number}"}, auth)
+            assert status == 201
+            path = urlsplit(json.loads(body)["url"]).path
+            for nth in range(OPENS):
+                opener = hosts[(number + nth) % len(hosts)]
+                status, headers, _ = opener.request(
+                    "GET",
+                    path,
+                    headers={
+                        "User-Agent": THUNDERBIRD,
+                        "X-Forwarded-For": f"100.64.{nth}.{number}",
+                    },
+                )
+                assert (status, headers["X-Openreceipt"]) == (200, "recorded: open")
+
+        expected = PIXELS * OPENS
+        with local.app_context():
+            deadline = time.monotonic() + 20
+            while Notice.select().where(Notice.attempts > 0).count() < expected:
+                assert time.monotonic() < deadline, "the workers did not try every notice"
+                time.sleep(0.2)
+            failed_tries = Notice.select().where(Notice.last_error.is_null(False)).count()
+        assert failed_tries == expected  # every first try met a receiver that was down
+
+        receiver.start()
+        try:
+            arrived = receiver.wait_for(expected, timeout=60)
+            time.sleep(5)  # time for any duplicate to arrive (the loops look every 2 s)
+        finally:
+            receiver.stop()
+        with local.app_context():
+            rows = list(Notice.select().order_by(Notice.id))
+    finally:
+        close_pool(local)
+        local.extensions["openreceipt.database"].close_all()
+
+    ids = [request.json()["id"] for request in receiver.received]
+    assert len(arrived) == expected and sorted(ids) == [row.id for row in rows]
+    assert {row.state for row in rows} == {"sent"}
+    assert all(row.attempts >= 2 and row.last_error is None for row in rows)
+    for request in receiver.received:
+        assert request.json()["type"] == "opened"
+        assert "100.64." not in request.body.decode()
+    for host in hosts:
+        assert b"Traceback" not in host.log_bytes()
