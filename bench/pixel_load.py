@@ -7,6 +7,7 @@ timed test: run it by hand (see bench/README.md). Exits 1 on an answer other tha
 error, or events that do not add up; the ratio to the floor is reported, never fatal.
 
     .venv/bin/python bench/pixel_load.py [--database-url URL] [--duration 15] [--connections 64]
+        [--networks one|many] [--notify first|every]
 """
 
 import argparse
@@ -267,6 +268,13 @@ def parse_args(argv):
         "fetch seconds ago; many: each from a network of its own through a trusted proxy "
         "header, so each is a new event (the write path)",
     )
+    parser.add_argument(
+        "--notify",
+        choices=("off", "first", "every"),
+        default="off",
+        help="the user gets notices by webhook (a receiver in this script) of the first open of "
+        "each receipt, or of every open (no quiet period); the workers send them during the load",
+    )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
     parser.add_argument(
         "--threads",
@@ -316,6 +324,11 @@ def run(args, url, data_dir):
 
         openreceipt(env, "user", "add", EMAIL, "--password-stdin", input=PASSWORD + "\n")
         token = openreceipt(env, "token", "new", EMAIL, "--name", "bench")
+        receiver = None
+        if args.notify != "off":
+            receiver = NoticeReceiver()
+            servers.callback(receiver.stop)
+            add_webhook(url, sqlite_path, receiver.url, args.notify)
         paths = mint(pixel, token, args.pixels)
         compare_answers(pixel, floor)
         before = stored_events(url, sqlite_path)
@@ -328,6 +341,8 @@ def run(args, url, data_dir):
             f"gunicorn: gunicorn.conf.py as is, {' and '.join(map(str, sorted(workers)))} "
             "workers a server; OPENRECEIPT_MX_LOOKUP=off, GeoIP the packaged GeoLite2 City"
         )
+        if receiver:
+            print(f"notifications: a webhook for {args.notify} opens, sent by the workers")
         print(
             f"load: {args.load}, {args.connections} connections"
             + (f", {args.threads} threads" if args.load == "wrk" else "")
@@ -354,6 +369,8 @@ def run(args, url, data_dir):
                 f"ratio {a.rate / b.rate:.2f}"
             )
         loads = {name: combined(results) for name, results in rounds.items()}
+        if receiver:
+            report_notices(url, sqlite_path, receiver)
         pixel.stop()
         floor.stop()
 
@@ -368,6 +385,87 @@ def run(args, url, data_dir):
         replay,
         (spool_left, spool_rejected),
         (pixel, floor),
+    )
+
+
+class NoticeReceiver:
+    """A webhook receiver that counts the notices it gets, and each notice id's deliveries."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        ids = self.ids = Counter()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                ids[json.loads(body)["id"]] += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def add_webhook(url, sqlite_path, target, opens):
+    """The user's choice of opens (no quiet period) and a webhook channel, written directly."""
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    statements = [
+        ('UPDATE "user" SET notify_opens = {p}, notify_quiet_minutes = 0', (opens,)),
+        (
+            "INSERT INTO notify_channel (user_id, kind, target, secret, created_at) "
+            "SELECT id, 'webhook', {p}, 'whsec_bench', {p} FROM \"user\"",
+            (target, now),
+        ),
+    ]
+    with connect(url, sqlite_path) as (connection, p):
+        for sql, params in statements:
+            connection.execute(sql.format(p=p), params)
+
+
+class connect:
+    """(connection, parameter mark) of the benchmark's database, committed on leaving."""
+
+    def __init__(self, url, sqlite_path):
+        self.url, self.sqlite_path = url, sqlite_path
+
+    def __enter__(self):
+        if self.sqlite_path is not None:
+            self.connection = sqlite3.connect(self.sqlite_path, timeout=30)
+            return self.connection, "?"
+        self.connection = psycopg.connect(self.url, connect_timeout=5)
+        return self.connection, "%s"
+
+    def __exit__(self, *exc):
+        with closing(self.connection):
+            if exc[0] is None:
+                self.connection.commit()
+
+
+def report_notices(url, sqlite_path, receiver, wait=30):
+    """Wait for the workers to send every queued notice (up to `wait` s), then print the tally."""
+    deadline = time.monotonic() + wait
+    while True:
+        with connect(url, sqlite_path) as (connection, _):
+            states = dict(
+                connection.execute("SELECT state, COUNT(*) FROM notice GROUP BY state").fetchall()
+            )
+        if not states.get("pending") or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    twice = sum(1 for count in receiver.ids.values() if count > 1)
+    print(
+        f"notices: {sum(states.values()):,} queued, {states.get('sent', 0):,} marked sent, "
+        f"{states.get('pending', 0):,} pending, {states.get('failed', 0):,} given up; "
+        f"the receiver got {len(receiver.ids):,} notices, {twice} of them more than once"
     )
 
 
