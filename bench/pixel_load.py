@@ -275,6 +275,12 @@ def parse_args(argv):
         help="the user gets notices by webhook (a receiver in this script) of the first open of "
         "each receipt, or of every open (no quiet period); the workers send them during the load",
     )
+    parser.add_argument(
+        "--queue-only",
+        action="store_true",
+        help="with --notify: the pixel queues notices but no worker sends them "
+        "(OPENRECEIPT_NOTIFY_IN_WORKERS=off), which leaves what queueing alone costs",
+    )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
     parser.add_argument(
         "--threads",
@@ -295,6 +301,8 @@ def parse_args(argv):
     if min(args.connections, args.threads, args.pixels) < 1:
         parser.error("--connections, --threads and --pixels must be at least 1")
     args.threads = min(args.threads, args.connections)
+    if args.queue_only and args.notify == "off":
+        parser.error("--queue-only goes with --notify first|every")
     if args.load == "auto":
         args.load = "wrk" if shutil.which("wrk") else "python"
     elif args.load == "wrk" and not shutil.which("wrk"):
@@ -312,6 +320,8 @@ def run(args, url, data_dir):
         env["OPENRECEIPT_TRUSTED_PROXIES"] = "1"
     if url:
         env["OPENRECEIPT_DATABASE_URL"] = url
+    if args.queue_only:
+        env["OPENRECEIPT_NOTIFY_IN_WORKERS"] = "off"
     sqlite_path = None if url and not url.startswith("sqlite") else database_file(url, data_dir)
     logs = data_dir / "logs"
     logs.mkdir()
@@ -342,7 +352,8 @@ def run(args, url, data_dir):
             "workers a server; OPENRECEIPT_MX_LOOKUP=off, GeoIP the packaged GeoLite2 City"
         )
         if receiver:
-            print(f"notifications: a webhook for {args.notify} opens, sent by the workers")
+            sender = "queued only" if args.queue_only else "sent by the workers"
+            print(f"notifications: a webhook for {args.notify} opens, {sender}")
         print(
             f"load: {args.load}, {args.connections} connections"
             + (f", {args.threads} threads" if args.load == "wrk" else "")
@@ -370,7 +381,7 @@ def run(args, url, data_dir):
             )
         loads = {name: combined(results) for name, results in rounds.items()}
         if receiver:
-            report_notices(url, sqlite_path, receiver)
+            report_notices(url, sqlite_path, receiver, wait=0 if args.queue_only else 30)
         pixel.stop()
         floor.stop()
 

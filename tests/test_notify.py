@@ -585,17 +585,33 @@ def test_a_stale_claim_cannot_overwrite_what_another_deliverer_did(
     open_pixel(client, mint(client, auth))
     at = utcnow() + SOON
     notice = Notice.get()
-    stale = notify.claim(notice.id, 0, at)
-    assert stale and notify.claim(notice.id, 0, at) is None  # taken
+    notice_id, stale = notify.claim_next(at)
+    assert notice_id == notice.id
+    assert notify.claim_next(at) is None  # taken: nothing else is due
+    assert notify.claim_next(at + notify.LEASE - datetime.timedelta(seconds=1)) is None
     later = at + notify.LEASE + datetime.timedelta(seconds=1)
-    fresh = notify.claim(notice.id, 1, later)
-    assert fresh and fresh != stale
+    _, fresh = notify.claim_next(later)
+    assert fresh != stale and Notice.get().attempts == 2
     Notice.update(state="sent").where(Notice.id == notice.id, Notice.claim == fresh).execute()
-    assert (
-        Notice.update(state="failed").where(Notice.id == notice.id, Notice.claim == stale).execute()
-        == 0
-    )
+    taken_over = Notice.id == notice.id, Notice.claim == stale
+    assert Notice.update(state="failed").where(*taken_over).execute() == 0
     assert Notice.get().state == "sent"
+
+
+def test_the_oldest_due_notice_is_claimed_first(app, client, auth, user, database):
+    add_channel(user)
+    for _ in range(3):
+        open_pixel(client, mint(client, auth), THUNDERBIRD)
+    first, second, third = notices()
+    Notice.update(due_at=utcnow() - datetime.timedelta(minutes=5)).where(
+        Notice.id == third.id
+    ).execute()
+    Notice.update(due_at=utcnow() + datetime.timedelta(hours=1)).where(
+        Notice.id == first.id
+    ).execute()
+    now = utcnow()
+    assert [notify.claim_next(now)[0] for _ in range(2)] == [third.id, second.id]
+    assert notify.claim_next(now) is None
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -732,3 +748,42 @@ def test_retention_takes_the_notices_of_the_events_it_deletes(client, auth, user
     Event.update(at=utcnow() - datetime.timedelta(days=100)).execute()
     assert retention.purge(90) == (1, 1)
     assert notices() == []
+
+
+def test_a_silent_receiver_gets_a_test_notice_that_gives_up_quickly():
+    """A receiver that takes the connection and never answers: the test in the settings page
+    (which waits in the request) says so within its few seconds."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        started = time.monotonic()
+        problem = notify.send_test(
+            NotifyChannel(kind="webhook", target=url, secret="s"), {"PUBLIC_URL": None}
+        )
+        took = time.monotonic() - started
+    assert "timed out" in problem
+    assert took < notify.TEST_TIMEOUT + 2
+
+
+def test_the_readme_shows_the_webhook_body_as_it_is(app, client, auth, user, receiver, database):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = json.loads(re.search(r"```json\n(\{.*?\})\n```", readme, re.S).group(1))
+    add_channel(user, target=receiver.url)
+    open_pixel(client, mint(client, auth, subject="Invoice 42"), THUNDERBIRD)
+    deliver(app)
+    body = receiver.received[0].json()
+    assert sorted(body) == sorted(example)
+    for part in ("receipt", "fetch"):
+        assert sorted(body[part]) == sorted(example[part])
+    assert body["fetch"]["client"] == example["fetch"]["client"]
+    assert (
+        body["text"].split(" was opened on ")[1].split(" UTC")[1]
+        == (example["text"].split(" UTC")[1])
+    )

@@ -4,8 +4,10 @@ request it serves, and gunicorn.conf.py's worker_exit stops them before the conn
 
 import os
 import threading
+import time
 
 KEY = "openreceipt.loops"
+REPEAT_LOG_SECONDS = 60  # the same failure again within this time is not logged again
 
 
 class Loop:
@@ -18,6 +20,7 @@ class Loop:
         self.thread = None
         self._pid = None
         self._guard = threading.Lock()
+        self._last_failure = (None, 0.0)  # (message, when logged)
 
     def start_in_this_process(self):
         if self._pid == os.getpid() or not self._guard.acquire(blocking=False):
@@ -44,7 +47,12 @@ class Loop:
         try:
             return self.step()
         except Exception as error:  # noqa: BLE001 - tried again at the next round
-            self.app.logger.error("%s: %s: %s", self.name, type(error).__name__, error)
+            # A database that is away fails every round: say so once a minute, not every time.
+            message = f"{type(error).__name__}: {str(error)[:300]}"
+            logged, when = self._last_failure
+            if message != logged or time.monotonic() - when > REPEAT_LOG_SECONDS:
+                self._last_failure = (message, time.monotonic())
+                self.app.logger.error("%s: %s", self.name, message)
             return False
 
     def stop(self, timeout):

@@ -34,9 +34,11 @@ from email.header import Header
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
+from peewee import SqliteDatabase
+
 from .background import start_per_process, stopping
 from .classify import SELF_VIEW_BEFORE
-from .models import Event, Notice, NotifyChannel, Pixel, User, utcnow
+from .models import Event, Notice, NotifyChannel, Pixel, User, db, utcnow
 
 # What kind of event tells of what: an open, or a delivery (a machine fetched it on delivery).
 # Previews, the sender's own views and bots never notify.
@@ -47,7 +49,9 @@ CHANNEL_KINDS = ("email", "webhook", "push")
 CHECK_SECONDS = 2  # how often each worker looks for notices that are due
 BATCH = 20  # notices a round claims at most
 LEASE = datetime.timedelta(minutes=2)  # how long a claimed notice is left to its worker
-TIMEOUT = 10  # seconds one delivery may take to connect or answer
+TIMEOUT = 10  # seconds one step of a delivery (connecting, each answer) may take
+# "Send a test notification" waits in the request: well within gunicorn's 30 s for the worker.
+TEST_TIMEOUT = 4
 LONGEST_PAUSE = datetime.timedelta(hours=1)
 # A Gmail-proxy open is held this long before it is sent: the sender's own Gmail tab announces
 # itself up to SELF_VIEW_BEFORE after such a fetch, and the open then becomes `self`.
@@ -156,15 +160,15 @@ class DeliveryError(Exception):
         self.final = final
 
 
-def send(channel, message, config):
+def send(channel, message, config, timeout=TIMEOUT):
     """Deliver `message` on `channel`, or raise DeliveryError."""
     senders = {"email": send_email, "webhook": send_webhook, "push": send_push}
     if channel.kind not in senders:
         raise DeliveryError(f"unknown channel kind {channel.kind!r}", final=True)
-    senders[channel.kind](channel, message, config)
+    senders[channel.kind](channel, message, config, timeout)
 
 
-def send_email(channel, message, config):
+def send_email(channel, message, config, timeout):
     server = config["SMTP"]
     if server is None:
         raise DeliveryError("the server has no mail server (OPENRECEIPT_SMTP_URL) set up")
@@ -179,9 +183,9 @@ def send_email(channel, message, config):
     context = ssl.create_default_context()
     try:
         if server.security == "ssl":
-            smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=TIMEOUT, context=context)
+            smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=timeout, context=context)
         else:
-            smtp = smtplib.SMTP(server.host, server.port, timeout=TIMEOUT)
+            smtp = smtplib.SMTP(server.host, server.port, timeout=timeout)
         with smtp:
             if server.security == "starttls":
                 smtp.starttls(context=context)  # refuses to go on unencrypted if not offered
@@ -217,7 +221,7 @@ def signature(secret, timestamp, body):
     return "sha256=" + mac.hexdigest()
 
 
-def send_webhook(channel, message, config):
+def send_webhook(channel, message, config, timeout):
     body = json.dumps(message.data, ensure_ascii=False).encode()
     timestamp = str(int(time.time()))
     headers = {
@@ -227,10 +231,10 @@ def send_webhook(channel, message, config):
     }
     if message.notice_id is not None:
         headers[DELIVERY_HEADER] = str(message.notice_id)
-    _post(channel.target, body, headers)
+    _post(channel.target, body, headers, timeout)
 
 
-def send_push(channel, message, config):
+def send_push(channel, message, config, timeout):
     """An ntfy-style push: the text as the body, the title and a link in headers."""
     headers = {
         "Content-Type": "text/plain; charset=utf-8",
@@ -241,7 +245,7 @@ def send_push(channel, message, config):
         headers["Click"] = message.link
     if channel.secret:
         headers["Authorization"] = f"Bearer {channel.secret}"
-    _post(channel.target, message.text.encode(), headers)
+    _post(channel.target, message.text.encode(), headers, timeout)
 
 
 def _header_text(text):
@@ -259,11 +263,11 @@ _opener = urllib.request.build_opener(_NoRedirects)
 RETRY_STATUSES = {408, 425, 429}
 
 
-def _post(url, body, headers):
+def _post(url, body, headers, timeout):
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     request.add_header("User-Agent", "openreceipt-notify")
     try:
-        with _opener.open(request, timeout=TIMEOUT) as response:
+        with _opener.open(request, timeout=timeout) as response:
             response.read(65536)
     except urllib.error.HTTPError as error:
         with error:
@@ -291,41 +295,49 @@ def pause(attempts, first_seconds):
     return min(datetime.timedelta(seconds=seconds), LONGEST_PAUSE)
 
 
-def claim(notice_id, attempts, now):
-    """Take the notice for this process: one conditional UPDATE that only one of any number of
-    workers or hosts asking at once can make. Returns the claim token, or None."""
+def _claim_sql(database):
+    """One statement that takes the oldest due notice: it moves the notice's due time a lease
+    ahead and stamps it with this claim. SQLite runs it under its one write lock; PostgreSQL's
+    SKIP LOCKED lets each of many deliverers asking at once take a different notice, and the
+    outer conditions, checked again on the row as it is when locked, make sure that a notice
+    another deliverer took just now is not taken twice."""
+    sqlite = isinstance(database, SqliteDatabase)
+    p = database.param
+    return (
+        f"UPDATE notice SET claim = {p}, due_at = {p}, attempts = attempts + 1 "
+        "WHERE id = (SELECT id FROM notice WHERE state = 'pending' "
+        f"AND due_at <= {p} ORDER BY due_at LIMIT 1{'' if sqlite else ' FOR UPDATE SKIP LOCKED'}) "
+        f"AND state = 'pending' AND due_at <= {p} RETURNING id"
+    ), sqlite
+
+
+def claim_next(now):
+    """Take the oldest notice due at `now` for this process; only one of any number of workers
+    or hosts asking at once gets it. Returns (notice id, claim token), or None."""
+    sql, sqlite = _claim_sql(db.obj)
     token = secrets.token_hex(8)
-    taken = (
-        Notice.update(claim=token, due_at=now + LEASE, attempts=Notice.attempts + 1)
-        .where(
-            Notice.id == notice_id,
-            Notice.state == "pending",
-            Notice.due_at <= now,
-            Notice.attempts == attempts,
-        )
-        .execute()
-    )
-    return token if taken else None
+
+    def stamp(moment):  # SQLite keeps times as the text Peewee writes
+        return moment.isoformat(" ") if sqlite else moment
+
+    # fetchall(): the statement is only done (and SQLite's write lock let go) once it has
+    # given all its rows.
+    rows = db.execute_sql(sql, (token, stamp(now + LEASE), stamp(now), stamp(now))).fetchall()
+    return (rows[0][0], token) if rows else None
 
 
 def deliver_due(app, now=None, limit=BATCH):
-    """Claim and send the notices that are due. Returns how many were sent, are to be tried
-    again, were given up and were skipped."""
+    """Claim and send the notices that are due, one at a time, `limit` at most. Returns how
+    many were sent, are to be tried again, were given up and were skipped."""
     counts = {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
     now = now or utcnow()
-    due = (
-        Notice.select(Notice.id, Notice.attempts)
-        .where(Notice.state == "pending", Notice.due_at <= now)
-        .order_by(Notice.due_at)
-        .limit(limit)
-        .tuples()
-    )
-    for notice_id, attempts in list(due):
+    for _ in range(limit):
         if stopping(app, "notify"):
             break
-        token = claim(notice_id, attempts, now)
-        if token is not None:
-            counts[deliver(app, notice_id, token, now)] += 1
+        claimed = claim_next(now)
+        if claimed is None:
+            break
+        counts[deliver(app, *claimed, now)] += 1
     return counts
 
 
@@ -390,7 +402,8 @@ def _no_longer_wanted(notice, event):
 def send_test(channel, config):
     """Send a test notice on `channel` now; returns None, or what went wrong."""
     try:
-        send(channel, compose("test", None, None, config["PUBLIC_URL"]), config)
+        message = compose("test", None, None, config["PUBLIC_URL"])
+        send(channel, message, config, TEST_TIMEOUT)
     except DeliveryError as error:
         return str(error)
     return None
