@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from .conftest import scratch_schema
+from .receivers import Receiver
 from .servers import ROOT, Gunicorn, start_gunicorn
 from .test_browser import CHROME_UA, launched_chromium
 
@@ -539,3 +540,53 @@ def test_a_long_address_still_fits_a_phone(browser, receipts):
         assert not problems, "\n".join(problems)
     finally:
         tab.close()
+
+
+def test_notifications_are_set_up_and_tested_from_settings(browser, receipts):
+    """Settings → Notifications in a real browser: choose every open, add a webhook, send a
+    test notification; then a real open reaches the receiver through the server's workers."""
+    receiver = Receiver().start()
+    tab = Tab(browser, receipts)
+    try:
+        page = tab.log_in("/settings")
+        assert page.evaluate(UNLABELLED) == [], "/settings"
+        page.check("#opens-every")
+        page.fill("#quiet", "0")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Save").click()
+        expect(page.locator(".flash")).to_contain_text("Notification choices saved.")
+        expect(page.locator("#opens-every")).to_be_checked()
+
+        page.select_option("#channel-kind", "webhook")
+        page.fill("#channel-target", receiver.url + "/hook")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Add channel").click()
+        row = page.locator("tr", has_text=receiver.url)
+        expect(row).to_contain_text("Signing secret: whsec_")
+        with page.expect_navigation():
+            row.get_by_role("button", name="Send a test notification").click()
+        expect(page.locator(".flash")).to_contain_text("A test notification went to")
+        assert receiver.received[0].json()["type"] == "test"
+
+        pixel = receipts.mint(subject=subject("Signed lease"))
+        assert receipts.fetch(pixel, OUTLOOK_UA) == "recorded: open"
+        notices = receiver.wait_for(2)
+        assert len(notices) == 2 and notices[1].json()["receipt"]["id"] == pixel["id"]
+        page.reload()
+        expect(page.locator("tr", has_text=receiver.url)).to_contain_text("Last notice sent")
+        tab.check()
+
+        phone = Tab(browser, receipts, **PHONE)
+        try:
+            phone.log_in("/settings")
+            assert phone_overflow(phone.page, "the settings page") is None
+            phone.check()
+        finally:
+            phone.close()
+
+        with page.expect_navigation():
+            page.locator("tr", has_text=receiver.url).get_by_role("button", name="Remove").click()
+        expect(page.locator(".flash")).to_contain_text("Removed: webhook notices")
+    finally:
+        tab.close()
+        receiver.stop()
