@@ -104,3 +104,52 @@ def test_workers_deliver_every_notice_once_after_the_receiver_comes_up(
         assert "100.64." not in request.body.decode()
     for host in hosts:
         assert b"Traceback" not in host.log_bytes()
+
+
+@pytest.mark.slow
+def test_openreceipt_notify_runs_as_a_service_of_its_own(settings, tmp_path):
+    """OPENRECEIPT_NOTIFY_IN_WORKERS=off and `openreceipt notify` in a process of its own: it
+    sends what the pixel queues while it runs, and stops cleanly on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+
+    from .helpers import mint, pixel_path
+    from .servers import BIN, ROOT
+
+    receiver = Receiver().start()
+    app = create_app(settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRECEIPT_")}
+    env.update(
+        OPENRECEIPT_DATA_DIR=settings["DATA_DIR"],
+        OPENRECEIPT_DATABASE_URL=settings["DATABASE_URL"],
+        OPENRECEIPT_GEOIP_DATABASE="off",
+        OPENRECEIPT_NOTIFY_IN_WORKERS="off",
+    )
+    service = subprocess.Popen(
+        [str(BIN / "openreceipt"), "notify"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        from web.accounts import create_user, new_token
+
+        with app.app_context():
+            user = create_user(EMAIL, PASSWORD)
+            auth = {"Authorization": f"Bearer {new_token(user)[1]}"}
+            NotifyChannel.create(user=user, kind="push", target=receiver.url + "/topic")
+        client = app.test_client()
+        pixel = mint(client, auth, subject="Notice to quit")
+        client.get(pixel_path(pixel["url"]), headers={"User-Agent": THUNDERBIRD})
+        [push] = receiver.wait_for(1, timeout=20)
+        assert push.headers["Title"] == "Opened: Notice to quit"
+    finally:
+        service.send_signal(signal.SIGINT)
+        output, errors = service.communicate(timeout=20)
+        receiver.stop()
+        close_pool(app)
+    assert service.returncode == 0, errors
+    assert "1 notices sent" in output
