@@ -787,3 +787,28 @@ def test_the_readme_shows_the_webhook_body_as_it_is(app, client, auth, user, rec
         body["text"].split(" was opened on ")[1].split(" UTC")[1]
         == (example["text"].split(" UTC")[1])
     )
+
+
+def test_a_subject_over_several_lines_makes_a_one_line_title(app, client, auth, user, database):
+    pixel = mint(client, auth, subject="Invoice\r\nBcc: someone@example.com\n" + "x" * 500)
+    open_pixel(client, pixel, THUNDERBIRD)
+    message = notify.compose("open", Pixel.get(), Event.get(), None)
+    assert "\n" not in message.title and "\r" not in message.title
+    assert message.title.startswith("Opened: Invoice Bcc: someone@example.com xxx")
+    assert len(message.title) <= len("Opened: ") + notify.NAME_LENGTH
+
+
+def test_an_unexpected_failure_is_a_failed_try_and_not_a_stuck_notice(
+    app, client, auth, user, database, monkeypatch
+):
+    add_channel(user)
+    open_pixel(client, mint(client, auth), THUNDERBIRD)
+
+    def broken(*args):
+        raise KeyError("something nobody expected")
+
+    monkeypatch.setattr(notify, "send_webhook", broken)
+    assert deliver(app)["retry"] == 1
+    notice = Notice.get()
+    assert notice.state == "pending" and notice.claim is None
+    assert notice.last_error == "KeyError: 'something nobody expected'"

@@ -53,6 +53,7 @@ TIMEOUT = 10  # seconds one step of a delivery (connecting, each answer) may tak
 # "Send a test notification" waits in the request: well within gunicorn's 30 s for the worker.
 TEST_TIMEOUT = 4
 LONGEST_PAUSE = datetime.timedelta(hours=1)
+NAME_LENGTH = 120  # of the message's name in a notice
 # A Gmail-proxy open is held this long before it is sent: the sender's own Gmail tab announces
 # itself up to SELF_VIEW_BEFORE after such a fetch, and the open then becomes `self`.
 GMAIL_HOLD = SELF_VIEW_BEFORE + datetime.timedelta(seconds=3)
@@ -113,7 +114,10 @@ def compose(reason, pixel, event, public_url, notice_id=None):
             link=public_url,
             data={"id": None, "type": "test"},
         )
-    name = pixel.label or pixel.subject or "Your message"
+    # One line, and not too long: it goes into a mail's Subject and a push's Title header.
+    name = " ".join((pixel.label or pixel.subject or "Your message").split())
+    if len(name) > NAME_LENGTH:
+        name = name[: NAME_LENGTH - 1] + "…"
     when = event.at.strftime("%-d %b %Y at %H:%M UTC")
     if reason == "open":
         title = f"Opened: {name}"
@@ -165,7 +169,12 @@ def send(channel, message, config, timeout=TIMEOUT):
     senders = {"email": send_email, "webhook": send_webhook, "push": send_push}
     if channel.kind not in senders:
         raise DeliveryError(f"unknown channel kind {channel.kind!r}", final=True)
-    senders[channel.kind](channel, message, config, timeout)
+    try:
+        senders[channel.kind](channel, message, config, timeout)
+    except DeliveryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever it was, it is a failed try, counted
+        raise DeliveryError(f"{type(error).__name__}: {_reason(error)}") from None
 
 
 def send_email(channel, message, config, timeout):
