@@ -22,6 +22,16 @@ limit_request_fields = 200
 control_socket_disable = True
 
 
+def post_worker_init(worker):
+    """A worker that has booted starts its background loops (the spool's replayer, the
+    notification delivery) at once, so notices go out even before it serves a request."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "openreceipt.database" in getattr(app, "extensions", {}):
+        from web import background
+
+        background.start_all(app)
+
+
 def worker_exit(server, worker):
     """A worker that stops ends its background loops (the spool's replayer, the notification
     delivery), then closes its pooled database connections: on SQLite the last one to close

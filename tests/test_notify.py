@@ -14,7 +14,7 @@ import trustme
 
 from web import notify
 from web.config import ConfigError, smtp_server
-from web.models import Event, Notice, NotifyChannel, Pixel, User, utcnow
+from web.models import Event, Notice, NotifyChannel, Pixel, User, close_pool, utcnow
 from web.notify import deliver_due
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
@@ -812,3 +812,72 @@ def test_an_unexpected_failure_is_a_failed_try_and_not_a_stuck_notice(
     notice = Notice.get()
     assert notice.state == "pending" and notice.claim is None
     assert notice.last_error == "KeyError: 'something nobody expected'"
+
+
+def test_an_open_hidden_behind_the_senders_own_view_still_gets_its_notice(
+    app, client, auth, user, receiver, database
+):
+    """The sender's Gmail tab shows the message (a Gmail-proxy open, held), and two seconds
+    later the recipient opens it: being no longer the first open, theirs queues nothing. The
+    beacon then makes the first one the sender's: the notice tells of the recipient's open."""
+    add_channel(user, target=receiver.url)
+    pixel = mint(client, auth, subject="Offer")
+    assert open_pixel(client, pixel, GMAIL_PROXY, "66.249.84.10") == "recorded: open"
+    assert open_pixel(client, pixel, THUNDERBIRD, LONDON) == "recorded: open"
+    assert len(notices()) == 1
+    client.post(f"/api/pixels/{pixel['id']}/self-view", headers=auth)
+    assert deliver(app)["sent"] == 1
+    [request] = receiver.received
+    fetch = request.json()["fetch"]
+    assert (fetch["source"], fetch["city"]) == ("direct", "London")
+    assert Notice.get().event_id == Event.get(Event.kind == "open").id
+
+
+def test_a_receiver_that_dawdles_is_given_up_on_at_the_deadline(user, database):
+    slow = Receiver(delay=3).start()
+    try:
+        channel = NotifyChannel(kind="webhook", target=slow.url, secret="s")
+        message = notify.compose("test", None, None, None)
+        with pytest.raises(notify.DeliveryError, match="took more than 1 s"):
+            notify.send(channel, message, {}, timeout=10, deadline=1)
+    finally:
+        slow.stop()
+
+
+def test_a_long_title_in_another_script_stays_on_one_header_line():
+    title = "Opened: " + "Счёт за услуги по договору № 42 от 1 ноября " * 3
+    header = notify._header_text(title)
+    assert header.isascii() and "\n" not in header and "\r" not in header
+    decoded = "".join(
+        part.decode(charset) if isinstance(part, bytes) else part
+        for part, charset in email.header.decode_header(header)
+    )
+    assert decoded == " ".join(title.split())
+
+
+def test_email_notices_go_to_the_account_address_only(settings):
+    from web import create_app
+    from web.accounts import create_user
+
+    app = create_app({**settings, "SMTP_URL": "smtp://127.0.0.1:1", "SMTP_FROM": "r@example.com"})
+    try:
+        with app.app_context():
+            create_user("ada@example.com", "correct horse battery")
+        client = app.test_client()
+        sign_in(client)
+        page = post_form(
+            client, "/settings/channels", kind="email", target="someone.else@example.org"
+        ).get_data(as_text=True)
+        assert "email notices go to your own address, ada@example.com" in page
+        page = post_form(client, "/settings/channels", kind="email", target="a@x.com,b@y.com")
+        assert "Nothing was added" in page.get_data(as_text=True)
+        page = post_form(client, "/settings/channels", kind="email", target="").get_data(
+            as_text=True
+        )
+        assert "Added: email notices to ada@example.com" in page
+        with app.app_context():
+            assert [(c.kind, c.target) for c in NotifyChannel.select()] == [
+                ("email", "ada@example.com")
+            ]
+    finally:
+        close_pool(app)

@@ -153,3 +153,33 @@ def test_openreceipt_notify_runs_as_a_service_of_its_own(settings, tmp_path):
         close_pool(app)
     assert service.returncode == 0, errors
     assert "1 notices sent" in output
+
+
+@pytest.mark.slow
+def test_workers_deliver_from_the_start_without_serving_a_request(settings, gunicorn):
+    """A notice queued while the server was down (here: by another process) is sent by the
+    workers of a server that has served no request since it started."""
+    from web.accounts import create_user, new_token
+
+    from .helpers import mint, pixel_path
+
+    receiver = Receiver().start()
+    app = create_app(settings)
+    try:
+        with app.app_context():
+            user = create_user(EMAIL, PASSWORD)
+            auth = {"Authorization": f"Bearer {new_token(user)[1]}"}
+            NotifyChannel.create(user=user, kind="webhook", target=receiver.url, secret="s")
+        client = app.test_client()
+        client.get(pixel_path(mint(client, auth)["url"]), headers={"User-Agent": THUNDERBIRD})
+        with app.app_context():
+            assert Notice.get().state == "pending"
+        gunicorn(
+            DATA_DIR=settings["DATA_DIR"],
+            DATABASE_URL=settings["DATABASE_URL"],
+            SECRET_KEY=app.config["SECRET_KEY"],
+        )
+        assert len(receiver.wait_for(1, timeout=20)) == 1
+    finally:
+        receiver.stop()
+        close_pool(app)

@@ -1,6 +1,7 @@
 """Work beside the requests, one thread per process: the spool's replayer and the notification
-delivery loop. Threads do not survive gunicorn's fork, so each worker starts its own at the first
-request it serves, and gunicorn.conf.py's worker_exit stops them before the connections close."""
+delivery loop. Threads do not survive gunicorn's fork, so each worker starts its own when it has
+booted (gunicorn.conf.py's post_worker_init; under another server, at the first request it
+serves), and gunicorn.conf.py's worker_exit stops them before the connections close."""
 
 import os
 import threading
@@ -67,6 +68,12 @@ def start_per_process(app, name, step, every):
     app.extensions.setdefault(KEY, {})[name] = loop
     app.before_request(loop.start_in_this_process)
     return loop
+
+
+def start_all(app):
+    """Start this process's loops now (gunicorn's post_worker_init), not at its first request."""
+    for loop in app.extensions.get(KEY, {}).values():
+        loop.start_in_this_process()
 
 
 def stopping(app, name):

@@ -301,13 +301,20 @@ def notify_command(once):
     total = dict.fromkeys(("sent", "retry", "failed", "skipped"), 0)
     try:
         while True:
-            counts = notify.deliver_due(app)
-            db.close()
+            try:
+                counts = notify.deliver_due(app)
+            except Exception as error:  # noqa: BLE001 - the database away, say: try again
+                if once:
+                    raise click.ClickException(f"{type(error).__name__}: {error}") from None
+                click.echo(f"notify: {type(error).__name__}: {error}", err=True)
+                counts = {}
+            finally:
+                db.close()
             for name, count in counts.items():
                 total[name] += count
             if not once and any(counts.values()):
                 click.echo(_notify_summary(counts))
-            if sum(counts.values()) >= notify.BATCH:
+            if counts and sum(counts.values()) >= notify.BATCH:
                 continue
             if once:
                 break

@@ -26,6 +26,7 @@ import json
 import secrets
 import smtplib
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,10 +49,12 @@ OPENS = ("first", "every", "off")
 CHANNEL_KINDS = ("email", "webhook", "push")
 CHECK_SECONDS = 2  # how often each worker looks for notices that are due
 BATCH = 20  # notices a round claims at most
-LEASE = datetime.timedelta(minutes=2)  # how long a claimed notice is left to its worker
 TIMEOUT = 10  # seconds one step of a delivery (connecting, each answer) may take
+SEND_DEADLINE = 30  # seconds a whole delivery may take, however its receiver dawdles
+# How long a claimed notice is left to its deliverer: far longer than a delivery may take.
+LEASE = datetime.timedelta(minutes=5)
 # "Send a test notification" waits in the request: well within gunicorn's 30 s for the worker.
-TEST_TIMEOUT = 4
+TEST_TIMEOUT, TEST_DEADLINE = 4, 8
 LONGEST_PAUSE = datetime.timedelta(hours=1)
 NAME_LENGTH = 120  # of the message's name in a notice
 # A Gmail-proxy open is held this long before it is sent: the sender's own Gmail tab announces
@@ -127,8 +130,11 @@ def compose(reason, pixel, event, public_url, notice_id=None):
         text = (
             f"“{name}” was delivered on {when} (a mail server fetched it; nobody has read it yet)"
         )
-    details = [part for part in (event.place and f"in {event.place}", event.client) if part]
-    text += (", " + ", with ".join(details) if details else "") + "."
+    details = [
+        f"in {event.place}" if event.place else "",
+        f"with {event.client}" if event.client else "",
+    ]
+    text += "".join(f", {detail}" for detail in details if detail) + "."
     link = receipt_link(public_url, pixel)
     data = {
         "id": notice_id,
@@ -164,17 +170,32 @@ class DeliveryError(Exception):
         self.final = final
 
 
-def send(channel, message, config, timeout=TIMEOUT):
-    """Deliver `message` on `channel`, or raise DeliveryError."""
+def send(channel, message, config, timeout=TIMEOUT, deadline=SEND_DEADLINE):
+    """Deliver `message` on `channel` within `deadline` seconds, or raise DeliveryError.
+
+    The sending runs in a thread of its own that is waited for `deadline` seconds at most:
+    socket timeouts bound each step, not a receiver that answers one byte at a time. A send
+    still running then is left to finish or fail by itself, and the try counts as failed."""
     senders = {"email": send_email, "webhook": send_webhook, "push": send_push}
     if channel.kind not in senders:
         raise DeliveryError(f"unknown channel kind {channel.kind!r}", final=True)
-    try:
-        senders[channel.kind](channel, message, config, timeout)
-    except DeliveryError:
-        raise
-    except Exception as error:  # noqa: BLE001 - whatever it was, it is a failed try, counted
-        raise DeliveryError(f"{type(error).__name__}: {_reason(error)}") from None
+    outcome = {}
+
+    def attempt():
+        try:
+            senders[channel.kind](channel, message, config, timeout)
+        except DeliveryError as error:
+            outcome["error"] = error
+        except Exception as error:  # noqa: BLE001 - whatever it was, it is a failed try, counted
+            outcome["error"] = DeliveryError(f"{type(error).__name__}: {_reason(error)}")
+
+    sender = threading.Thread(target=attempt, name="openreceipt-send", daemon=True)
+    sender.start()
+    sender.join(deadline)
+    if sender.is_alive():
+        raise DeliveryError(f"the {channel.kind} receiver took more than {deadline} s")
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def send_email(channel, message, config, timeout):
@@ -186,7 +207,8 @@ def send_email(channel, message, config, timeout):
     mail["To"] = channel.target
     mail["Subject"] = message.title
     mail["Date"] = email.utils.formatdate(usegmt=True)
-    mail["Message-ID"] = email.utils.make_msgid(domain=config["SMTP_FROM"].rpartition("@")[2])
+    sender_domain = email.utils.parseaddr(config["SMTP_FROM"])[1].rpartition("@")[2]
+    mail["Message-ID"] = email.utils.make_msgid(domain=sender_domain or None)
     mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to it
     mail.set_content(message.text + (f"\n\n{message.link}\n" if message.link else "\n"))
     context = ssl.create_default_context()
@@ -197,8 +219,21 @@ def send_email(channel, message, config, timeout):
             smtp = smtplib.SMTP(server.host, server.port, timeout=timeout)
         with smtp:
             if server.security == "starttls":
-                smtp.starttls(context=context)  # refuses to go on unencrypted if not offered
+                smtp.ehlo()
+                if not smtp.has_extn("starttls"):
+                    # Never on unencrypted: the password and the notice would go in the clear.
+                    raise DeliveryError(
+                        "the mail server does not offer STARTTLS (use smtps:// or, for a relay "
+                        "on the same machine, smtp+plain:// in OPENRECEIPT_SMTP_URL)"
+                    )
+                smtp.starttls(context=context)
             if server.username:
+                smtp.ehlo_or_helo_if_needed()
+                if not smtp.has_extn("auth"):
+                    raise DeliveryError(
+                        "the mail server offers no login (AUTH): leave the user name and "
+                        "password out of OPENRECEIPT_SMTP_URL"
+                    )
                 smtp.login(server.username, server.password or "")
             smtp.send_message(mail)
     except smtplib.SMTPRecipientsRefused as error:
@@ -209,11 +244,6 @@ def send_email(channel, message, config, timeout):
     except smtplib.SMTPResponseException as error:
         raise DeliveryError(
             _smtp_reply("the mail server said", error.smtp_code, error.smtp_error)
-        ) from None
-    except smtplib.SMTPNotSupportedError:
-        raise DeliveryError(
-            "the mail server does not offer STARTTLS (use smtps:// or "
-            "smtp+plain:// in OPENRECEIPT_SMTP_URL)"
         ) from None
     except (OSError, smtplib.SMTPException) as error:
         raise DeliveryError(f"mail server {server.host}:{server.port}: {_reason(error)}") from None
@@ -260,7 +290,8 @@ def send_push(channel, message, config, timeout):
 def _header_text(text):
     """A header value: as is when ASCII, else RFC 2047 encoded words (ntfy decodes them)."""
     text = " ".join(text.split())
-    return text if text.isascii() else Header(text, "utf-8").encode()
+    # A long title is several encoded words, joined by a space: never folded over lines.
+    return text if text.isascii() else Header(text, "utf-8").encode(linesep=" ")
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -277,7 +308,7 @@ def _post(url, body, headers, timeout):
     request.add_header("User-Agent", "openreceipt-notify")
     try:
         with _opener.open(request, timeout=timeout) as response:
-            response.read(65536)
+            response.read(1024)
     except urllib.error.HTTPError as error:
         with error:
             final = 300 <= error.code < 500 and error.code not in RETRY_STATUSES
@@ -337,20 +368,25 @@ def claim_next(now):
 
 def deliver_due(app, now=None, limit=BATCH):
     """Claim and send the notices that are due, one at a time, `limit` at most. Returns how
-    many were sent, are to be tried again, were given up and were skipped."""
+    many were sent, are to be tried again, were given up and were skipped. `now` (tests): the
+    time to act at; otherwise each claim and each result takes the clock as it is then."""
     counts = {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
-    now = now or utcnow()
     for _ in range(limit):
         if stopping(app, "notify"):
             break
-        claimed = claim_next(now)
+        moment = now or utcnow()
+        # A read first: a claim is an UPDATE, which on SQLite takes the write lock even when
+        # nothing is due, and the pixel would have to wait for it.
+        if not Notice.select().where(Notice.state == "pending", Notice.due_at <= moment).exists():
+            break
+        claimed = claim_next(moment)
         if claimed is None:
             break
         counts[deliver(app, *claimed, now)] += 1
     return counts
 
 
-def deliver(app, notice_id, token, now):
+def deliver(app, notice_id, token, now=None):
     """Send one claimed notice and record what came of it (by its claim, so a worker whose lease
     ran out cannot overwrite what another one did)."""
     notice = (
@@ -366,6 +402,19 @@ def deliver(app, notice_id, token, now):
         return "skipped"
     mine = (Notice.id == notice_id) & (Notice.claim == token)
     event = Event.get_or_none(Event.id == notice.event_id)
+    if notice.reason == "open" and (event is None or event.kind != "open"):
+        # The open was the sender's own after all. An open that came meanwhile was not given a
+        # notice of its own (not the first, or within the quiet period): this one tells of it.
+        event = _unnoticed_open(notice, event)
+        if event is not None:
+            notice.event_id = event.id
+            Notice.update(event=event.id).where(mine).execute()
+            held = event.at + hold(event.source, event.at, event.at) - (now or utcnow())
+            if held > datetime.timedelta(0):  # a Gmail open in turn: held as long as it is
+                Notice.update(
+                    due_at=(now or utcnow()) + held, claim=None, attempts=Notice.attempts - 1
+                ).where(mine).execute()
+                return "retry"
     why_not = _no_longer_wanted(notice, event)
     if why_not:
         Notice.update(state="skipped", last_error=why_not).where(mine).execute()
@@ -374,6 +423,7 @@ def deliver(app, notice_id, token, now):
     try:
         send(notice.channel, message, app.config)
     except DeliveryError as error:
+        now = now or utcnow()
         text = str(error)[:300]
         give_up = error.final or now - notice.created_at >= datetime.timedelta(
             hours=app.config["NOTIFY_GIVE_UP_HOURS"]
@@ -396,6 +446,20 @@ def deliver(app, notice_id, token, now):
     return "sent"
 
 
+def _unnoticed_open(notice, replaced):
+    """The first open of the notice's receipt, after the event it was queued for, that has no
+    notice on the same channel; or None."""
+    noticed = Notice.select(Notice.event).where(
+        Notice.channel == notice.channel_id, Notice.event.is_null(False), Notice.id != notice.id
+    )
+    query = Event.select().where(
+        Event.pixel == notice.pixel_id, Event.kind == "open", Event.id.not_in(noticed)
+    )
+    if replaced is not None:
+        query = query.where(Event.at >= replaced.at)
+    return query.order_by(Event.at, Event.id).first()
+
+
 def _no_longer_wanted(notice, event):
     """Why a queued notice is not to be sent after all (or None)."""
     if event is None or event.kind != EVENT_KIND.get(notice.reason):
@@ -412,7 +476,7 @@ def send_test(channel, config):
     """Send a test notice on `channel` now; returns None, or what went wrong."""
     try:
         message = compose("test", None, None, config["PUBLIC_URL"])
-        send(channel, message, config, TEST_TIMEOUT)
+        send(channel, message, config, TEST_TIMEOUT, TEST_DEADLINE)
     except DeliveryError as error:
         return str(error)
     return None

@@ -149,10 +149,15 @@ def channel_target(kind, target):
     """The channel's target checked and tidied; raises ValueError saying what is wrong."""
     target = target.strip()
     if kind == "email":
+        # Only to the account's own address: the operator's mail server must not become a way
+        # to send mail (with a subject of one's choosing) to anybody.
         try:
-            return normalise_email(target or g.user.email)
+            address = normalise_email(target or g.user.email)
         except AccountError as error:
             raise ValueError(str(error)) from None
+        if address != g.user.email:
+            raise ValueError(f"email notices go to your own address, {g.user.email}")
+        return address
     parts = urlsplit(target)
     if parts.scheme not in ("http", "https") or not parts.hostname or len(target) > 2000:
         example = "https://ntfy.sh/a-long-secret-topic" if kind == "push" else "https://..."
