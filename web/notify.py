@@ -400,6 +400,7 @@ def deliver(app, notice_id, token, now=None):
     )
     if notice is None:  # the receipt or the channel was deleted meanwhile
         return "skipped"
+    moment = now or utcnow()
     mine = (Notice.id == notice_id) & (Notice.claim == token)
     event = Event.get_or_none(Event.id == notice.event_id)
     if notice.reason == "open" and (event is None or event.kind != "open"):
@@ -407,13 +408,12 @@ def deliver(app, notice_id, token, now=None):
         # notice of its own (not the first, or within the quiet period): this one tells of it.
         event = _unnoticed_open(notice, event)
         if event is not None:
-            notice.event_id = event.id
             Notice.update(event=event.id).where(mine).execute()
-            held = event.at + hold(event.source, event.at, event.at) - (now or utcnow())
-            if held > datetime.timedelta(0):  # a Gmail open in turn: held as long as it is
-                Notice.update(
-                    due_at=(now or utcnow()) + held, claim=None, attempts=Notice.attempts - 1
-                ).where(mine).execute()
+            held = hold(event.source, event.at, moment)
+            if held:  # a Gmail open in turn: held as long as it is
+                Notice.update(due_at=moment + held, claim=None, attempts=Notice.attempts - 1).where(
+                    mine
+                ).execute()
                 return "retry"
     why_not = _no_longer_wanted(notice, event)
     if why_not:
@@ -423,9 +423,8 @@ def deliver(app, notice_id, token, now=None):
     try:
         send(notice.channel, message, app.config)
     except DeliveryError as error:
-        now = now or utcnow()
         text = str(error)[:300]
-        give_up = error.final or now - notice.created_at >= datetime.timedelta(
+        give_up = error.final or moment - notice.created_at >= datetime.timedelta(
             hours=app.config["NOTIFY_GIVE_UP_HOURS"]
         )
         if give_up:
@@ -439,7 +438,7 @@ def deliver(app, notice_id, token, now=None):
                 text,
             )
             return "failed"
-        later = now + pause(notice.attempts, app.config["NOTIFY_RETRY_SECONDS"])
+        later = moment + pause(notice.attempts, app.config["NOTIFY_RETRY_SECONDS"])
         Notice.update(due_at=later, claim=None, last_error=text).where(mine).execute()
         return "retry"
     Notice.update(state="sent", sent_at=utcnow(), last_error=None).where(mine).execute()

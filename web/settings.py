@@ -45,11 +45,15 @@ def page(**context):
 
 
 def channel_rows(user):
-    """The user's channels, each with how its notices fare: (channel, {state: count}, last
-    sent, last error of a notice still being tried)."""
+    """The user's channels, each with how its notices fare: (channel, {"counts": {state:
+    count}, "last_sent": when, "error": the last error of a notice still being tried})."""
     channels = list(
         NotifyChannel.select().where(NotifyChannel.user == user).order_by(NotifyChannel.id)
     )
+
+    def tally():
+        return {"counts": {}, "last_sent": None, "error": None}
+
     tallies = {}
     rows = (
         Notice.select(Notice.channel, Notice.state, fn.COUNT(Notice.id), fn.MAX(Notice.sent_at))
@@ -59,10 +63,10 @@ def channel_rows(user):
         .tuples()
     )
     for channel_id, state, count, last_sent in rows:
-        tally = tallies.setdefault(channel_id, {"counts": {}, "last_sent": None, "error": None})
-        tally["counts"][state] = count
+        found = tallies.setdefault(channel_id, tally())
+        found["counts"][state] = count
         if state == "sent":
-            tally["last_sent"] = Notice.sent_at.python_value(last_sent)
+            found["last_sent"] = Notice.sent_at.python_value(last_sent)
     retrying = (
         Notice.select(Notice.channel, Notice.last_error)
         .join(NotifyChannel)
@@ -76,8 +80,7 @@ def channel_rows(user):
     )
     for channel_id, error in retrying:
         tallies[channel_id]["error"] = error
-    empty = {"counts": {}, "last_sent": None, "error": None}
-    return [(channel, tallies.get(channel.id, empty)) for channel in channels]
+    return [(channel, tallies.get(channel.id) or tally()) for channel in channels]
 
 
 def recent_failures(user):
@@ -126,6 +129,10 @@ def change_password():
     return redirect(url_for("settings.show"))
 
 
+def to_notifications():
+    return redirect(url_for("settings.show") + "#notifications")
+
+
 @bp.post("/settings/notify")
 @login_required
 def notify_choices():
@@ -142,7 +149,7 @@ def notify_choices():
             notify_quiet_minutes=int(quiet),
         ).where(User.id == g.user.id).execute()
         flash("Notification choices saved.")
-    return redirect(url_for("settings.show") + "#notifications")
+    return to_notifications()
 
 
 def channel_target(kind, target):
@@ -175,15 +182,15 @@ def add_channel():
         abort(400)
     if kind == "email" and current_app.config["SMTP"] is None:
         flash("Email notices need the operator to set OPENRECEIPT_SMTP_URL; nothing was added.")
-        return redirect(url_for("settings.show") + "#notifications")
+        return to_notifications()
     if NotifyChannel.select().where(NotifyChannel.user == g.user).count() >= MAX_CHANNELS:
         flash(f"You have {MAX_CHANNELS} channels already; remove one first.")
-        return redirect(url_for("settings.show") + "#notifications")
+        return to_notifications()
     try:
         target = channel_target(kind, request.form.get("target", ""))
     except ValueError as error:
         flash(f"Nothing was added: {error}.")
-        return redirect(url_for("settings.show") + "#notifications")
+        return to_notifications()
     secret = None
     if kind == "webhook":
         secret = "whsec_" + secrets.token_urlsafe(24)
@@ -191,7 +198,7 @@ def add_channel():
         secret = request.form.get("token", "").strip()[:200] or None
     NotifyChannel.create(user=g.user, kind=kind, target=target, secret=secret)
     flash(f"Added: {kind} notices to {target}. Send a test notification to check it.")
-    return redirect(url_for("settings.show") + "#notifications")
+    return to_notifications()
 
 
 def own_channel_or_404(channel_id):
@@ -213,7 +220,7 @@ def test_channel(channel_id):
         flash(f"The test notification to {channel.target} failed: {problem}")
     else:
         flash(f"A test notification went to {channel.target}.")
-    return redirect(url_for("settings.show") + "#notifications")
+    return to_notifications()
 
 
 @bp.post(f"/settings/channels/<int(max={MAX_ID}):channel_id>/delete")
@@ -222,7 +229,7 @@ def remove_channel(channel_id):
     channel = own_channel_or_404(channel_id)
     channel.delete_instance(recursive=True)
     flash(f"Removed: {channel.kind} notices to {channel.target}.")
-    return redirect(url_for("settings.show") + "#notifications")
+    return to_notifications()
 
 
 @bp.post("/settings/dnt")
