@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import threading
+from contextlib import contextmanager
 
 import pytest
 import trustme
@@ -375,24 +376,31 @@ def smtp_settings(settings, server, scheme="smtp"):
     }
 
 
+@contextmanager
+def mail_app(settings, server, target, scheme="smtp"):
+    """An app that sends through `server`, with Ada's account and an email channel to `target`;
+    yields (app, client, Ada's API auth header)."""
+    from web import create_app
+    from web.accounts import create_user, new_token
+
+    app = create_app(smtp_settings(settings, server, scheme))
+    try:
+        with app.app_context():
+            user = create_user("ada@example.com", "correct horse battery")
+            auth = {"Authorization": f"Bearer {new_token(user)[1]}"}
+            add_channel(user, "email", target, None)
+        yield app, app.test_client(), auth
+    finally:
+        app.extensions["openreceipt.database"].close_all()
+
+
 @pytest.mark.parametrize(
     "mail_server, scheme", [("starttls", "smtp"), ("ssl", "smtps")], indirect=["mail_server"]
 )
 def test_email_through_the_operators_mail_server(settings, mail_server, scheme):
-    from web import create_app
-    from web.accounts import create_user, new_token
-
-    app = create_app(smtp_settings(settings, mail_server, scheme))
-    try:
-        client = app.test_client()
-        with app.app_context():
-            user = create_user("ada@example.com", "correct horse battery")
-            auth = {"Authorization": f"Bearer {new_token(user)[1]}"}
-            add_channel(user, "email", "ada@example.com", None)
+    with mail_app(settings, mail_server, "ada@example.com", scheme) as (app, client, auth):
         open_pixel(client, mint(client, auth, subject="Lease notice"), THUNDERBIRD)
         assert deliver(app)["sent"] == 1
-    finally:
-        app.extensions["openreceipt.database"].close_all()
     assert mail_server.logins == ["notices"]
     [(sender, recipients, message)] = mail_server.messages
     assert sender == "receipts@example.com" and recipients == ["ada@example.com"]
@@ -421,23 +429,12 @@ def test_smtp_url_without_starttls_on_offer_is_not_sent_in_the_clear(settings, m
 
 
 def test_email_to_a_refused_address_is_given_up_at_once(settings, mail_server):
-    from web import create_app
-    from web.accounts import create_user, new_token
-
-    app = create_app(smtp_settings(settings, mail_server))
-    try:
-        client = app.test_client()
-        with app.app_context():
-            user = create_user("ada@example.com", "correct horse battery")
-            auth = {"Authorization": f"Bearer {new_token(user)[1]}"}
-            add_channel(user, "email", "ada@refused.example", None)
+    with mail_app(settings, mail_server, "ada@refused.example") as (app, client, auth):
         open_pixel(client, mint(client, auth))
         assert deliver(app)["failed"] == 1
         with app.app_context():
             notice = Notice.get()
             assert notice.state == "failed" and "550" in notice.last_error
-    finally:
-        app.extensions["openreceipt.database"].close_all()
 
 
 def test_retries_after_the_receiver_was_down(app, client, auth, user, database):
