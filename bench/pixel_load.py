@@ -33,7 +33,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
-from scratch import scratch_database  # bench/scratch.py, beside this script
+
+# bench/scratch.py, beside this script
+from scratch import add_database_url_argument, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -249,11 +251,7 @@ def main(argv=None):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--database-url",
-        help="sqlite:///NEW-FILE or postgresql://... (a schema of its own is made and dropped); "
-        "default: SQLite in a fresh temporary data dir",
-    )
+    add_database_url_argument(parser)
     parser.add_argument(
         "--duration", type=int, default=10, help="seconds of load a server and round"
     )

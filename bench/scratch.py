@@ -38,3 +38,12 @@ def scratch_database(url):
             yield f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
         finally:
             connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def add_database_url_argument(parser):
+    """The benchmarks' --database-url option, for scratch_database()."""
+    parser.add_argument(
+        "--database-url",
+        help="sqlite:///NEW-FILE or postgresql://... (a schema of its own is made and dropped); "
+        "default: a SQLite file in a fresh temporary directory",
+    )

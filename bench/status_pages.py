@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peewee import Case, PostgresqlDatabase, chunked, fn
-from scratch import scratch_database  # bench/scratch.py, beside this script
+
+# bench/scratch.py, beside this script
+from scratch import add_database_url_argument, scratch_database
 from werkzeug.exceptions import HTTPException
 
 from web import create_app
@@ -155,11 +157,7 @@ def main(argv=None):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--database-url",
-        help="sqlite:///NEW-FILE or postgresql://... (a schema of its own is made and dropped); "
-        "default: a SQLite file in a fresh temporary directory",
-    )
+    add_database_url_argument(parser)
     parser.add_argument("--pixels", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=30, help="timed requests per page")
