@@ -154,20 +154,17 @@
       tr.appendChild(el("td", text));
     });
     var action = el("td");
-    if (event.kind === "open" || event.kind === "self") {
+    // The server says which corrections an event of this kind offers: [[kind, label], ...].
+    event.corrections.forEach(function (correction) {
       var form = el("form", null, {
         method: "post",
         action: location.pathname + "/events/" + event.id + "/kind",
       });
       form.appendChild(el("input", null, { type: "hidden", name: "csrf_token", value: csrfToken }));
-      form.appendChild(el("input", null, {
-        type: "hidden", name: "kind", value: event.kind === "open" ? "self" : "open",
-      }));
-      form.appendChild(el("button", event.kind === "open" ? "That was me" : "Not me", {
-        type: "submit", class: "secondary",
-      }));
+      form.appendChild(el("input", null, { type: "hidden", name: "kind", value: correction[0] }));
+      form.appendChild(el("button", correction[1], { type: "submit", class: "secondary" }));
       action.appendChild(form);
-    }
+    });
     tr.appendChild(action);
     return tr;
   }

@@ -122,7 +122,14 @@ def test_detail_shows_state_counts_and_events(client, auth):
     )
     detail = client.get(f"/api/pixels/{body['id']}", headers=auth).get_json()
     assert detail["state"] == "opened"
-    assert detail["counts"] == {"open": 1, "prefetch": 0, "preview": 0, "self": 0, "bot": 0}
+    assert detail["counts"] == {
+        "open": 1,
+        "prefetch": 0,
+        "preview": 0,
+        "self": 0,
+        "bot": 0,
+        "unknown": 0,
+    }
     [event] = detail["events"]
     assert {k: event[k] for k in ("kind", "source", "ip", "country", "city", "client")} == {
         "kind": "open",

@@ -1,5 +1,6 @@
 """classify(), client_name() and NetworkSet over real user agents and address ranges."""
 
+import datetime
 import ipaddress
 import itertools
 import random
@@ -7,9 +8,23 @@ import random
 import pytest
 import ua_parser
 
-from web.classify import BOT, KINDS, OPEN, PREFETCH, Fetch, Networks, classify, client_name
-from web.networks import MICROSOFT_PROTECTION, NetworkSet
+from web.classify import (
+    BOT,
+    KINDS,
+    OPEN,
+    PREFETCH,
+    SCANNER_WINDOW,
+    UNKNOWN,
+    Fetch,
+    Networks,
+    PixelFacts,
+    classify,
+    client_name,
+    judge,
+)
+from web.networks import NetworkSet
 from web.privacy import anonymize
+from web.ranges import builtin_networks
 
 # Real user agents, as the fetchers send them.
 GMAIL_PROXY = (
@@ -103,6 +118,7 @@ JUST_OUTSIDE_MICROSOFT_SCANNER_IPS = [
 ]
 
 NETWORKS = Networks.default()
+MICROSOFT_PROTECTION = builtin_networks("microsoft-protection")
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +321,49 @@ def test_google_addresses_are_not_machines(user_agent, kind, source, ip):
     """Googlers and Google Fi / Workspace users read mail too: only the UA can say 'machine'."""
     verdict = verdict_of(user_agent, ip)
     assert (verdict.kind, verdict.source) == (kind, source)
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        pytest.param("SomeUnknownClient/1.0", id="unknown-program"),
+        pytest.param("Mozilla/5.0 (Linux; Android 14)", id="phone-platform-only"),
+        pytest.param("Mozilla/5.0 (Windows NT 10.0; Win64; x64)", id="platform-only"),
+        pytest.param("x" * 300, id="noise"),
+    ],
+)
+@pytest.mark.parametrize("ip", [PLAIN_IP, *GOOGLE_IPS[:1], None])
+def test_deny_by_default(user_agent, ip):
+    """What is neither a known machine nor positively a reader is `unknown`, never an open."""
+    assert verdict_of(user_agent, ip).kind == UNKNOWN
+
+
+# A browser in Azure (outside Exchange Online Protection's ranges), as Microsoft Defender's Safe
+# Links and Safe Attachments checks come: https://github.com/gophish/gophish/issues/973
+AZURE_IP = "20.42.73.0"
+SENT = datetime.datetime(2025, 3, 14, 9, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("after_sending", "sent", "kind", "source"),
+    [
+        pytest.param(5, True, PREFETCH, "scanner-microsoft", id="seconds-after-sending"),
+        pytest.param(
+            SCANNER_WINDOW.total_seconds(), True, PREFETCH, "scanner-microsoft", id="window-end"
+        ),
+        pytest.param(SCANNER_WINDOW.total_seconds() + 1, True, OPEN, "direct", id="after-window"),
+        pytest.param(3600, True, OPEN, "direct", id="an-hour-later"),
+        pytest.param(5, False, PREFETCH, "scanner-microsoft", id="never-marked-sent"),
+    ],
+)
+def test_browser_in_azure_soon_after_sending_is_a_scanner(after_sending, sent, kind, source):
+    facts = PixelFacts(sent_at=SENT if sent else None)
+    now = SENT + datetime.timedelta(seconds=after_sending)
+    verdict = judge(Fetch(EDGE, AZURE_IP), facts, NETWORKS, now)
+    assert (verdict.kind, verdict.source) == (kind, source)
+    # Not a browser in Azure: the time after sending changes nothing.
+    assert judge(Fetch(EDGE, PLAIN_IP), facts, NETWORKS, now).kind == OPEN
+    assert judge(Fetch(GMAIL_PROXY, AZURE_IP), facts, NETWORKS, now).kind == OPEN
 
 
 def test_phone_model_ending_in_bot_is_a_person():

@@ -137,7 +137,14 @@ def test_purge_deletes_only_old_events_and_keeps_the_summary(client, auth, user,
     assert kinds_left(pixel.id) == ["open", "self", "open"]
     assert summary(pixel.id) == before and summary(recent.id) == recent_before
     body = client.get(f"/api/pixels/{public_id}", headers=auth).get_json()
-    assert body["counts"] == {"open": 4, "prefetch": 1, "preview": 0, "self": 1, "bot": 1}
+    assert body["counts"] == {
+        "open": 4,
+        "prefetch": 1,
+        "preview": 0,
+        "self": 1,
+        "bot": 1,
+        "unknown": 0,
+    }
     assert body["state"] == "opened" and len(body["events"]) == 3
     assert body["first_open_at"] == iso(now - 110 * DAY)
     assert body["delivered_at"] == iso(now - 120 * DAY)
@@ -219,7 +226,14 @@ def test_correcting_the_last_prefetch_when_every_open_was_purged(client, auth, d
     body = client.post(
         f"/api/events/{prefetch.id}/kind", json={"kind": "prefetch"}, headers=auth
     ).get_json()
-    assert body["counts"] == {"open": 2, "prefetch": 1, "preview": 0, "self": 0, "bot": 0}
+    assert body["counts"] == {
+        "open": 2,
+        "prefetch": 1,
+        "preview": 0,
+        "self": 0,
+        "bot": 0,
+        "unknown": 0,
+    }
     assert summary(pixel.id) == before
 
 

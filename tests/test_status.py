@@ -183,6 +183,42 @@ def test_that_was_me_drops_the_count_and_back(signed_in, auth):
     assert 'id="count-open">1<' in signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
 
 
+def test_that_was_a_machine_and_back(signed_in, auth):
+    """An open, or a program nobody recognised, can be marked a machine; a machine, a reader."""
+    pixel = mint(signed_in, auth, subject="Invoice")
+    open_it(signed_in, pixel)
+    signed_in.get(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": "AcmeDesk/2.0"},
+        environ_base={"REMOTE_ADDR": "203.0.113.9"},
+    )
+    page = signed_in.get(f"/m/{pixel['id']}")
+    text = page.get_data(as_text=True)
+    assert 'id="count-open">1<' in text and 'id="count-unknown">1<' in text
+    assert "an unrecognised program fetched the image" in text
+    open_id, unknown_id = re.findall(r'id="event-(\d+)"', text)[::-1]
+    token = csrf_token(page)
+    for event_id in (open_id, unknown_id):
+        action = f"/m/{pixel['id']}/events/{event_id}/kind"
+        assert signed_in.post(action, data={"kind": "bot", "csrf_token": token}).status_code == 302
+    text = signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+    assert 'id="count-open">0<' in text and 'id="count-bot">2<' in text and "Not a machine" in text
+    assert "✓✓ opened" not in text
+    action = f"/m/{pixel['id']}/events/{open_id}/kind"
+    signed_in.post(action, data={"kind": "open", "csrf_token": token})
+    text = signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+    assert 'id="count-open">1<' in text and 'id="count-bot">1<' in text and "✓✓ opened" in text
+
+
+def test_provider_caveats_on_the_receipt(signed_in, auth, app):
+    pixel = mint(signed_in, auth, subject="Lease notice")
+    with app.app_context():
+        Pixel.update(mail_providers="apple,hey").where(Pixel.public_id == pixel["id"]).execute()
+    text = signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+    assert "Apple iCloud:" in text and "Mail Privacy Protection downloads every image" in text
+    assert "HEY:" in text and "strips tracking images" in text
+
+
 def test_actions_without_csrf_are_rejected(signed_in, auth, app):
     pixel = mint(signed_in, auth)
     open_it(signed_in, pixel)

@@ -325,6 +325,38 @@ def test_mx_answers_are_cached(dns_server):
     assert dns_server.questions.count("elsewhere.test") == 1
 
 
+@pytest.mark.parametrize(
+    ("recipients", "providers"),
+    [
+        (["a@icloud.com"], ("apple",)),
+        (["a@outlook-hosted.test"], ("microsoft",)),
+        (["a@elsewhere.test", "b@hey.com"], ("hey", "other")),
+        (["a@google-hosted.test", "b@proton.me"], ("google", "proton")),
+        (["a@no-such-domain.test"], ()),
+    ],
+    ids=["icloud", "microsoft-365", "hey-and-other", "google-and-proton", "unknown"],
+)
+def test_mail_providers_are_named(dns_server, recipients, providers):
+    assert MailHosts([dns_server.address]).lookup(recipients, wait=2).providers == providers
+
+
+def test_receipt_says_what_it_can_show_per_provider(settings, dns_server, auth, app):
+    """Apple's Mail Privacy Protection fetches on delivery: the sender hears it at mint, in the
+    receipt's JSON, and on its page."""
+    from web import create_app
+
+    looking = create_app({**settings, "MX_LOOKUP": "on", "DNS_SERVERS": dns_server.address})
+    client = looking.test_client()
+    body = mint(client, auth, recipients=["bob@icloud.com", "eve@elsewhere.test"])
+    assert [p["provider"] for p in body["mail_providers"]] == ["apple", "other"]
+    apple = body["mail_providers"][0]
+    assert "Mail Privacy Protection" in apple["caveat"] and apple["source"].startswith("https://")
+    assert detail(client, auth, body)["mail_providers"] == body["mail_providers"]
+    with looking.test_request_context():
+        page = client.get(f"/m/{body['id']}", headers=auth)
+    assert page.status_code in (200, 302)
+
+
 def test_mint_stores_mail_hosting(settings, dns_server, auth, app):
     from web import create_app
 

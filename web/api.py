@@ -14,6 +14,7 @@ from . import donottrack, receipts
 from .accounts import user_for_token
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .classify import KINDS
+from .mailhosts import PROVIDERS
 from .models import MAX_ID, Event, Pixel, utcnow
 from .pixel import MAX_USER_AGENT
 from .privacy import anonymize, fingerprint, kept_recipients
@@ -92,10 +93,15 @@ def pixel_json(pixel, events=None):
         "last_event_at": iso(pixel.last_event_at),
         "delivered_at": iso(pixel.delivered_at),
         "tracking_stopped_at": iso(pixel.tracking_stopped_at),
+        "mail_providers": providers_json(mail_providers(pixel)),
     }
     if events is not None:
         body["events"] = [event_json(event) for event in events]
     return body
+
+
+def mail_providers(pixel):
+    return tuple(pixel.mail_providers.split(",")) if pixel.mail_providers else ()
 
 
 def event_json(event):
@@ -155,24 +161,42 @@ def create_pixel():
         label=label,
         mint_fingerprint=browser,
     )
-    note_mail_hosting(pixel, recipients)
+    providers = note_mail_hosting(pixel, recipients)
     url = pixel_url(pixel)
-    return jsonify(id=pixel.public_id, url=url, html=pixel_html(url)), 201
+    body = {"id": pixel.public_id, "url": url, "html": pixel_html(url)}
+    return jsonify({**body, "mail_providers": providers_json(providers)}), 201
 
 
 def note_mail_hosting(pixel, recipients):
     """Look up where the recipients' mail is hosted, waiting a few hundred ms at most; answers
-    that come later are stored by a background thread."""
+    that come later are stored by a background thread. Returns the providers found in time."""
     if not current_app.config["MX_LOOKUP"] or not recipients:
-        return
+        return ()
     app = current_app._get_current_object()
 
     def store(hosting):
         with app.app_context():
-            Pixel.update(mail_hosting=hosting).where(Pixel.id == pixel.id).execute()
+            Pixel.update(
+                mail_hosting=hosting.summary, mail_providers=",".join(hosting.providers) or None
+            ).where(Pixel.id == pixel.id).execute()
 
-    hosting = app.extensions["openreceipt"].mail_hosts.hosting(recipients, on_late=store)
-    Pixel.update(mail_hosting=hosting).where(Pixel.id == pixel.id).execute()
+    hosting = app.extensions["openreceipt"].mail_hosts.lookup(recipients, on_late=store)
+    store(hosting)
+    return hosting.providers
+
+
+def providers_json(providers):
+    """The recipients' mail providers, each with what a receipt can show for it."""
+    return [
+        {
+            "provider": key,
+            "name": PROVIDERS[key].name,
+            "caveat": PROVIDERS[key].caveat,
+            "source": PROVIDERS[key].source,
+        }
+        for key in providers
+        if key in PROVIDERS
+    ]
 
 
 @bp.post("/pixels/<public_id>/sent")

@@ -1,28 +1,31 @@
 """Who fetched a pixel: a pure judgement over the facts of one request.
 
 classify() takes a Fetch (the request facts, with the address already masked) and the known
-networks, and returns a Verdict (kind, source, reason) in the vocabulary of DESIGN.md. The order
-of the rules matters: machines that pretend to be mail clients are recognised before the clients.
+networks, and returns a Verdict (kind, source, reason) in the vocabulary of the README. The order
+of the rules matters: machines that pretend to be mail clients are recognised before the clients,
+and what is neither a known machine nor positively a reader is `unknown`, never an open.
 """
 
 import datetime
 import functools
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ua_parser import Parser, load_builtins
 
+from . import useragents
 from .mailhosts import OTHER as HOSTED_ELSEWHERE
-from .networks import APPLE, MICROSOFT_PROTECTION, NetworkSet
-from .ranges import apple_networks, scanner_networks
+from .networks import NetworkSet
+from .ranges import apple_networks, builtin_networks, scanner_networks
 
 OPEN = "open"
 PREFETCH = "prefetch"
 PREVIEW = "preview"
 SELF = "self"
 BOT = "bot"
-KINDS = (OPEN, PREFETCH, PREVIEW, SELF, BOT)
+UNKNOWN = "unknown"
+KINDS = (OPEN, PREFETCH, PREVIEW, SELF, BOT, UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -42,25 +45,51 @@ class Verdict:
     reason: str
 
 
+# Mail security gateways that publish the ranges they fetch from (files in web/data/ranges/,
+# each with its source and date): a fetch from them is a scan on delivery.
+GATEWAYS = {
+    "scanner-proofpoint": "proofpoint",
+    "scanner-mimecast": "mimecast",
+    "scanner-barracuda": "barracuda",
+    "scanner-cisco": "cisco",
+}
+
+
 @dataclass(frozen=True)
 class Networks:
     """The address ranges the classifier needs, parsed once at start-up."""
 
     apple: NetworkSet
     microsoft_protection: NetworkSet
+    azure: NetworkSet = NetworkSet()
+    gateways: dict = field(default_factory=dict)  # source -> NetworkSet
     scanners: NetworkSet = NetworkSet()
 
     @classmethod
     def default(cls):
-        return cls(NetworkSet(APPLE), NetworkSet(MICROSOFT_PROTECTION))
+        """The built-in ranges only (a fresh install)."""
+        return cls.load(None)
 
     @classmethod
     def load(cls, data_dir):
         """The built-in ranges, Apple's egress list from `openreceipt ranges update`, and the
         operator's own list of scanners (scanner-ranges.txt in the data dir)."""
         return cls(
-            apple_networks(data_dir), NetworkSet(MICROSOFT_PROTECTION), scanner_networks(data_dir)
+            apple=apple_networks(data_dir),
+            microsoft_protection=NetworkSet(builtin_networks("microsoft-protection")),
+            azure=NetworkSet(builtin_networks("azure")),
+            gateways={
+                source: NetworkSet(builtin_networks(name)) for source, name in GATEWAYS.items()
+            },
+            scanners=scanner_networks(data_dir) if data_dir else NetworkSet(),
         )
+
+    def gateway(self, ip):
+        """The source of the mail security gateway whose published ranges hold `ip`, if any."""
+        for source, networks in self.gateways.items():
+            if networks.meets(ip):
+                return source
+        return None
 
 
 GMAIL_PREFETCH_UA = "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246"
@@ -68,77 +97,118 @@ APPLE_MPP_UA = "Mozilla/5.0"
 
 _PREFETCH_PURPOSE = re.compile(r"prefetch|prerender|preview", re.IGNORECASE)
 _OUTLOOK = re.compile(r"Microsoft Outlook|ms-office|MSOffice", re.IGNORECASE)
-_BOTS = re.compile(
-    # "bot" as a word or before a separator ("Googlebot/2.1"), not in a phone's name ("CUBOT X30")
-    r"\bbot\b|bot[/\-;_)]|crawl|spider|slurp|curl/|wget/|python-|python/|aiohttp|httpx|go-http-client"
-    r"|java/|okhttp|libwww|lwp-|perl/|ruby|php/|guzzle|axios|node-fetch|undici|got \("
-    r"|headlesschrome|phantomjs|puppeteer|playwright|selenium|scrapy|httpclient|postman"
-    r"|insomnia|facebookexternalhit|embedly|preview|skypeuripreview|whatsapp|telegram"
-    r"|linkcheck|validator|monitor|uptime|pingdom|feedfetcher|\bfetch\b"
-    # Searched in the lower-cased user agent: IGNORECASE makes this pattern four times slower.
+
+# Gmail's image proxy: "… (via ggpht.com GoogleImageProxy)" since 2013, and the oldest form
+# "… Firefox/3.0.7 (via ggpht.com)" (ua-parser's uap-core test_ua.yaml lists both).
+_GMAIL_PROXY = re.compile(r"GoogleImageProxy|\(via ggpht\.com")
+
+# Webmail image proxies that fetch when the reader opens the message: (source, pattern).
+PROXIES = (
+    # https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html
+    ("yahoo-proxy", re.compile(r"YahooMailProxy")),
+    # Outlook on the web loads images through outlookimageproxy.azurewebsites.net; open-tracking
+    # code across public trackers knows its fetches by the "OutlookImageProxy" token.
+    ("outlook-proxy", re.compile(r"OutlookImageProxy")),
+    # https://fastmail.com/policies/bots: "all user agent strings always contain FastmailUA".
+    ("fastmail-proxy", re.compile(r"FastmailUA")),
+    # Matomo device-detector, regexes/bots.yml: Seznam, Rambler and ukr.net mail image proxies.
+    ("seznam-proxy", re.compile(r"SeznamEmailProxy")),
+    ("rambler-proxy", re.compile(r"RamblerMail/.*ImageProxy")),
+    ("ukrnet-proxy", re.compile(r"via secureurl\.fwdcdn\.com")),
 )
+
+# Mail security products that name themselves in their user agent: (source, pattern).
+SECURITY_PRODUCTS = (
+    # "Barracuda Sentinel (EE)": device-detector regexes/bots.yml; Crawler-Detect issue #552.
+    ("scanner-barracuda", re.compile(r"Barracuda", re.IGNORECASE)),
+    # Exchange Online's own fetcher, in GMass's list of open bots
+    # (https://www.gmass.co/blog/false-opens-in-gmail/, November 2024).
+    ("scanner-microsoft", re.compile(r"^Microsoft Exchange/")),
+)
+
+# What each named fetcher's fetch means, and why.
+FETCHERS = {
+    "gmail-prefetch": (PREFETCH, "Gmail prefetched the message on delivery"),
+    "gmail-proxy": (OPEN, "Gmail's image proxy fetched it as the message was opened"),
+    "yahoo-proxy": (OPEN, "Yahoo Mail's image proxy fetched it on open"),
+    "outlook-proxy": (OPEN, "Outlook.com's image proxy fetched it as the message was opened"),
+    "fastmail-proxy": (OPEN, "Fastmail's image proxy fetched it as the message was opened"),
+    "seznam-proxy": (OPEN, "Seznam Email's image proxy fetched it as the message was opened"),
+    "rambler-proxy": (OPEN, "Rambler Mail's image proxy fetched it as the message was opened"),
+    "ukrnet-proxy": (OPEN, "ukr.net mail's image proxy fetched it as the message was opened"),
+    "scanner-microsoft": (PREFETCH, "Microsoft 365 protection scanned the message on delivery"),
+    "scanner-proofpoint": (PREFETCH, "Proofpoint's mail gateway scanned the message on delivery"),
+    "scanner-mimecast": (PREFETCH, "Mimecast's mail gateway scanned the message on delivery"),
+    "scanner-barracuda": (PREFETCH, "Barracuda's mail security scanned the message on delivery"),
+    "scanner-cisco": (PREFETCH, "Cisco Secure Email scanned the message on delivery"),
+    "scanner": (PREFETCH, "a mail security scanner (listed by the operator) fetched it"),
+    "apple-mpp": (PREFETCH, "Apple Mail Privacy Protection downloads images on delivery"),
+}
+
+
+def fetcher(ua, ip, networks):
+    """The named fetcher behind a request — a mail provider's proxy or prefetch, a security
+    scanner, Apple's privacy protection — or None for a program fetching for itself."""
+    if GMAIL_PREFETCH_UA in ua or ua.endswith("Gmail-content-sampling"):
+        return "gmail-prefetch"
+    if _GMAIL_PROXY.search(ua):
+        return "gmail-proxy"
+    if networks.microsoft_protection.meets(ip):
+        return "scanner-microsoft"
+    gateway = networks.gateway(ip)
+    if gateway:
+        return gateway
+    if networks.scanners.meets(ip):
+        return "scanner"
+    if ua == APPLE_MPP_UA and networks.apple.meets(ip):
+        return "apple-mpp"
+    for source, pattern in SECURITY_PRODUCTS:
+        if pattern.search(ua):
+            return source
+    for source, pattern in PROXIES:
+        if pattern.search(ua):
+            return source
+    return None
 
 
 def classify(fetch, networks):
     """The Verdict for one pixel fetch."""
     ua = (fetch.user_agent or "").strip()
+    named = fetcher(ua, fetch.ip, networks)
 
     if fetch.method == "HEAD":
-        return Verdict(
-            BOT, _source(ua, fetch.ip, networks), "HEAD request: the image was not loaded"
-        )
+        return Verdict(BOT, named or "direct", "HEAD request: the image was not loaded")
     if _PREFETCH_PURPOSE.search(fetch.purpose or ""):
-        return Verdict(
-            PREFETCH,
-            _source(ua, fetch.ip, networks),
-            "the client announced a prefetch, not a view",
-        )
+        return Verdict(PREFETCH, named or "direct", "the client announced a prefetch, not a view")
+    if named:
+        kind, reason = FETCHERS[named]
+        return Verdict(kind, named, reason)
 
-    # Gmail's session prefetch and content sampling come from Google, like its image proxy,
-    # but happen on delivery; the proxy itself fetches when the message is opened.
-    if GMAIL_PREFETCH_UA in ua:
-        return Verdict(PREFETCH, "gmail-prefetch", "Gmail prefetched the message on delivery")
-    if ua.endswith("Gmail-content-sampling"):
-        return Verdict(PREFETCH, "gmail-prefetch", "Gmail sampled the message content")
-    if "GoogleImageProxy" in ua:
-        return Verdict(
-            OPEN, "gmail-proxy", "Gmail's image proxy fetched it as the message was opened"
-        )
-
-    if networks.microsoft_protection.meets(fetch.ip):
-        return Verdict(
-            PREFETCH,
-            "scanner-microsoft",
-            "Microsoft 365 protection scanned the message on delivery",
-        )
-    if networks.scanners.meets(fetch.ip):
-        return Verdict(
-            PREFETCH, "scanner", "a mail security scanner (listed by the operator) fetched it"
-        )
     if ua == APPLE_MPP_UA:
-        if networks.apple.meets(fetch.ip):
-            return Verdict(
-                PREFETCH, "apple-mpp", "Apple Mail Privacy Protection downloads images on delivery"
-            )
         return Verdict(
             PREFETCH,
             "machine",
             "a bare 'Mozilla/5.0' client outside Apple's ranges: a machine, not a reader",
         )
-
-    if "YahooMailProxy" in ua:
-        return Verdict(OPEN, "yahoo-proxy", "Yahoo Mail's image proxy fetched it on open")
     if not ua:
-        return Verdict(BOT, "unknown", "no user agent: a script, not a mail client")
+        return Verdict(BOT, "no-user-agent", "no user agent: a script, not a mail client")
     if _OUTLOOK.search(ua):
         return Verdict(
             OPEN, "outlook", "Outlook fetched the image directly as the message was opened"
         )
-    if _BOTS.search(ua.lower()):
-        return Verdict(BOT, "automated", "a crawler, link checker or HTTP library")
-    if ua.startswith("Mozilla/"):
-        return Verdict(OPEN, "direct", "a mail client or browser fetched the image directly")
-    return Verdict(OPEN, "direct", "an unrecognised client fetched the image: counted as an open")
+    program = useragents.identify(ua)
+    if program.role == useragents.MACHINE:
+        named = f" ({program.name})" if program.name else ""
+        return Verdict(BOT, "automated", f"a crawler, monitor, link preview or HTTP library{named}")
+    if program.role == useragents.MAIL_PROGRAM:
+        return Verdict(OPEN, "direct", "a mail program fetched the image as the message was shown")
+    if program.role == useragents.BROWSER:
+        return Verdict(OPEN, "direct", "a browser fetched the image as the message was shown")
+    return Verdict(
+        UNKNOWN,
+        "unrecognised",
+        "an unrecognised program fetched the image: not counted as an open",
+    )
 
 
 @dataclass(frozen=True)
@@ -156,6 +226,18 @@ SELF_VIEW_BEFORE = datetime.timedelta(seconds=5)
 SELF_VIEW_AFTER = datetime.timedelta(seconds=15)
 # Fetches by the reader's own software, not through a provider's proxy.
 DIRECT_SOURCES = {"direct", "outlook"}
+
+
+# Microsoft Defender for Office 365 (Safe Links, Safe Attachments) opens a new message's links
+# and images from Azure with ordinary browser user agents, seconds to minutes after delivery
+# (docs/evidence.md, "Scanners by time"). A browser in Azure within this window after sending,
+# or before the sender marked the message sent (when no one can tell how soon it came), is
+# taken for that check; the price is a reader on a cloud PC in Azure who opens at once.
+SCANNER_WINDOW = datetime.timedelta(minutes=5)
+SCANNER_WINDOW_REASON = (
+    "a browser in Microsoft's cloud within 5 minutes of sending: Defender / Safe Links "
+    "checking the message on delivery"
+)
 
 
 def within_self_view(fetched_at, beacon_at):
@@ -183,6 +265,9 @@ def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True):
             "the sender's own browser showed the draft (same browser and network as when the "
             "pixel was made, before sending)",
         )
+    if verdict.source == "direct" and networks.azure.meets(fetch.ip):
+        if facts.sent_at is None or now - facts.sent_at <= SCANNER_WINDOW:
+            return Verdict(PREFETCH, "scanner-microsoft", SCANNER_WINDOW_REASON)
     if verdict.source == "gmail-proxy":
         if within_self_view(now, facts.last_self_view_at):
             return Verdict(SELF, verdict.source, SELF_VIEW_REASON)
@@ -199,27 +284,21 @@ def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True):
 SELF_VIEW_REASON = "the sender's own Gmail tab showed the message (self-view beacon)"
 
 
-def _source(ua, ip, networks):
-    """The fetcher's name for requests judged on their method or headers alone."""
-    if GMAIL_PREFETCH_UA in ua:
-        return "gmail-prefetch"
-    if "GoogleImageProxy" in ua:
-        return "gmail-proxy"
-    if networks.microsoft_protection.meets(ip):
-        return "scanner-microsoft"
-    if networks.scanners.meets(ip):
-        return "scanner"
-    if ua == APPLE_MPP_UA and networks.apple.meets(ip):
-        return "apple-mpp"
-    return "direct"
-
-
 CLIENT_NAMES = {
     "gmail-proxy": "Gmail",
     "gmail-prefetch": "Gmail",
     "apple-mpp": "Apple Mail",
     "yahoo-proxy": "Yahoo Mail",
     "scanner-microsoft": "Microsoft 365",
+    "outlook-proxy": "Outlook.com",
+    "fastmail-proxy": "Fastmail",
+    "seznam-proxy": "Seznam Email",
+    "rambler-proxy": "Rambler Mail",
+    "ukrnet-proxy": "ukr.net mail",
+    "scanner-proofpoint": "Proofpoint",
+    "scanner-mimecast": "Mimecast",
+    "scanner-barracuda": "Barracuda",
+    "scanner-cisco": "Cisco Secure Email",
 }
 
 

@@ -19,6 +19,7 @@ PIXEL_FIELDS = (
     "preview_count",
     "self_count",
     "bot_count",
+    "unknown_count",
     "created_at",
     "sent_at",
     "delivered_at",

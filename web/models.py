@@ -95,6 +95,7 @@ class Pixel(BaseModel):
     preview_count = IntegerField(default=0)
     self_count = IntegerField(default=0)
     bot_count = IntegerField(default=0)
+    unknown_count = IntegerField(default=0)
     first_open_at = DateTimeField(null=True)
     last_open_at = DateTimeField(null=True)
     last_event_at = DateTimeField(null=True)
@@ -103,6 +104,8 @@ class Pixel(BaseModel):
     mint_fingerprint = CharField(max_length=64, null=True)
     # Whether the recipients' mail is hosted by Google (mailhosts: google, other, unknown).
     mail_hosting = CharField(max_length=16, null=True)
+    # The mail providers hosting the recipients, comma-separated (mailhosts.PROVIDERS keys).
+    mail_providers = CharField(max_length=200, null=True)
     last_self_view_at = DateTimeField(null=True)
     # The latest of created_at and last_event_at: the status page lists by it.
     activity_at = DateTimeField(default=utcnow, null=True)

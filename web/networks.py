@@ -6,20 +6,6 @@ import socket
 
 from .privacy import IPV4_PREFIX, IPV6_PREFIX
 
-# Apple's own blocks (ARIN 17.0.0.0/8 and 2620:149::/32, RIPE 2a01:b740::/32), from which Mail
-# Privacy Protection fetches; `openreceipt ranges update` adds the iCloud Private Relay egress list.
-APPLE = ["17.0.0.0/8", "2620:149::/32", "2a01:b740::/32"]
-
-# Microsoft 365 / Exchange Online Protection, which scans links and images on delivery.
-MICROSOFT_PROTECTION = [
-    "40.92.0.0/15",
-    "40.107.0.0/16",
-    "52.100.0.0/14",
-    "104.47.0.0/17",
-    "2a01:111:f400::/48",
-    "2a01:111:f403::/48",
-]
-
 
 class NetworkSet:
     """Membership of an address in many networks by binary search over merged intervals."""

@@ -4,7 +4,7 @@ from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template
 from peewee import Cast, SqliteDatabase, fn
 
 from . import receipts
-from .api import PUBLIC_ID, pixel_html, pixel_url
+from .api import PUBLIC_ID, mail_providers, pixel_html, pixel_url, providers_json
 from .auth import login_required
 from .classify import KINDS
 from .models import MAX_ID, STATES, Event, Pixel, db, utcnow
@@ -33,7 +33,18 @@ KIND_EXPLANATIONS = {
     "preview": "Your own browser showed it while you were writing.",
     "self": "You, looking at your own sent message.",
     "bot": "Automated and meaningless: a crawler, a link checker, a script.",
+    "unknown": "An unrecognised program fetched it: nobody can vouch it was a person, so it is "
+    "not counted as an open.",
 }
+
+# What the sender can say of an event of each kind, as (the kind it becomes, the button).
+CORRECTIONS = {
+    "open": (("self", "That was me"), ("bot", "A machine")),
+    "self": (("open", "Not me"),),
+    "unknown": (("open", "A reader"), ("self", "That was me"), ("bot", "A machine")),
+    "bot": (("open", "Not a machine"),),
+}
+CORRECTED = {"self": "Marked as you.", "bot": "Marked as a machine.", "open": "Counted as open."}
 
 
 def ago(moment, now=None):
@@ -60,7 +71,13 @@ def utc_filter(moment):
 
 @bp.app_context_processor
 def vocabulary():
-    return {"marks": MARKS, "explanations": KIND_EXPLANATIONS, "states": STATES, "kinds": KINDS}
+    return {
+        "marks": MARKS,
+        "explanations": KIND_EXPLANATIONS,
+        "states": STATES,
+        "kinds": KINDS,
+        "corrections": CORRECTIONS,
+    }
 
 
 def list_arguments():
@@ -221,6 +238,7 @@ def detail(public_id):
         html=pixel_html(url),
         older=older,
         latest=before is None,
+        providers=providers_json(mail_providers(pixel)),
     )
 
 
@@ -251,6 +269,7 @@ def event_row(event):
         "at": utc_filter(event.at),
         "kind": event.kind,
         "explanation": KIND_EXPLANATIONS[event.kind],
+        "corrections": CORRECTIONS.get(event.kind, ()),
         "source": event.source,
         "reason": event.reason,
         "ip": event.ip or "",
@@ -268,7 +287,7 @@ def correct(public_id, event_id):
     if event is None or kind not in KINDS:
         abort(404 if event is None else 400)
     receipts.correct(event, kind)
-    flash("Marked as you." if kind == "self" else f"Counted as {kind}.")
+    flash(CORRECTED.get(kind, f"Counted as {kind}."))
     return redirect(url_for("pages.detail", public_id=public_id) + f"#event-{event_id}")
 
 

@@ -1,5 +1,7 @@
-"""Apple's published egress ranges (iCloud Private Relay, through which Mail Privacy Protection
-fetches images), downloaded by `openreceipt ranges update` into the data dir."""
+"""Address ranges the classifier knows: the built-in lists shipped in web/data/ranges/ (each file
+names its public source and date), Apple's published egress ranges (iCloud Private Relay, through
+which Mail Privacy Protection fetches images) downloaded by `openreceipt ranges update` into the
+data dir, and the operator's own list of scanners."""
 
 import csv
 import io
@@ -9,12 +11,13 @@ import urllib.request
 from pathlib import Path
 
 from .config import ConfigError
-from .networks import APPLE, NetworkSet
+from .networks import NetworkSet
 
 APPLE_EGRESS_URL = "https://mask-api.icloud.com/egress-ip-ranges.csv"
 APPLE_EGRESS_FILE = "apple-egress-ranges.txt"
 # The operator's own list: one prefix a line, "#" starts a comment.
 SCANNER_FILE = "scanner-ranges.txt"
+BUILTIN = Path(__file__).parent / "data" / "ranges"
 DOWNLOAD_TIMEOUT_SECONDS = 60
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 
@@ -57,11 +60,18 @@ def update_apple_egress(data_dir, url=APPLE_EGRESS_URL):
     return len(prefixes)
 
 
-def apple_networks(data_dir):
-    """Apple's own block plus the downloaded egress prefixes, when there are any."""
-    path = Path(data_dir) / APPLE_EGRESS_FILE
-    prefixes = list(APPLE)
-    if path.exists():
+def builtin_networks(name):
+    """The prefixes of one built-in list (web/data/ranges/<name>.txt), comments left out."""
+    lines = (BUILTIN / f"{name}.txt").read_text().splitlines()
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def apple_networks(data_dir=None):
+    """Apple's own blocks and the shipped summary of its relay egress ranges, plus the full list
+    downloaded by `openreceipt ranges update`, when there is one."""
+    prefixes = builtin_networks("apple") + builtin_networks("apple-relay")
+    path = Path(data_dir) / APPLE_EGRESS_FILE if data_dir else None
+    if path and path.exists():
         prefixes += [line for line in path.read_text().splitlines() if line.strip()]
     return NetworkSet(prefixes)
 

@@ -30,6 +30,7 @@ COUNTERS = {
     "preview": Pixel.preview_count,
     "self": Pixel.self_count,
     "bot": Pixel.bot_count,
+    "unknown": Pixel.unknown_count,
 }
 
 

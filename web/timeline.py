@@ -8,6 +8,7 @@ KIND_COLOURS = {
     "preview": "#5a6473",
     "self": "#1f5fbf",
     "bot": "#a3a9b3",
+    "unknown": "#7d6a9a",
 }
 KIND_LABELS = {
     "open": "opened",
@@ -15,9 +16,10 @@ KIND_LABELS = {
     "preview": "your draft",
     "self": "you",
     "bot": "bot",
+    "unknown": "unrecognised",
 }
-WIDTH, HEIGHT, MARGIN, LEFT = 720, 120, 16, 130  # LEFT: room for the row labels
-ROWS = {"open": 30, "self": 46, "prefetch": 62, "preview": 78, "bot": 94}
+WIDTH, HEIGHT, MARGIN, LEFT = 720, 136, 16, 130  # LEFT: room for the row labels
+ROWS = {"open": 30, "self": 46, "prefetch": 62, "preview": 78, "unknown": 94, "bot": 110}
 
 
 BUCKET = 10  # events of one kind within a mark's width (this many units on the axis) share it
