@@ -260,9 +260,14 @@
       removeQuotedPixels(body);
       range.insertNode(makeImage(result.answer.url));
       changed(body);
+      // What a receipt can show for the recipients' mail providers (Apple, Proton, HEY, …).
+      var caveats = (result.answer.mail_providers || [])
+        .filter(function (provider) { return provider.caveat; })
+        .map(function (provider) { return " " + provider.name + ": " + provider.caveat; });
       notice(
         "added",
-        "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)")
+        "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)") +
+          caveats.join("")
       );
     });
   }

@@ -9,6 +9,7 @@ skipping, and a run in which no PostgreSQL or browser test passed fails as well.
 import functools
 import os
 import secrets
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
@@ -257,6 +258,13 @@ def pytest_sessionfinish(session, exitstatus):
                 f"CI=true: no {' or '.join(missing)} test passed; failing the run", red=True
             )
             session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Figures some tests measure (the fetch corpus's precision and recall), after the run."""
+    corpus = sys.modules.get("tests.test_corpus")
+    for line in getattr(corpus, "FIGURES", []):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture

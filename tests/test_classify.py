@@ -366,6 +366,17 @@ def test_browser_in_azure_soon_after_sending_is_a_scanner(after_sending, sent, k
     assert judge(Fetch(GMAIL_PROXY, AZURE_IP), facts, NETWORKS, now).kind == OPEN
 
 
+@pytest.mark.parametrize("ip", [AZURE_IP, PLAIN_IP, "40.107.0.0"])
+def test_outlook_com_proxy_is_an_open_even_from_azure(ip):
+    """Outlook on the web loads images through outlookimageproxy.azurewebsites.net; trackers know
+    its fetches by the "OutlookImageProxy" token. Seconds after sending, from Azure, it is still
+    the proxy (Exchange Online Protection's own ranges stay a scan)."""
+    user_agent = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) OutlookImageProxy"
+    verdict = judge(Fetch(user_agent, ip), PixelFacts(sent_at=SENT), NETWORKS, SENT)
+    expected = "scanner-microsoft" if ip == "40.107.0.0" else "outlook-proxy"
+    assert verdict.source == expected
+
+
 def test_phone_model_ending_in_bot_is_a_person():
     user_agent = (
         "Mozilla/5.0 (Linux; Android 10; CUBOT X30) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -3,6 +3,9 @@ and `source` it must be recorded as, and a public source for its user agent, add
 behaviour. "A receipt must be true": every row runs through judge() directly, and through the
 whole HTTP path (mint, sent marker, self-view beacon, pixel fetch, API) on SQLite and PostgreSQL.
 
+A row's `sent` is "no" (the sender never marked the message sent) or how many seconds after the
+sent marker the fetch came: mail security scanners check a message within minutes of delivery.
+
 A row's `beacon` is the fetch time in seconds relative to the sender's self-view beacon: -3 means
 the proxy fetched the image 3 s before the beacon arrived (judged an open, then re-classified by
 the beacon), 10 means 10 s after it. The HTTP test freezes the receipts clock, so that offsets on
@@ -19,11 +22,13 @@ import web.pixel
 import web.receipts
 from web.classify import (
     BOT,
+    FETCHERS,
     KINDS,
     OPEN,
     PREFETCH,
     PREVIEW,
     SELF,
+    UNKNOWN,
     Fetch,
     Networks,
     PixelFacts,
@@ -59,42 +64,53 @@ SENDER_UA = (
 SENDER_IP = "198.51.100.7"
 SECRET = "corpus-test-secret"
 
-# Pixel state per DESIGN.md once its only event is of this kind.
+# Pixel state per the README once its only event is of this kind.
 STATE = {
     PREVIEW: "inserted",
     PREFETCH: "delivered",
     OPEN: "opened",
     SELF: "waiting",
     BOT: "waiting",
+    UNKNOWN: "waiting",
 }
 
 # Every (kind, source) that classify() and judge() can return:
-# - HEAD and prefetch hints keep the fetcher's name from _source();
-# - the user-agent and address rules of classify();
-# - judge(): the sender's preview (direct fetches only) and self view (Gmail's proxy only).
-_HINT_SOURCES = {"gmail-prefetch", "gmail-proxy", "scanner-microsoft", "apple-mpp", "direct"}
-VERDICTS = (
-    {(BOT, source) for source in _HINT_SOURCES}
-    | {(PREFETCH, source) for source in _HINT_SOURCES}
+# - HEAD and prefetch hints keep the fetcher's name (or "direct");
+# - the named fetchers (proxies, prefetches, scanners, Apple), then the user-agent rules;
+# - judge(): the sender's preview (direct fetches only), self view (Gmail's proxy only), and a
+#   browser in Microsoft's cloud minutes after sending (scanner-microsoft, as a named fetcher).
+_NAMED = set(FETCHERS) | {"direct"}
+POSSIBLE = (
+    {(BOT, source) for source in _NAMED}
+    | {(PREFETCH, source) for source in _NAMED}
+    | {(kind, source) for source, (kind, _) in FETCHERS.items()}
     | {
-        (PREFETCH, "gmail-prefetch"),
-        (OPEN, "gmail-proxy"),
-        (PREFETCH, "scanner-microsoft"),
-        (PREFETCH, "apple-mpp"),
         (PREFETCH, "machine"),
-        (OPEN, "yahoo-proxy"),
-        (BOT, "unknown"),
+        (BOT, "no-user-agent"),
         (OPEN, "outlook"),
         (BOT, "automated"),
         (OPEN, "direct"),
+        (UNKNOWN, "unrecognised"),
         (PREVIEW, "direct"),
         (PREVIEW, "outlook"),
         (SELF, "gmail-proxy"),
     }
 )
+# Each needs rows: every rule and every list; HEAD and hints for a few fetchers. Outlook.com's
+# proxy is known by a token only: no public source quotes one of its user agents whole
+# (test_classify covers the rule).
+REQUIRED = (
+    {(kind, source) for source, (kind, _) in FETCHERS.items()}
+    | {(BOT, source) for source in ("gmail-proxy", "gmail-prefetch", "apple-mpp", "direct")}
+    | {(PREFETCH, source) for source in ("gmail-proxy", "scanner-microsoft", "direct")}
+    | (POSSIBLE - {(kind, source) for kind in (BOT, PREFETCH) for source in _NAMED})
+) - {(OPEN, "outlook-proxy")}
 
 # case -> why the code's verdict differs from the honest one (pytest.mark.xfail, strict).
-DISAGREEMENTS = {}
+DISAGREEMENTS = {
+    "dotnet-windows-powershell": "no maintained list names WindowsPowerShell yet: judged "
+    "'unknown' (never an open), not 'bot'",
+}
 
 
 def load_corpus():
@@ -144,7 +160,8 @@ def test_corpus_is_well_formed():
     for row in ROWS:
         assert row["citation"].strip(), f"{row['case']} has no citation"
         assert row["method"] in ("GET", "HEAD"), row["case"]
-        assert row["minted_here"] in ("yes", "no") and row["sent"] in ("yes", "no"), row["case"]
+        assert row["minted_here"] in ("yes", "no"), row["case"]
+        assert row["sent"] == "no" or row["sent"].isdigit(), row["case"]
         assert row["mail_hosting"] in ("", "google", "other", "unknown"), row["case"]
         assert row["kind"] in KINDS, row["case"]
         assert anonymize(row["ip"]), f"{row['case']}: {row['ip']!r} is not an address"
@@ -158,19 +175,22 @@ def test_corpus_is_well_formed():
 
 def test_corpus_covers_every_verdict():
     seen = {(row["kind"], row["source"]) for row in ROWS}
-    assert seen - VERDICTS == set(), "verdicts the classifier cannot return"
-    assert VERDICTS - seen == set(), "verdicts with no row in the corpus"
+    assert seen - POSSIBLE == set(), "verdicts the classifier cannot return"
+    assert REQUIRED - seen == set(), "verdicts with no row in the corpus"
 
 
-@pytest.mark.parametrize("row", corpus_params())
-def test_judge(row):
-    now = datetime.datetime(2025, 3, 14, 9, 26, 53)
+def sent_at(row, now):
+    return None if row["sent"] == "no" else now - datetime.timedelta(seconds=int(row["sent"]))
+
+
+def judged(row, now):
+    """The kind and source judge() gives a row's fetch at `now`, as the beacon then leaves it."""
     ip = anonymize(row["ip"])
     fetch = Fetch(user_agent=row["user_agent"], ip=ip, method=row["method"], purpose=row["purpose"])
     beacon = beacon_offset(row)
     facts = PixelFacts(
         mint_fingerprint=sender_fingerprint(row),
-        sent_at=now - datetime.timedelta(minutes=2) if row["sent"] == "yes" else None,
+        sent_at=sent_at(row, now),
         # A beacon that arrives after the fetch is not known when the fetch is judged.
         last_self_view_at=(
             now - datetime.timedelta(seconds=beacon) if beacon is not None and beacon >= 0 else None
@@ -178,15 +198,39 @@ def test_judge(row):
         mail_hosting=row["mail_hosting"] or None,
     )
     own = fingerprint(SECRET, row["user_agent"], ip)
-
-    verdict = judge(fetch, facts, Networks.default(), now, own)
+    verdict = judge(fetch, facts, NETWORKS, now, own)
     kind = verdict.kind
     if beacon is not None and beacon < 0:
         beacon_at = now + datetime.timedelta(seconds=-beacon)
         if reclassified_by_beacon(kind, verdict.source, now, beacon_at):
             kind = SELF
+    return kind, verdict.source, verdict.reason
 
-    assert (kind, verdict.source) == (row["kind"], row["source"]), verdict.reason
+
+NOW = datetime.datetime(2025, 3, 14, 9, 26, 53)
+NETWORKS = Networks.default()
+FIGURES = []  # lines for the end of the test run (tests/conftest.py prints them)
+
+
+def test_no_machine_is_an_open_and_no_open_is_lost():
+    """The corpus's figure of merit: precision and recall of `open`, over every row."""
+    verdicts = {row["case"]: judged(row, NOW)[0] for row in ROWS}
+    true_open = [row["case"] for row in ROWS if row["kind"] == OPEN]
+    called_open = [case for case, kind in verdicts.items() if kind == OPEN]
+    hits = len(set(true_open) & set(called_open))
+    exact = sum(verdicts[row["case"]] == row["kind"] for row in ROWS)
+    FIGURES.append(
+        f"fetch corpus: {len(ROWS)} rows, {exact / len(ROWS):.1%} judged as expected; open: "
+        f"precision {hits / max(len(called_open), 1):.1%}, recall {hits / len(true_open):.1%}"
+    )
+    assert sorted(set(called_open) - set(true_open)) == [], "machines judged open"
+    assert sorted(set(true_open) - set(called_open)) == [], "real opens lost"
+
+
+@pytest.mark.parametrize("row", corpus_params())
+def test_judge(row):
+    kind, source, reason = judged(row, NOW)
+    assert (kind, source) == (row["kind"], row["source"]), reason
 
 
 @pytest.mark.parametrize("row", corpus_params())
@@ -213,8 +257,9 @@ def test_recorded_over_http(row, app, client, auth, database, monkeypatch):
     pixel = Pixel.get(Pixel.public_id == public_id)
     if row["mail_hosting"]:
         Pixel.update(mail_hosting=row["mail_hosting"]).where(Pixel.id == pixel.id).execute()
-    if row["sent"] == "yes":
+    if row["sent"] != "no":
         assert client.post(f"/api/pixels/{public_id}/sent", headers=auth).status_code == 200
+        Pixel.update(sent_at=sent_at(row, now)).where(Pixel.id == pixel.id).execute()
     if beacon is not None and beacon >= 0:
         assert client.post(f"/api/pixels/{public_id}/self-view", headers=auth).status_code == 200
         beacon_at = Pixel.get_by_id(pixel.id).last_self_view_at

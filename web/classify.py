@@ -96,7 +96,13 @@ GMAIL_PREFETCH_UA = "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246"
 APPLE_MPP_UA = "Mozilla/5.0"
 
 _PREFETCH_PURPOSE = re.compile(r"prefetch|prerender|preview", re.IGNORECASE)
-_OUTLOOK = re.compile(r"Microsoft Outlook|ms-office|MSOffice", re.IGNORECASE)
+# Outlook on Windows and Mac: "Microsoft Office/16.0 (… Microsoft Outlook …)", "… ms-office;
+# MSOffice 16)", "Microsoft Office Outlook/16.0 …", "MacOutlook/16.46 …", "Outlook/16.16
+# CFNetwork/…" (device-detector's and uap-core's test fixtures). Not Outlook for iOS/Android
+# ("Outlook-iOS/…"), a mobile app like any other.
+_OUTLOOK = re.compile(
+    r"Microsoft (Office )?Outlook|ms-office|MSOffice|MacOutlook/|^Outlook/", re.IGNORECASE
+)
 
 # Gmail's image proxy: "… (via ggpht.com GoogleImageProxy)" since 2013, and the oldest form
 # "… Firefox/3.0.7 (via ggpht.com)" (ua-parser's uap-core test_ua.yaml lists both).
@@ -110,7 +116,8 @@ PROXIES = (
     # code across public trackers knows its fetches by the "OutlookImageProxy" token.
     ("outlook-proxy", re.compile(r"OutlookImageProxy")),
     # https://fastmail.com/policies/bots: "all user agent strings always contain FastmailUA".
-    ("fastmail-proxy", re.compile(r"FastmailUA")),
+    # (Its calendar fetcher sends "FastmailUA/1.0" alone: no browser, no image proxy.)
+    ("fastmail-proxy", re.compile(r"^Mozilla/.* FastmailUA/")),
     # Matomo device-detector, regexes/bots.yml: Seznam, Rambler and ukr.net mail image proxies.
     ("seznam-proxy", re.compile(r"SeznamEmailProxy")),
     ("rambler-proxy", re.compile(r"RamblerMail/.*ImageProxy")),
@@ -124,6 +131,9 @@ SECURITY_PRODUCTS = (
     # Exchange Online's own fetcher, in GMass's list of open bots
     # (https://www.gmass.co/blog/false-opens-in-gmail/, November 2024).
     ("scanner-microsoft", re.compile(r"^Microsoft Exchange/")),
+    # Crawler-Detect tests/data/user_agent/crawlers.txt: "SpamExperts/… (Virus Scan)" (N-able
+    # Mail Assure); device-detector bots.yml: "Kaspersky Lab CFR link resolver".
+    ("scanner", re.compile(r"SpamExperts/|Kaspersky Lab CFR link resolver")),
 )
 
 # What each named fetcher's fetch means, and why.

@@ -5,6 +5,9 @@
   mail programs ("pim") and browsers with their engines.
 - The crawler-user-agents pattern list (`crawler-user-agents`, released monthly): ~600 more
   patterns for crawlers, monitors and scripts that device-detector may not name yet.
+- CrawlerDetect (`crawlerdetect`, the port of JayBizzle's list) for what is left: it names more
+  scripts than either, but also mail programs (Outlook for iOS, Apple Mail), so it only decides
+  between "a machine" and "unrecognised", never against a program identified as a reader.
 
 A user agent is a reader's only when device-detector positively identifies a mail program or a
 browser engine and neither list names it a machine ("deny by default"). Parsing one new user
@@ -17,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 import crawleruseragents
+from crawlerdetect import CrawlerDetect
 from device_detector import SoftwareDetector
 
 MACHINE = (
@@ -34,7 +38,18 @@ HEADLESS_BROWSERS = {"Headless Chrome", "PhantomJS", "Electron Headless"}
 # browser's default engine from a bare platform ("Mozilla/5.0 (Linux; Android 14)" is "Android
 # Browser, WebKit"): a guess is no evidence, so the engine must be in the user agent itself.
 ENGINE_TOKEN = re.compile(r"AppleWebKit/|Gecko/|Trident/|Presto/|Goanna/|Edge/")
+# Programs device-detector calls mail programs that fetch without a person reading: Mailpit, a
+# mail-testing server, checks a message's links and images itself (https://mailpit.axllent.org/
+# docs/usage/link-check/).
+NOT_READERS = {"Mailpit"}
+# Mail programs device-detector does not recognise yet, as ua-parser's uap-core names them
+# (regexes.yaml, "Evolution"): GNOME's mail program.
+MAIL_PROGRAMS = re.compile(r"^Evolution/\d")
+# A browser names itself with a product token first ("Mozilla/5.0 …"), as HTTP defines it (RFC
+# 9110, section 10.1.5); a string that does not (a list printed by a script) is no browser.
+PRODUCT = re.compile(r"^[\w!#$%&'*+.^`|~-]+/")
 CACHE_SIZE = 8192
+_crawler_detect = CrawlerDetect()
 # Longer user agents are judged on their first 512 characters (a pixel stores 1024 at most).
 MAX_PARSED = 512
 
@@ -62,10 +77,16 @@ def identify(user_agent):
         return Program(MACHINE, name)
     if crawleruseragents.is_crawler(user_agent):
         return Program(MACHINE, name)
-    if client_type == "pim":
+    if (client_type == "pim" and name not in NOT_READERS) or MAIL_PROGRAMS.match(user_agent):
         return Program(MAIL_PROGRAM, name)
-    if client_type in ("browser", "mobile app") and ENGINE_TOKEN.search(user_agent):
+    if (
+        client_type in ("browser", "mobile app")
+        and ENGINE_TOKEN.search(user_agent)
+        and PRODUCT.match(user_agent)
+    ):
         return Program(BROWSER, name)
+    if _crawler_detect.isCrawler(user_agent):
+        return Program(MACHINE, name)
     return Program(UNRECOGNISED, name)
 
 
