@@ -95,3 +95,6 @@ def warm_up():
     takes seconds): called at start-up, before gunicorn forks its workers."""
     identify("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0")
     identify("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
+    # A program no list knows goes through every one of device-detector's parsers: each loads
+    # its rules on first use, which would otherwise happen in every worker, on a live fetch.
+    identify("openreceipt-warm-up/1.0 (loads every parser)")
