@@ -260,6 +260,15 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = 1
 
 
+@pytest.fixture
+def screenshots(tmp_path):
+    """Where the browser tests put the pages' screenshots: the test's own directory, so a run
+    leaves the checkout as it was; docs/ with OPENRECEIPT_UPDATE_SCREENSHOTS=1."""
+    if os.environ.get("OPENRECEIPT_UPDATE_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parent.parent / "docs"
+    return tmp_path
+
+
 def pytest_terminal_summary(terminalreporter):
     """Figures some tests measure (the fetch corpus's precision and recall), after the run."""
     corpus = sys.modules.get("tests.test_corpus")

@@ -19,7 +19,7 @@ import pytest
 from web.bookmarklet import VERSION, build_bookmarklet
 
 from .gmail_fixtures import GmailFixtures
-from .servers import ROOT, Gunicorn, free_port, start_gunicorn
+from .servers import Gunicorn, free_port, start_gunicorn
 from .test_browser import CHROME_UA, launched_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -34,7 +34,6 @@ GMAIL_PROXY = "https://ci3.googleusercontent.com/meips/ADKq_Nb{}=s0-d-e1-ft#{}"
 GIF = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
-SCREENSHOT = ROOT / "docs" / "bookmarklet-install.png"
 
 BODY = '[g_editable="true"][contenteditable][role="textbox"]'
 POPUP_RECIPIENTS = ["bob@example.com", "carol@example.com", "dave@example.org"]
@@ -724,7 +723,9 @@ def test_self_view_beacon_on_a_sent_message_page(tab, receipts, fixtures):
 # -- The install page ----------------------------------------------------------------------------
 
 
-def test_install_page_makes_a_working_bookmarklet_and_screenshot(browser, receipts, fixtures):
+def test_install_page_makes_a_working_bookmarklet_and_screenshot(
+    browser, receipts, fixtures, screenshots
+):
     context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1000, "height": 800})
     page = context.new_page()
     errors = []
@@ -746,8 +747,7 @@ def test_install_page_makes_a_working_bookmarklet_and_screenshot(browser, receip
     page.get_by_role("button", name=re.compile("Create")).click()
     link = page.wait_for_selector('a[href^="javascript:"]')
     href = link.get_attribute("href")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(screenshots / "bookmarklet-install.png"))
     assert errors == []
     context.close()
 

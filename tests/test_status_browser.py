@@ -1,7 +1,8 @@
 """The status pages in real Chromium against a real gunicorn, on SQLite and on PostgreSQL: the
 list and the detail page update in place as fetches arrive, the corrections work, nothing breaks
 the Content Security Policy or logs an error, the pages fit a phone, carry labels and readable
-marks, and work without JavaScript. Writes the docs/status-*.png screenshots.
+marks, and work without JavaScript. Takes the docs/status-*.png screenshots (see the fixture
+`screenshots`).
 """
 
 import json
@@ -15,7 +16,7 @@ import pytest
 
 from .conftest import scratch_schema
 from .receivers import Receiver
-from .servers import ROOT, Gunicorn, start_gunicorn
+from .servers import Gunicorn, start_gunicorn
 from .test_browser import CHROME_UA, launched_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -42,7 +43,6 @@ PHONE = {
     "has_touch": True,
     "device_scale_factor": 2,
 }
-DOCS = ROOT / "docs"
 
 # Injected before any page script (init scripts are not subject to the page's CSP): every
 # policy violation is reported to the test through an exposed function, across navigations.
@@ -489,9 +489,8 @@ def docs_receipts_in_every_state(docs_receipts):
     return opened
 
 
-def test_screenshots_at_desktop_and_phone_width(browser, docs_receipts):
+def test_screenshots_at_desktop_and_phone_width(browser, docs_receipts, screenshots):
     opened = docs_receipts_in_every_state(docs_receipts)
-    DOCS.mkdir(exist_ok=True)
     problems = []
     storage = None
     for name, options in (("desktop", DESKTOP), ("phone", PHONE)):
@@ -505,13 +504,13 @@ def test_screenshots_at_desktop_and_phone_width(browser, docs_receipts):
                 tab.context.add_cookies(storage["cookies"])
                 page.goto(tab.url("/"))
             expect(page.locator("#receipts tbody tr")).to_have_count(4)
-            page.screenshot(path=str(DOCS / f"status-list-{name}.png"))
+            page.screenshot(path=str(screenshots / f"status-list-{name}.png"))
             if name == "phone":
                 problems.append(phone_overflow(page, "the list"))
 
             page.goto(tab.url(f"/m/{opened['id']}"))
             assert timeline_events(page) == 4
-            page.screenshot(path=str(DOCS / f"status-detail-{name}.png"), full_page=True)
+            page.screenshot(path=str(screenshots / f"status-detail-{name}.png"), full_page=True)
             if name == "phone":
                 problems.append(phone_overflow(page, "the detail page"))
             tab.check()
