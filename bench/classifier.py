@@ -63,7 +63,7 @@ def main():
 
     before = rss_mib()
     import crawleruseragents
-    from device_detector import SoftwareDetector
+    from device_detector import DeviceDetector
     from ua_parser import Parser, load_builtins
 
     from web import useragents
@@ -83,7 +83,7 @@ def main():
     warm = per_call(judge, agents, rounds)
 
     def device_detector(agent):
-        parsed = SoftwareDetector(agent).parse().all_details
+        parsed = DeviceDetector(agent, skip_device_detection=True).parse().all_details
         client = parsed.get("client") or {}
         kind = str(getattr(client.get("type"), "value", ""))
         return bool(parsed.get("bot")) or kind in useragents.MACHINE_CLIENT_TYPES

@@ -11,7 +11,7 @@
 
 A user agent is a reader's only when device-detector positively identifies a mail program or a
 browser engine and neither list names it a machine ("deny by default"). Parsing one new user
-agent costs device-detector some 10-20 ms, so each distinct user agent is judged once per
+agent costs device-detector a few milliseconds, so each distinct user agent is judged once per
 process and kept in a bounded cache: a fetch of a known one pays a dictionary lookup.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import crawleruseragents
 from crawlerdetect import CrawlerDetect
-from device_detector import SoftwareDetector
+from device_detector import DeviceDetector
 
 MACHINE = (
     "machine"  # a bot list names it, or it is an HTTP library, feed reader or headless browser
@@ -66,7 +66,8 @@ class Program:
 def identify(user_agent):
     """The Program a (non-empty) user agent names, judged once per distinct user agent."""
     user_agent = user_agent[:MAX_PARSED]
-    parsed = SoftwareDetector(user_agent).parse().all_details
+    # Bots and clients, not the device's brand and model: those rules are two thirds of the cost.
+    parsed = DeviceDetector(user_agent, skip_device_detection=True).parse().all_details
     bot = parsed.get("bot") or {}
     if bot:
         return Program(MACHINE, bot.get("name") or None)
