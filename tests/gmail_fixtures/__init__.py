@@ -2,7 +2,8 @@
 the headers Gmail sends (a nonce-based CSP enforcing Trusted Types, and COOP).
 
 The pages hold no script at all: anything a test needs in the page (the caret, a listener) is
-set up from Playwright. They use only the selectors DESIGN.md lists as language-independent.
+set up from Playwright. They use only selectors that do not change with Gmail's language (the
+README's bookmarklet section lists them).
 `{{ name }}` in a page is replaced by the (HTML-escaped) value the test put in `values`; pages
 the test writes at run time go into `pages`, keyed by their path.
 """
