@@ -315,13 +315,13 @@ def dns_server():
     ],
 )
 def test_mail_hosting_from_mx_records(dns_server, recipients, hosting):
-    assert MailHosts([dns_server.address]).hosting(recipients, wait=2) == hosting
+    assert MailHosts([dns_server.address]).lookup(recipients, wait=2).summary == hosting
 
 
 def test_mx_answers_are_cached(dns_server):
     hosts = MailHosts([dns_server.address])
     for _ in range(3):
-        assert hosts.hosting(["a@elsewhere.test", "b@elsewhere.test"], wait=2) == OTHER
+        assert hosts.lookup(["a@elsewhere.test", "b@elsewhere.test"], wait=2).summary == OTHER
     assert dns_server.questions.count("elsewhere.test") == 1
 
 

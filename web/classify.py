@@ -81,7 +81,7 @@ class Networks:
             gateways={
                 source: NetworkSet(builtin_networks(name)) for source, name in GATEWAYS.items()
             },
-            scanners=scanner_networks(data_dir) if data_dir else NetworkSet(),
+            scanners=scanner_networks(data_dir),
         )
 
     def gateway(self, ip):

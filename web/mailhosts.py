@@ -190,10 +190,6 @@ class MailHosts:
             return UNKNOWN
         return provider_of([str(record.exchange).lower() for record in records])
 
-    def hosting(self, recipients, wait=WAIT_SECONDS):
-        """GOOGLE, OTHER or UNKNOWN for a message's recipients (see lookup())."""
-        return self.lookup(recipients, wait=wait).summary
-
     def lookup(self, recipients, on_late=None, wait=WAIT_SECONDS):
         """The Hosting of a message's recipients, within `wait` seconds. Lookups still running
         then make it UNKNOWN for now; `on_late(hosting)` gets the final answer when they

@@ -60,10 +60,17 @@ def update_apple_egress(data_dir, url=APPLE_EGRESS_URL):
     return len(prefixes)
 
 
+def listed_prefixes(path):
+    """(line number, prefix) of each prefix in a list file: one a line, "#" starts a comment."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        prefix = line.split("#", 1)[0].strip()
+        if prefix:
+            yield number, prefix
+
+
 def builtin_networks(name):
-    """The prefixes of one built-in list (web/data/ranges/<name>.txt), comments left out."""
-    lines = (BUILTIN / f"{name}.txt").read_text().splitlines()
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+    """The prefixes of one built-in list (web/data/ranges/<name>.txt)."""
+    return [prefix for _, prefix in listed_prefixes(BUILTIN / f"{name}.txt")]
 
 
 def apple_networks(data_dir=None):
@@ -76,17 +83,14 @@ def apple_networks(data_dir=None):
     return NetworkSet(prefixes)
 
 
-def scanner_networks(data_dir):
+def scanner_networks(data_dir=None):
     """The mail security scanners the operator listed in scanner-ranges.txt, if any. A line
     that is not a prefix stops start-up with its line number."""
-    path = Path(data_dir) / SCANNER_FILE
-    if not path.exists():
+    path = Path(data_dir) / SCANNER_FILE if data_dir else None
+    if not path or not path.exists():
         return NetworkSet()
     prefixes = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        prefix = line.split("#", 1)[0].strip()
-        if not prefix:
-            continue
+    for number, prefix in listed_prefixes(path):
         try:
             ipaddress.ip_network(prefix, strict=False)
         except ValueError:

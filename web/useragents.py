@@ -23,9 +23,8 @@ import crawleruseragents
 from crawlerdetect import CrawlerDetect
 from device_detector import DeviceDetector
 
-MACHINE = (
-    "machine"  # a bot list names it, or it is an HTTP library, feed reader or headless browser
-)
+# A bot list names it, or it is an HTTP library, feed reader or headless browser.
+MACHINE = "machine"
 MAIL_PROGRAM = "mail program"  # device-detector: type "pim"
 BROWSER = "browser"  # device-detector: a browser (or an app's web view) that names its engine
 UNRECOGNISED = "unrecognised"  # neither: nobody can vouch for it
@@ -112,6 +111,6 @@ WARM_UP = (
 
 def warm_up():
     """Load the lists before the first fetch (device-detector reads its rules lazily, which
-    takes seconds): called at start-up, before gunicorn forks its workers."""
+    takes a second): called at start-up, before gunicorn forks its workers."""
     for user_agent in WARM_UP:
         identify(user_agent)
