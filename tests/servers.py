@@ -92,14 +92,15 @@ def start_gunicorn(tmp_path, settings, workers=2, host="127.0.0.1"):
             stderr=stderr,
         )
     server = Gunicorn(f"http://{host}:{port}", env, logs, process)
+    # Every worker ready, not only the socket: a worker that is stopped while it boots, before
+    # it has its own signal handlers, misses the signal and is killed only after 30 s.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gunicorn exited: {server.log_bytes().decode(errors='replace')}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
+        if server.log_bytes().count(b"] Worker ready (pid: ") >= workers:
+            with socket.create_connection((host, port), timeout=5):
                 return server
-        except OSError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     server.stop()
     raise RuntimeError("gunicorn did not start within 30 s")

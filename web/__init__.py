@@ -27,7 +27,6 @@ from . import (
     security,
     settings,
     spool,
-    useragents,
 )
 from .classify import Networks, user_agent_parser
 from .geo import Geolocator, open_geolocator
@@ -67,7 +66,6 @@ def create_app(config_overrides=None):
     app.logger.setLevel(logging.INFO)
 
     models.init_app(app)
-    useragents.warm_up()
     geolocator = open_geolocator(app.config["GEOIP_DATABASE"], app.config["COLLECT_LOCATION"])
     app.extensions["openreceipt"] = Services(
         signer=PixelSigner(app.config["SECRET_KEY"], app.config["SECRET_KEY_FALLBACKS"]),

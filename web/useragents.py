@@ -111,6 +111,6 @@ WARM_UP = (
 
 def warm_up():
     """Load the lists before the first fetch (device-detector reads its rules lazily, which
-    takes a second): called at start-up, before gunicorn forks its workers."""
+    takes a second): gunicorn.conf.py calls it before forking its workers."""
     for user_agent in WARM_UP:
         identify(user_agent)
