@@ -169,6 +169,17 @@
     return tr;
   }
 
+  // -- The bookmarklet link, clicked on its own page --------------------------------------------
+  // It is meant to be dragged to the bookmarks bar; clicked here, this page's policy would block
+  // it with nothing but a console message. Say what to do instead.
+
+  Array.prototype.forEach.call(document.querySelectorAll("[data-bookmarklet]"), function (link) {
+    link.addEventListener("click", function (event) {
+      event.preventDefault();
+      document.getElementById("bookmarklet-clicked").hidden = false;
+    });
+  });
+
   // -- Copy buttons ---------------------------------------------------------------------------
 
   Array.prototype.forEach.call(document.querySelectorAll("[data-copy]"), function (button) {

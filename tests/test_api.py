@@ -2,7 +2,8 @@
 
 import pytest
 
-from web.models import Pixel
+from web.accounts import BOOKMARKLET, new_token
+from web.models import Event, Pixel
 
 from .helpers import mint, pixel_path
 
@@ -246,3 +247,86 @@ def test_unicode_subject_and_recipients_round_trip(client, auth):
     detail = client.get(f"/api/pixels/{body['id']}", headers=auth).get_json()
     assert detail["subject"] == "Rechnung Nr. 42 – Müller 🧾"
     assert detail["recipients"] == ["jörg@bücher.example"]
+
+
+# Scopes: a bookmarklet's key can only add receipts
+
+ONLY_ADDS = "a bookmarklet's key can only add receipts"
+
+
+@pytest.fixture
+def bookmarklet_auth(app, user):
+    with app.app_context():
+        return {"Authorization": f"Bearer {new_token(user, 'laptop', BOOKMARKLET)[1]}"}
+
+
+def test_a_bookmarklets_key_mints_marks_sent_and_reports_self_views(
+    client, bookmarklet_auth, database
+):
+    body = mint(client, bookmarklet_auth, subject="Invoice", recipients=["Bob <bob@example.com>"])
+    assert body["url"].startswith("https://receipts.example.com/p/")
+    pixel = Pixel.get(Pixel.public_id == body["id"])
+    assert (pixel.made_with, pixel.recipients) == ("bookmarklet", ["bob@example.com"])
+    sent = client.post(
+        f"/api/pixels/{body['id']}/sent",
+        json={"subject": "Invoice (final)", "recipients": ["bob@example.com"]},
+        headers=bookmarklet_auth,
+    )
+    assert sent.status_code == 200
+    # Nothing about the receipt but that it was sent: no counts, recipients or events.
+    answer = sent.get_json()
+    assert set(answer) == {"id", "sent_at"} and answer["id"] == body["id"]
+    assert answer["sent_at"].endswith("Z")
+    assert Pixel.get_by_id(pixel.id).subject == "Invoice (final)"
+    beacon = client.post(f"/api/pixels/{body['id']}/self-view", headers=bookmarklet_auth)
+    assert beacon.status_code == 200 and beacon.get_json()["id"] == body["id"]
+
+
+def test_a_bookmarklets_key_can_do_nothing_else(client, auth, bookmarklet_auth, database):
+    body = mint(client, auth, subject="Contract")
+    client.get(pixel_path(body["url"]), headers={"User-Agent": GMAIL_PROXY})
+    event = Event.get()
+    assert event.kind == "open"
+    requests = [
+        ("GET", "/api/pixels", None),
+        ("GET", f"/api/pixels/{body['id']}", None),
+        ("DELETE", f"/api/pixels/{body['id']}", None),
+        ("DELETE", "/api/pixels/no-such-pixel", None),
+        ("POST", f"/api/events/{event.id}/kind", {"kind": "self"}),
+    ]
+    for method, path, json in requests:
+        response = client.open(path, method=method, json=json, headers=bookmarklet_auth)
+        assert response.status_code == 403, (method, path)
+        assert ONLY_ADDS in response.get_json()["error"], (method, path)
+    # Nothing was deleted or changed.
+    pixel = Pixel.get()
+    assert (pixel.public_id, pixel.open_count, pixel.self_count) == (body["id"], 1, 0)
+    assert [(e.id, e.kind) for e in Event.select()] == [(event.id, "open")]
+
+
+def test_a_full_token_can_do_everything(client, auth, database):
+    body = mint(client, auth, subject="Contract")
+    assert Pixel.get().made_with == "api"
+    client.get(pixel_path(body["url"]), headers={"User-Agent": GMAIL_PROXY})
+    event = Event.get()
+    sent = client.post(f"/api/pixels/{body['id']}/sent", json={}, headers=auth)
+    assert sent.status_code == 200
+    assert sent.get_json()["counts"]["open"] == 1 and sent.get_json()["sent_at"]
+    assert client.post(f"/api/pixels/{body['id']}/self-view", headers=auth).status_code == 200
+    assert client.get("/api/pixels", headers=auth).get_json()["total"] == 1
+    assert client.get(f"/api/pixels/{body['id']}", headers=auth).status_code == 200
+    corrected = client.post(f"/api/events/{event.id}/kind", json={"kind": "self"}, headers=auth)
+    assert corrected.status_code == 200 and corrected.get_json()["counts"]["self"] == 1
+    assert client.delete(f"/api/pixels/{body['id']}", headers=auth).status_code == 204
+    assert Pixel.select().count() == 0
+
+
+def test_a_revoked_bookmarklet_key_is_unknown_not_forbidden(client, app, user):
+    from web.accounts import revoke_token
+
+    with app.app_context():
+        row, secret = new_token(user, "old laptop", BOOKMARKLET)
+        revoke_token(row.id)
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert client.post("/api/pixels", json={}, headers=headers).status_code == 401
+    assert client.get("/api/pixels", headers=headers).status_code == 401

@@ -1,6 +1,8 @@
 """The openreceipt command: users and API tokens."""
 
-from web.accounts import authenticate, user_for_token
+import re
+
+from web.accounts import authenticate, token_for
 from web.models import ApiToken
 
 
@@ -44,7 +46,7 @@ def test_token_new_prints_only_the_token(app, runner, user):
     token = result.stdout.strip()
     assert token.startswith("or_") and "\n" not in token
     with app.app_context():
-        assert user_for_token(token).email == "ada@example.com"
+        assert token_for(token).user.email == "ada@example.com"
         row = ApiToken.get()
         assert row.name == "bookmarklet" and token not in row.token_hash
 
@@ -74,6 +76,32 @@ def test_token_list_and_revoke(app, runner, user, client):
     assert "revoked" in runner.invoke(args=["token", "list", "ada@example.com"]).output
     again = runner.invoke(args=["token", "revoke", token_id])
     assert again.exit_code == 1 and "no active token" in again.output
+
+
+def test_bookmarklet_takes_a_name_and_its_key_only_adds_receipts(app, runner, user, client):
+    result = runner.invoke(args=["bookmarklet", "ada@example.com", "--name", "Work laptop"])
+    assert result.exit_code == 0, result.output
+    token = re.search(r"var%20TOKEN=%22(or_[A-Za-z0-9_-]+)%22", result.stdout).group(1)
+    with app.app_context():
+        row = ApiToken.get()
+        assert (row.name, row.scope) == ("Work laptop", "bookmarklet")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.post("/api/pixels", json={}, headers=headers).status_code == 201
+    assert client.get("/api/pixels", headers=headers).status_code == 403
+
+
+def test_token_list_shows_what_each_token_can_do(app, runner, user):
+    assert (
+        runner.invoke(args=["token", "new", "ada@example.com", "--name", "laptop"]).exit_code == 0
+    )
+    assert runner.invoke(args=["bookmarklet", "ada@example.com", "--name", "phone"]).exit_code == 0
+    listing = runner.invoke(args=["token", "list", "ada@example.com"])
+    assert listing.exit_code == 0, listing.output
+    scopes = {line.split("\t")[1]: line.split("\t")[2] for line in listing.output.splitlines()}
+    assert scopes == {
+        "laptop": "can do everything (scripts)",
+        "phone": "can do only add receipts (bookmarklet)",
+    }
 
 
 def test_token_for_unknown_user(app, runner):

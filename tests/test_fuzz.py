@@ -20,8 +20,8 @@ from peewee import CharField
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from web import create_app
-from web.api import MAX_ADDRESS, MAX_LABEL, MAX_RECIPIENTS, MAX_SUBJECT
 from web.classify import KINDS
+from web.minting import MAX_ADDRESS, MAX_LABEL, MAX_RECIPIENTS, MAX_SUBJECT
 from web.models import Event, Pixel
 from web.pixel import GIF
 from web.privacy import anonymize

@@ -505,3 +505,42 @@ def test_a_migration_that_rebuilds_a_table_keeps_its_events(empty_database, tmp_
     with empty_database.bind_ctx(MODELS), empty_database.connection_context():
         assert Event.select().count() == events_before
         assert Pixel.select().count() == 1
+
+
+SCOPES = "0008_token_scopes"
+
+
+def test_scopes_migration_makes_keys_named_bookmarklet_bookmarklet_keys(empty_database, tmp_path):
+    """Before 0008 a bookmarklet's key was told apart by its name only."""
+    directory = tmp_path / "before-scopes"
+    directory.mkdir()
+    for path in Path(MIGRATIONS).glob("*.py"):
+        if path.stem < SCOPES:
+            shutil.copy(path, directory)
+    migrate(empty_database, directory=str(directory))
+    fill(empty_database)
+    names = ["bookmarklet 2026-01-05", "bookmarklet", "invoicing script", "my bookmarklet"]
+    with empty_database.connection_context():
+        api_token = Table("api_token").bind(empty_database)
+        owner = query(empty_database, 'SELECT id FROM "user"')[0][0]
+        for number, name in enumerate(names):
+            api_token.insert(
+                {
+                    api_token.c.user_id: owner,
+                    api_token.c.name: name,
+                    api_token.c.token_hash: f"{number:064x}",
+                    api_token.c.created_at: datetime.datetime(2026, 1, 5, 9, 30),
+                }
+            ).execute()
+
+    assert migrate(empty_database) == SHIPPED[SHIPPED.index(SCOPES) :]
+
+    assert query(empty_database, "SELECT name, scope FROM api_token ORDER BY id") == [
+        ("bookmarklet 2026-01-05", "bookmarklet"),
+        ("bookmarklet", "bookmarklet"),
+        ("invoicing script", "full"),
+        ("my bookmarklet", "full"),
+    ]
+    assert query(empty_database, "SELECT public_id, made_with FROM pixel") == [
+        ("kept-across-upgrades", None)
+    ]

@@ -8,6 +8,11 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from .models import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "or_"
+# What a token may do. A bookmarklet runs inside someone else's page (Gmail), so its key can
+# only add receipts: mint, mark sent, report the sender's own views (api.token_required).
+FULL, BOOKMARKLET = "full", "bookmarklet"
+SCOPES = {FULL: "everything (scripts)", BOOKMARKLET: "only add receipts (bookmarklet)"}
+MAX_TOKEN_NAME = 100
 MIN_PASSWORD_LENGTH = 10
 # last_used_at is a hint for the token list, not an audit log: one write a minute is plenty.
 LAST_USED_RESOLUTION_SECONDS = 60
@@ -69,15 +74,37 @@ def hash_token(token):
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def new_token(user, name="API token"):
+def token_name(name):
+    """A token's name on one line, without control characters (PostgreSQL refuses NUL)."""
+    name = "".join(c for c in name or "" if c.isprintable() or c.isspace())
+    return " ".join(name.split())[:MAX_TOKEN_NAME]
+
+
+def new_token(user, name="API token", scope=FULL):
     """Create a token for the user; returns (row, the token itself, shown this once only)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown token scope {scope!r}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken.create(user=user, name=(name or "API token")[:100], token_hash=hash_token(token))
+    row = ApiToken.create(
+        user=user,
+        name=token_name(name) or "API token",
+        token_hash=hash_token(token),
+        scope=scope,
+    )
     return row, token
 
 
-def user_for_token(token):
-    """The owner of a live (not revoked) token, or None; notes when the token was last used."""
+def rename_token(token_id, user, name):
+    """Rename one of the user's tokens; False if none matched."""
+    name = token_name(name)
+    if not name:
+        raise AccountError("a name cannot be empty")
+    query = ApiToken.update(name=name).where(ApiToken.id == token_id, ApiToken.user == user)
+    return query.execute() > 0
+
+
+def token_for(token):
+    """The live (not revoked) token row, with its user, or None; notes when it was last used."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         return None
     row = (
@@ -94,7 +121,7 @@ def user_for_token(token):
         or (now - row.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS
     ):
         ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
-    return row.user
+    return row
 
 
 def revoke_token(token_id, user=None):

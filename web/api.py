@@ -2,32 +2,26 @@
 
 import functools
 import re
-from email.utils import parseaddr
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, request, url_for
 from flask_cors import CORS
 from markupsafe import escape
 from peewee import fn
-from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
+from werkzeug.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
-from . import donottrack, receipts
-from .accounts import user_for_token
+from . import minting, receipts
+from .accounts import BOOKMARKLET, FULL, token_for
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .classify import KINDS
 from .mailhosts import PROVIDERS
 from .models import MAX_ID, Event, Pixel, utcnow
-from .pixel import MAX_USER_AGENT
-from .privacy import anonymize, fingerprint, kept_recipients
+from .privacy import kept_recipients
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 # Any origin may call the API (the bearer token is the credential, no cookie is involved). On
 # this blueprint only: the pixel and the pages never pay for it.
 CORS(bp, origins="*", supports_credentials=False, max_age=86400)
 
-MAX_SUBJECT = 998  # the longest line RFC 5322 allows
-MAX_LABEL = 200
-MAX_RECIPIENTS = 100
-MAX_ADDRESS = 320
 MAX_PER_PAGE = 100
 PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
@@ -45,18 +39,31 @@ def bookmarklet_version():
         abort(make_response(answer, 409))
 
 
-def token_required(view):
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
-        g.user = user_for_token(token.strip())
-        if g.user is None:
-            raise Unauthorized("this API token is unknown or has been revoked")
-        return view(*args, **kwargs)
+def token_required(*scopes):
+    """The view needs a live token of one of `scopes` (a full-scope token may do anything); the
+    token's owner is g.user and its scope g.scope."""
+    allowed = {FULL, *scopes}
 
-    return wrapper
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
+            token = token_for(secret.strip())
+            if token is None:
+                raise Unauthorized("this API token is unknown or has been revoked")
+            if token.scope not in allowed:
+                raise Forbidden(
+                    "a bookmarklet's key can only add receipts; "
+                    "use an API token from Settings for anything else"
+                )
+            g.user, g.scope = token.user, token.scope
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def pixel_url(pixel):
@@ -132,57 +139,30 @@ def own_pixel(public_id):
 
 
 @bp.post("/pixels")
-@token_required
+@token_required(BOOKMARKLET)
 def create_pixel():
     body = json_object()
-    subject = text_field(body, "subject", MAX_SUBJECT)
-    label = text_field(body, "label", MAX_LABEL)
-    recipients = recipients_field(body)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("'force' must be true or false")
-    listed = donottrack.matching(donottrack.entries_for(g.user), recipients)
-    if listed and not force:
-        answer = jsonify(
-            error=f"no receipt: {', '.join(listed)} "
-            f"{'is' if len(listed) == 1 else 'are'} on the do-not-track list (see Settings)",
-            do_not_track=listed,
+    try:
+        pixel, providers = minting.make_receipt(
+            g.user,
+            subject=body.get("subject"),
+            label=body.get("label"),
+            recipients=body.get("recipients"),
+            force=force,
+            made_with=minting.BOOKMARKLET if g.scope == BOOKMARKLET else minting.API,
+            user_agent=request.headers.get("User-Agent"),
+            remote_addr=request.remote_addr,
         )
-        abort(make_response(answer, 409))
-    browser = fingerprint(
-        current_app.config["SECRET_KEY"],
-        request.headers.get("User-Agent", "")[:MAX_USER_AGENT],
-        anonymize(request.remote_addr),
-    )
-    pixel = receipts.mint(
-        g.user,
-        subject=subject,
-        recipients=kept_recipients(recipients, current_app.config["STORE_RECIPIENTS"]),
-        label=label,
-        mint_fingerprint=browser,
-    )
-    providers = note_mail_hosting(pixel, recipients)
+    except minting.DoNotTrack as refused:
+        abort(make_response(jsonify(error=str(refused), do_not_track=refused.listed), 409))
+    except minting.Refused as refused:
+        raise BadRequest(str(refused)) from None
     url = pixel_url(pixel)
     body = {"id": pixel.public_id, "url": url, "html": pixel_html(url)}
     return jsonify({**body, "mail_providers": providers_json(providers)}), 201
-
-
-def note_mail_hosting(pixel, recipients):
-    """Look up where the recipients' mail is hosted, waiting a few hundred ms at most; answers
-    that come later are stored by a background thread. Returns the providers found in time."""
-    if not current_app.config["MX_LOOKUP"] or not recipients:
-        return ()
-    app = current_app._get_current_object()
-
-    def store(hosting):
-        with app.app_context():
-            Pixel.update(
-                mail_hosting=hosting.summary, mail_providers=",".join(hosting.providers) or None
-            ).where(Pixel.id == pixel.id).execute()
-
-    hosting = app.extensions["openreceipt"].mail_hosts.lookup(recipients, on_late=store)
-    store(hosting)
-    return hosting.providers
 
 
 def providers_json(providers):
@@ -200,16 +180,21 @@ def providers_json(providers):
 
 
 @bp.post("/pixels/<public_id>/sent")
-@token_required
+@token_required(BOOKMARKLET)
 def mark_sent(public_id):
     """The message was sent (the bookmarklet saw it go): record when, and its final subject and
     recipients if given."""
     pixel = own_pixel(public_id)
     body = json_object()
     changes = {Pixel.sent_at: utcnow()}
-    if "subject" in body:
-        changes[Pixel.subject] = text_field(body, "subject", MAX_SUBJECT)
-    recipients = recipients_field(body) if "recipients" in body else None
+    try:
+        if "subject" in body:
+            changes[Pixel.subject] = minting.clean_text(
+                body["subject"], "subject", minting.MAX_SUBJECT
+            )
+        recipients = minting.clean_recipients(body["recipients"]) if "recipients" in body else None
+    except minting.Refused as refused:
+        raise BadRequest(str(refused)) from None
     if recipients is not None:
         changes[Pixel.recipients] = kept_recipients(
             recipients, current_app.config["STORE_RECIPIENTS"]
@@ -217,17 +202,20 @@ def mark_sent(public_id):
         # A recipient on the do-not-track list (added after the pixel was made, or since): the
         # message went out, so the receipt stops recording instead of being refused. Checked
         # on the addresses sent, whatever is stored of them; "force" as when minting.
-        listed = donottrack.matching(donottrack.entries_for(g.user), recipients)
-        if listed and body.get("force") is not True:
+        if minting.listed_recipients(g.user, recipients) and body.get("force") is not True:
             changes[Pixel.tracking_stopped_at] = fn.COALESCE(Pixel.tracking_stopped_at, utcnow())
     Pixel.update(changes).where(Pixel.id == pixel.id).execute()
     if recipients is not None:
-        note_mail_hosting(pixel, recipients)
-    return jsonify(pixel_json(Pixel.get_by_id(pixel.id)))
+        minting.note_mail_hosting(pixel, recipients)
+    pixel = Pixel.get_by_id(pixel.id)
+    if g.scope == BOOKMARKLET:
+        # A bookmarklet's key learns nothing about the receipt but that it was marked sent.
+        return jsonify(id=pixel.public_id, sent_at=iso(pixel.sent_at))
+    return jsonify(pixel_json(pixel))
 
 
 @bp.post("/pixels/<public_id>/self-view")
-@token_required
+@token_required(BOOKMARKLET)
 def self_view(public_id):
     """The sender's own Gmail tab shows the pixel: its Gmail-proxy fetches around now are theirs."""
     pixel = own_pixel(public_id)
@@ -236,7 +224,7 @@ def self_view(public_id):
 
 
 @bp.post(f"/events/<int(max={MAX_ID}):event_id>/kind")
-@token_required
+@token_required()
 def correct_event(event_id):
     """The sender corrects what an event was: {"kind": "self"} (or back to "open")."""
     event = (
@@ -256,7 +244,7 @@ def correct_event(event_id):
 
 
 @bp.get("/pixels")
-@token_required
+@token_required()
 def list_pixels():
     page = int_arg("page", 1, 1, 10**6)
     per_page = int_arg("per_page", 25, 1, MAX_PER_PAGE)
@@ -271,14 +259,14 @@ def list_pixels():
 
 
 @bp.get("/pixels/<public_id>")
-@token_required
+@token_required()
 def show_pixel(public_id):
     pixel = own_pixel(public_id)
     return jsonify(pixel_json(pixel, timeline(pixel)))
 
 
 @bp.delete("/pixels/<public_id>")
-@token_required
+@token_required()
 def delete_pixel(public_id):
     own_pixel(public_id).delete_instance(recursive=True)
     return "", 204
@@ -295,49 +283,6 @@ def json_object():
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
-
-
-def text_field(body, name, limit):
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"'{name}' must be a string")
-    value = value.strip()
-    if len(value) > limit:
-        raise BadRequest(f"'{name}' is longer than {limit} characters")
-    check_storable(value, name)
-    return value or None
-
-
-def recipients_field(body):
-    value = body.get("recipients")
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise BadRequest("'recipients' must be a list of email addresses")
-    if len(value) > MAX_RECIPIENTS:
-        raise BadRequest(f"'recipients' holds more than {MAX_RECIPIENTS} addresses")
-    addresses = []
-    for item in value:
-        check_storable(item, "recipients")
-        address = parseaddr(item.strip())[1].lower()
-        local, at, domain = address.rpartition("@")
-        if not local or not at or not domain or len(address) > MAX_ADDRESS:
-            raise BadRequest(f"'recipients' holds {item[:80]!r}, which is not an email address")
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
-
-
-def check_storable(value, name):
-    # PostgreSQL text holds neither NUL nor lone surrogates; refuse them for both databases.
-    if "\x00" in value:
-        raise BadRequest(f"'{name}' contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(f"'{name}' is not valid Unicode") from None
 
 
 def int_arg(name, default, low, high):

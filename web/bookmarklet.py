@@ -46,6 +46,6 @@ def _js_string_content(value):
     return value
 
 
-def bookmarklet_token_name():
-    """The API token of a bookmarklet is named for it, with its day of creation."""
-    return f"bookmarklet {datetime.date.today():%Y-%m-%d}"
+def bookmarklet_token_name(browser=None):
+    """A bookmarklet's default name: the browser it was made in (when known) and the day."""
+    return f"{browser or 'bookmarklet'} {datetime.date.today():%Y-%m-%d}"

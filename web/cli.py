@@ -10,7 +10,7 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from . import donottrack, export, notify, retention, spool
-from .accounts import AccountError, find_user, new_token, revoke_token
+from .accounts import BOOKMARKLET, SCOPES, AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
 from .config import local_url, server_bind
@@ -107,7 +107,8 @@ def token_list(email):
         status = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
         used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
         click.echo(
-            f"{row.id}\t{row.name}\tcreated {row.created_at:%Y-%m-%d}\tlast used {used}\t{status}"
+            f"{row.id}\t{row.name}\tcan do {SCOPES[row.scope]}\tcreated {row.created_at:%Y-%m-%d}"
+            f"\tlast used {used}\t{status}"
         )
 
 
@@ -122,17 +123,19 @@ def token_revoke(token_id):
 
 @click.command("bookmarklet")
 @click.argument("email")
+@click.option("--name", help="What to call it (default: 'bookmarklet' and the day).")
 @_fail_on_account_error
 @with_appcontext
-def bookmarklet(email):
-    """Create a token for a new bookmarklet for EMAIL and print only its javascript: URL."""
+def bookmarklet(email, name):
+    """Create a new bookmarklet for EMAIL and print only its javascript: URL. Its key can only
+    add receipts."""
     origin = current_app.config["PUBLIC_URL"]
     if origin is None:
         origin = local_url(server_bind())
         click.echo(
             f"OPENRECEIPT_PUBLIC_URL is not set: this bookmarklet talks to {origin}", err=True
         )
-    _, secret = new_token(find_user(email), bookmarklet_token_name())
+    _, secret = new_token(find_user(email), name or bookmarklet_token_name(), BOOKMARKLET)
     click.echo(build_bookmarklet(origin, secret))
 
 

@@ -1,13 +1,22 @@
-"""The bookmarklet's install page: make one, see and revoke the old ones, or make a pixel by
-hand when the bookmarklet cannot run."""
+"""The bookmarklet's page: make one, name, rename and revoke them, or make a receipt by hand when
+the bookmarklet cannot run."""
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 
-from . import receipts
-from .accounts import new_token, revoke_token
+from . import minting
+from .accounts import (
+    BOOKMARKLET,
+    AccountError,
+    new_token,
+    rename_token,
+    revoke_token,
+    token_name,
+)
 from .api import pixel_html, pixel_url
 from .auth import login_required
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
+from .classify import client_name
+from .mailhosts import PROVIDERS
 from .models import MAX_ID, ApiToken
 
 bp = Blueprint("install", __name__)
@@ -17,13 +26,17 @@ def origin():
     return current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
 
 
-def page(**context):
+def page(status=200, **context):
     tokens = (
         ApiToken.select()
-        .where(ApiToken.user == g.user, ApiToken.name.startswith("bookmarklet"))
+        .where(ApiToken.user == g.user, ApiToken.scope == BOOKMARKLET)
         .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
     )
-    return render_template("bookmarklet.html", tokens=tokens, origin=origin(), **context)
+    browser = client_name(
+        request.headers.get("User-Agent", ""), None, current_app.extensions["openreceipt"].ua_parser
+    )
+    context.setdefault("default_name", bookmarklet_token_name(browser))
+    return render_template("bookmarklet.html", tokens=tokens, origin=origin(), **context), status
 
 
 @bp.get("/bookmarklet")
@@ -35,8 +48,21 @@ def show():
 @bp.post("/bookmarklet")
 @login_required
 def create():
-    row, secret = new_token(g.user, bookmarklet_token_name())
+    name = token_name(request.form.get("name", "")) or bookmarklet_token_name()
+    row, secret = new_token(g.user, name, BOOKMARKLET)
     return page(bookmarklet=build_bookmarklet(origin(), secret), created=row)
+
+
+@bp.post(f"/bookmarklet/tokens/<int(max={MAX_ID}):token_id>/rename")
+@login_required
+def rename(token_id):
+    try:
+        renamed = rename_token(token_id, g.user, request.form.get("name", ""))
+    except AccountError as error:
+        flash(f"Not renamed: {error}.")
+    else:
+        flash("Renamed." if renamed else "No such bookmarklet.")
+    return redirect(url_for("install.show") + "#yours")
 
 
 @bp.post(f"/bookmarklet/tokens/<int(max={MAX_ID}):token_id>/revoke")
@@ -53,12 +79,24 @@ def revoke(token_id):
 @bp.post("/bookmarklet/pixel")
 @login_required
 def manual_pixel():
-    subject = request.form.get("subject", "").strip()[:998] or None
-    recipients = [
-        address.strip().lower()
-        for address in request.form.get("recipients", "").replace(";", ",").split(",")
-        if "@" in address
-    ][:100]
-    pixel = receipts.mint(g.user, subject=subject, recipients=recipients)
+    """A receipt made by hand, through the same checks as the API's."""
+    form = request.form
+    try:
+        pixel, providers = minting.make_receipt(
+            g.user,
+            subject=form.get("subject"),
+            label=None,
+            recipients=minting.split_addresses(form.get("recipients", "")),
+            made_with=minting.FORM,
+            user_agent=request.headers.get("User-Agent"),
+            remote_addr=request.remote_addr,
+        )
+    except minting.Refused as refused:
+        return page(422, manual_error=str(refused), manual_form=form)
     url = pixel_url(pixel)
-    return page(manual_url=url, manual_html=pixel_html(url))
+    return page(
+        manual=pixel,
+        manual_url=url,
+        manual_html=pixel_html(url),
+        providers=[PROVIDERS[key] for key in providers if key in PROVIDERS],
+    )

@@ -74,6 +74,7 @@ class ApiToken(BaseModel):
     user = ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
     name = CharField(max_length=100)
     token_hash = CharField(max_length=64, unique=True)
+    scope = CharField(max_length=16, default="full")  # accounts.SCOPES
     created_at = DateTimeField(default=utcnow)
     last_used_at = DateTimeField(null=True)
     revoked_at = DateTimeField(null=True)
@@ -106,6 +107,8 @@ class Pixel(BaseModel):
     mail_hosting = CharField(max_length=16, null=True)
     # The mail providers hosting the recipients, comma-separated (mailhosts.PROVIDERS keys).
     mail_providers = CharField(max_length=200, null=True)
+    # How the receipt was made: "api", "bookmarklet" or "form" (by hand); minting.MADE_WITH.
+    made_with = CharField(max_length=16, null=True)
     last_self_view_at = DateTimeField(null=True)
     # The latest of created_at and last_event_at: the status page lists by it.
     activity_at = DateTimeField(default=utcnow, null=True)

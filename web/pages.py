@@ -3,7 +3,7 @@
 from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 from peewee import Cast, SqliteDatabase, fn
 
-from . import receipts
+from . import minting, receipts
 from .api import PUBLIC_ID, mail_providers, pixel_html, pixel_url, providers_json
 from .auth import login_required
 from .classify import KINDS
@@ -239,6 +239,7 @@ def detail(public_id):
         older=older,
         latest=before is None,
         providers=providers_json(mail_providers(pixel)),
+        by_hand=pixel.made_with == minting.FORM,
     )
 
 
@@ -289,6 +290,20 @@ def correct(public_id, event_id):
     receipts.correct(event, kind)
     flash(CORRECTED.get(kind, f"Counted as {kind}."))
     return redirect(url_for("pages.detail", public_id=public_id) + f"#event-{event_id}")
+
+
+@bp.post("/m/<public_id>/sent")
+@login_required
+def mark_sent(public_id):
+    """The sender says the message went out now (a receipt made by hand cannot see it go)."""
+    pixel = own_pixel_or_404(public_id)
+    marked = (
+        Pixel.update(sent_at=utcnow())
+        .where(Pixel.id == pixel.id, Pixel.sent_at.is_null())
+        .execute()
+    )
+    flash("Marked as sent now." if marked else "It was marked as sent already.")
+    return redirect(url_for("pages.detail", public_id=public_id))
 
 
 @bp.post("/m/<public_id>/delete")

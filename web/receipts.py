@@ -39,8 +39,8 @@ def new_public_id():
     return secrets.token_urlsafe(12)
 
 
-def mint(owner, subject=None, recipients=(), label=None, mint_fingerprint=None):
-    """Create a waiting pixel for a message."""
+def mint(owner, subject=None, recipients=(), label=None, mint_fingerprint=None, made_with=None):
+    """Create a waiting pixel for a message (checked values: see minting.make_receipt)."""
     return Pixel.create(
         public_id=new_public_id(),
         owner=owner,
@@ -48,6 +48,7 @@ def mint(owner, subject=None, recipients=(), label=None, mint_fingerprint=None):
         recipients=list(recipients),
         label=label,
         mint_fingerprint=mint_fingerprint,
+        made_with=made_with,
     )
 
 

@@ -19,7 +19,14 @@ from flask import (
 from peewee import fn
 
 from . import donottrack, export, notify
-from .accounts import AccountError, authenticate, new_token, normalise_email, set_password
+from .accounts import (
+    SCOPES,
+    AccountError,
+    authenticate,
+    new_token,
+    normalise_email,
+    set_password,
+)
 from .auth import login_required
 from .models import MAX_ID, ApiToken, DoNotTrack, Notice, NotifyChannel, Pixel, User
 
@@ -35,6 +42,7 @@ def page(**context):
     return render_template(
         "settings.html",
         tokens=tokens,
+        scopes=SCOPES,
         own_entries=donottrack.listed(g.user),
         server_entries=donottrack.listed(None),
         channels=channel_rows(g.user),
@@ -105,9 +113,8 @@ def show():
 @bp.post("/settings/tokens")
 @login_required
 def create_token():
-    name = request.form.get("name", "").strip()[:100] or "API token"
-    _, secret = new_token(g.user, name)
-    return page(new_token=secret, new_token_name=name)
+    row, secret = new_token(g.user, request.form.get("name", ""))
+    return page(new_token=secret, new_token_name=row.name)
 
 
 @bp.post("/settings/password")

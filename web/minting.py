@@ -1,0 +1,151 @@
+"""Making a receipt: the one policy every way in goes through.
+
+The API (scripts and the bookmarklet) and the form for receipts made by hand hand their raw
+values to `make_receipt`, which checks them, refuses addresses on a do-not-track list, keeps of
+the recipients what STORE_RECIPIENTS says, fingerprints the minting browser (so its own fetch
+of the draft is the sender's), mints, and asks where the recipients' mail is hosted. A view only
+turns its request into values and a `Refused` into an answer: a second way in cannot skip a
+check, because there is no second copy of them.
+"""
+
+from email.utils import getaddresses, parseaddr, quote
+
+from flask import current_app
+
+from . import donottrack, receipts
+from .models import Pixel
+from .pixel import MAX_USER_AGENT
+from .privacy import anonymize, fingerprint, kept_recipients
+
+MAX_SUBJECT = 998  # the longest line RFC 5322 allows
+MAX_LABEL = 200
+MAX_RECIPIENTS = 100
+MAX_ADDRESS = 320
+# How a receipt was made (Pixel.made_with): a manual receipt cannot know by itself when it was
+# sent or which fetch was the sender's, so its page offers to say so.
+API, BOOKMARKLET, FORM = "api", "bookmarklet", "form"
+MADE_WITH = (API, BOOKMARKLET, FORM)
+
+
+class Refused(ValueError):
+    """A user-facing refusal: the message says what is wrong; `status` is the HTTP answer."""
+
+    status = 400
+
+
+class DoNotTrack(Refused):
+    """A recipient is on a do-not-track list: no receipt for this message."""
+
+    status = 409
+
+    def __init__(self, listed):
+        self.listed = listed
+        verb = "is" if len(listed) == 1 else "are"
+        super().__init__(
+            f"no receipt: {', '.join(listed)} {verb} on the do-not-track list (see Settings)"
+        )
+
+
+def make_receipt(
+    user, *, subject, label, recipients, made_with, user_agent, remote_addr, force=False
+):
+    """Check, mint and return (pixel, the recipients' mail providers found in time).
+
+    `subject`, `label` and each recipient are raw text (a recipient may be written
+    `Name <address>`); `remote_addr` is the client's raw address, masked here and never kept.
+    Raises Refused (or DoNotTrack, unless `force`)."""
+    subject = clean_text(subject, "subject", MAX_SUBJECT)
+    label = clean_text(label, "label", MAX_LABEL)
+    addresses = clean_recipients(recipients)
+    listed = listed_recipients(user, addresses)
+    if listed and not force:
+        raise DoNotTrack(listed)
+    config = current_app.config
+    pixel = receipts.mint(
+        user,
+        subject=subject,
+        recipients=kept_recipients(addresses, config["STORE_RECIPIENTS"]),
+        label=label,
+        made_with=made_with,
+        mint_fingerprint=fingerprint(
+            config["SECRET_KEY"], (user_agent or "")[:MAX_USER_AGENT], anonymize(remote_addr)
+        ),
+    )
+    return pixel, note_mail_hosting(pixel, addresses)
+
+
+def listed_recipients(user, addresses):
+    """The user's and the server's do-not-track entries that cover any of `addresses`."""
+    return donottrack.matching(donottrack.entries_for(user), addresses)
+
+
+def clean_text(value, name, limit):
+    """A subject or label: stripped, None when empty; refused when too long or unstorable."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Refused(f"'{name}' must be a string")
+    value = value.strip()
+    if len(value) > limit:
+        raise Refused(f"'{name}' is longer than {limit} characters")
+    check_storable(value, name)
+    return value or None
+
+
+def clean_recipients(values):
+    """Lower-case addresses, each once, in order, from a list of `address` or `Name <address>`
+    strings. Refuses anything that is not an address."""
+    if values is None:
+        return []
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        raise Refused("'recipients' must be a list of email addresses")
+    if len(values) > MAX_RECIPIENTS:
+        raise Refused(f"'recipients' holds more than {MAX_RECIPIENTS} addresses")
+    addresses = []
+    for item in values:
+        check_storable(item, "recipients")
+        address = parseaddr(item.strip())[1].lower()
+        local, at, domain = address.rpartition("@")
+        if not local or not at or not domain or len(address) > MAX_ADDRESS:
+            raise Refused(f"'recipients' holds {item[:80]!r}, which is not an email address")
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def split_addresses(text):
+    """A form's recipients field (`a@x.org, Name <b@y.org>; c@z.org`) as a list of entries."""
+    check_storable(text, "recipients")
+    entries = getaddresses([text.replace(";", ",").replace("\n", ",")])
+    # The name quoted again: `"Doe, Jane" <j@x.org>` must not read as two entries.
+    return [
+        f'"{quote(name)}" <{address}>' if name else address for name, address in entries if address
+    ]
+
+
+def check_storable(value, name):
+    # PostgreSQL text holds neither NUL nor lone surrogates; refuse them for both databases.
+    if "\x00" in value:
+        raise Refused(f"'{name}' contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(f"'{name}' is not valid Unicode") from None
+
+
+def note_mail_hosting(pixel, addresses):
+    """Look up where the recipients' mail is hosted, waiting a few hundred ms at most; answers
+    that come later are stored by a background thread. Returns the providers found in time."""
+    if not current_app.config["MX_LOOKUP"] or not addresses:
+        return ()
+    app = current_app._get_current_object()
+
+    def store(hosting):
+        with app.app_context():
+            Pixel.update(
+                mail_hosting=hosting.summary, mail_providers=",".join(hosting.providers) or None
+            ).where(Pixel.id == pixel.id).execute()
+
+    hosting = app.extensions["openreceipt"].mail_hosts.lookup(addresses, on_late=store)
+    store(hosting)
+    return hosting.providers
