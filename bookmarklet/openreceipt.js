@@ -5,10 +5,16 @@
  * The server builds this file into a `javascript:` URL, replacing the three placeholders
  * below with its own address, the user's API token and the bookmarklet's version.
  *
+ * It runs on Gmail only (https://mail.google.com): anywhere else it says so and sends nothing,
+ * so no other page ever sees its key.
+ *
  * Gmail enforces Trusted Types: nothing here uses innerHTML, insertAdjacentHTML,
  * execCommand("insertHTML"), eval or script elements. Every node is made with
  * createElement/textContent and placed with the Range API. Nothing is loaded from the server
  * but JSON.
+ *
+ * Gmail's page is read with the selectors the public Gmail toolkits use (InboxSDK and gmail.js;
+ * docs/gmail.md in the project names the file and line of each).
  */
 (function () {
   "use strict";
@@ -17,23 +23,44 @@
   var TOKEN = "__OPENRECEIPT_TOKEN__";
   var VERSION = "__OPENRECEIPT_VERSION__";
 
-  // Gmail's class names and attributes that do not change with the interface language.
-  var COMPOSE = "div.M9";
-  var BODY = '[g_editable="true"], div[contenteditable][role="textbox"]';
-  var SUBJECT = 'input[name="subjectbox"]';
-  var RECIPIENT_FIELDS = ["to", "cc", "bcc"];
-  var SIGNATURE = ".gmail_signature";
-  var SIGNATURE_PREFIX = ".gmail_signature_prefix"; // the "-- " line before a signature
-  var QUOTE = ".gmail_quote";
-  var SEND_BUTTON = 'div[role="button"].aoO';
-  var NOTICE_SECONDS = 7;
+  var GMAIL = "https://mail.google.com";
 
+  // Gmail's class names and attributes that do not change with the interface language.
+  // A compose: gmail.js's div.M9 (popup and inline); InboxSDK's [role=dialog] (popup, full
+  // screen) and .ip.adB (inline reply or forward) where a page has no div.M9.
+  var COMPOSE = 'div.M9, [role="dialog"], .ip.adB';
+  var BODY = '[g_editable="true"], div[contenteditable="true"][role="textbox"]';
+  var SUBJECT = 'input[name="subjectbox"], input[name="subject"]';
+  var RECIPIENT_FIELDS = ["to", "cc", "bcc"];
+  var SIGNATURE = '.gmail_signature, [data-smartmail="gmail_signature"]';
+  var SIGNATURE_PREFIX = ".gmail_signature_prefix"; // the "-- " line before a signature
+  var QUOTE = ".gmail_quote, .gmail_extra";
+  // InboxSDK's Send button (not its schedule-send menu), and gmail.js's.
+  var SEND_BUTTON =
+    '.IZ .Up div > div[role="button"]:not([aria-haspopup="true"]), div[role="button"].T-I-atl';
+  var NOTICE_SECONDS = 7;
+  var MINT_TIMEOUT_MS = 10000;
+  // How long a Send pressed while the receipt is on its way waits for it.
+  var HOLD_SEND_MS = 5000;
+
+  // Anywhere but Gmail: say so and stop, before anything could hand the key to the page.
+  if (location.origin !== GMAIL) {
+    return notice(
+      "not-gmail",
+      location.origin === new URL(ORIGIN).origin
+        ? "openreceipt: this is the bookmarklet itself. Drag it to your bookmarks bar (or copy its address into a new bookmark), then click it in Gmail while you write a message."
+        : "openreceipt works in Gmail only (mail.google.com). Nothing was sent from this page."
+    );
+  }
   // -- Talking to the server -------------------------------------------------------------
 
   function api(method, path, body) {
+    var abort = window.AbortController ? new AbortController() : null;
+    if (abort) setTimeout(function () { abort.abort(); }, MINT_TIMEOUT_MS);
     return fetch(ORIGIN + path, {
       method: method,
       credentials: "omit",
+      signal: abort ? abort.signal : undefined,
       headers: {
         Authorization: "Bearer " + TOKEN,
         "Content-Type": "application/json",
@@ -108,16 +135,32 @@
   // -- The compose the user is writing in ---------------------------------------------------
 
   var state = window.__openreceipt || { lastCompose: null, beaconed: {} };
+  state.saves = state.saves || []; // draft saves waiting for their timer
+  state.minting = state.minting || []; // receipts on their way, by compose
 
+  // The compose a node is in: the innermost compose element around it that holds a body.
   function composeOf(node) {
     var element = node && (node.nodeType === 1 ? node : node.parentElement);
-    return element ? element.closest(COMPOSE) : null;
+    var compose = element ? element.closest(COMPOSE) : null;
+    while (compose && !compose.querySelector(BODY + ', [contenteditable="plaintext-only"]')) {
+      compose = compose.parentElement ? compose.parentElement.closest(COMPOSE) : null;
+    }
+    return compose;
+  }
+
+  // Every open compose, each once: found from the bodies being written in.
+  function allComposes() {
+    var found = [];
+    var bodies = document.querySelectorAll(BODY + ', [contenteditable="plaintext-only"]');
+    for (var i = 0; i < bodies.length; i++) {
+      var compose = composeOf(bodies[i]);
+      if (compose && found.indexOf(compose) < 0) found.push(compose);
+    }
+    return found;
   }
 
   function findCompose() {
-    var composes = Array.prototype.slice.call(document.querySelectorAll(COMPOSE)).filter(function (c) {
-      return c.isConnected && c.querySelector(BODY + ', textarea, [contenteditable="plaintext-only"]');
-    });
+    var composes = allComposes();
     if (!composes.length) return { kind: "no-compose" };
     var selection = document.getSelection();
     var holding = selection && selection.rangeCount ? composeOf(selection.anchorNode) : null;
@@ -143,30 +186,42 @@
     return input ? input.value.trim() : "";
   }
 
-  // Addresses from the To/Cc/Bcc chips; never from the autocomplete suggestions.
+  // The address in a recipient as Gmail writes it: "Name <address>" or the bare address.
+  function addressIn(text) {
+    text = (text || "").trim();
+    var open = text.lastIndexOf("<");
+    if (open >= 0) text = text.slice(open + 1, text.indexOf(">", open) < 0 ? undefined : text.indexOf(">", open));
+    text = text.trim().toLowerCase();
+    return /^[^\s<>@]+@[^\s<>@]+$/.test(text) ? text : null;
+  }
+
+  // The chips of one field ("to", "cc", "bcc"), as InboxSDK's getRecipientChips reads them:
+  // the older interface keeps them in the row of textarea.vO[name=field], each chip a .vR
+  // holding a hidden input with "Name <address>"; the interface since 2021 keeps them in the
+  // field's own listbox, each an option with the name in data-name and the address in
+  // data-hovercard-id. The autocomplete suggestions are a popup outside the field: never read.
+  function chipAddresses(compose, field) {
+    var found = [];
+    var entry = compose.querySelector('textarea.vO[name="' + field + '"], tr input[name="' + field + '"]');
+    var row = entry && entry.closest("tr");
+    if (row) {
+      var inputs = row.querySelectorAll('.vR > input[type="hidden"]');
+      for (var i = 0; i < inputs.length; i++) found.push(addressIn(inputs[i].value));
+      return found;
+    }
+    var options = compose.querySelectorAll('.anm[name="' + field + '"] [role="listbox"] [role="option"]');
+    for (var j = 0; j < options.length; j++) found.push(addressIn(options[j].getAttribute("data-hovercard-id")));
+    return found;
+  }
+
+  // The addresses in To, Cc and Bcc: lower case, each once, without names.
   function recipientsOf(compose) {
-    var seen = {};
     var addresses = [];
-    function add(address) {
-      address = (address || "").trim().toLowerCase();
-      if (address.indexOf("@") > 0 && !seen[address]) {
-        seen[address] = true;
-        addresses.push(address);
-      }
-    }
     RECIPIENT_FIELDS.forEach(function (field) {
-      var chips = compose.querySelectorAll('div[name="' + field + '"] [data-hovercard-id]');
-      for (var i = 0; i < chips.length; i++) {
-        if (!chips[i].closest('[role="listbox"]')) add(chips[i].getAttribute("data-hovercard-id"));
-      }
+      chipAddresses(compose, field).forEach(function (address) {
+        if (address && addresses.indexOf(address) < 0) addresses.push(address);
+      });
     });
-    if (!addresses.length) {
-      // Older interface: chips carry [email]; the suggestion list is a listbox.
-      var old = compose.querySelectorAll("[email]");
-      for (var j = 0; j < old.length; j++) {
-        if (!old[j].closest('[role="listbox"]')) add(old[j].getAttribute("email"));
-      }
-    }
     return addresses;
   }
 
@@ -220,9 +275,39 @@
     return removed;
   }
 
+  // Gmail sends the draft it saved, not the page, and a change made through the DOM is not
+  // saved by itself. As InboxSDK does after every insertion (its triggerDraftSave), press a
+  // key Gmail's change detection sees on the body: "." (keyCode 190, no character), after a
+  // zero-delay timer (at once, Gmail typed a stray "¾" into inline replies), and never Enter
+  // (Gmail deletes the selected text on Enter). An input event goes first, for any other
+  // listener of the body.
   function changed(body) {
-    // Gmail saves the draft on input events.
     body.dispatchEvent(new InputEvent("input", { bubbles: true, inputType: "insertReplacementText" }));
+    var pending = { body: body, done: false };
+    state.saves.push(pending);
+    setTimeout(function () { pressSaveKey(pending); }, 0);
+  }
+
+  function pressSaveKey(pending) {
+    if (pending.done) return;
+    pending.done = true;
+    state.saves.splice(state.saves.indexOf(pending), 1);
+    if (!pending.body.isConnected) return;
+    ["keydown", "keypress", "keyup"].forEach(function (type) {
+      var event = document.createEvent("Event");
+      event.initEvent(type, true, true);
+      event.keyCode = 190;
+      event.which = 190;
+      event.charCode = 0;
+      pending.body.dispatchEvent(event);
+    });
+  }
+
+  // Send was pressed: a save still waiting for its timer happens now, before Gmail sends.
+  function saveNow(compose) {
+    state.saves.slice().forEach(function (pending) {
+      if (compose.contains(pending.body)) pressSaveKey(pending);
+    });
   }
 
   function addReceipt() {
@@ -248,28 +333,78 @@
       removeQuotedPixels(body) && changed(body);
       return notice("already", "openreceipt: this message has a receipt already.");
     }
+    if (mintingFor(compose)) return notice("already", "openreceipt: the receipt is on its way.");
     var range = insertionRange(body);
     var subject = subjectOf(compose);
     var recipients = recipientsOf(compose);
+    var minting = { compose: compose, heldSend: null };
+    state.minting.push(minting);
     api("POST", "/api/pixels", { subject: subject, recipients: recipients }).then(function (result) {
       if (result.status !== 201) {
         var why = problem(result);
-        return notice(why[0], why[1]);
+        notice(why[0], why[1]);
+      } else if (!body.isConnected) {
+        notice("refused", "openreceipt: the message was closed before the receipt came.");
+      } else {
+        removeQuotedPixels(body);
+        range.insertNode(makeImage(result.answer.url));
+        changed(body);
+        // What a receipt can show for the recipients' mail providers (Apple, Proton, HEY, …).
+        var caveats = (result.answer.mail_providers || [])
+          .filter(function (provider) { return provider.caveat; })
+          .map(function (provider) { return " " + provider.name + ": " + provider.caveat; });
+        notice(
+          "added",
+          "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)") +
+            caveats.join("")
+        );
       }
-      if (!body.isConnected) return notice("refused", "openreceipt: the message was closed before the receipt came.");
-      removeQuotedPixels(body);
-      range.insertNode(makeImage(result.answer.url));
-      changed(body);
-      // What a receipt can show for the recipients' mail providers (Apple, Proton, HEY, …).
-      var caveats = (result.answer.mail_providers || [])
-        .filter(function (provider) { return provider.caveat; })
-        .map(function (provider) { return " " + provider.name + ": " + provider.caveat; });
-      notice(
-        "added",
-        "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)") +
-          caveats.join("")
-      );
+      finishMinting(minting);
     });
+  }
+
+  function mintingFor(compose) {
+    for (var i = 0; i < state.minting.length; i++) {
+      if (state.minting[i].compose === compose) return state.minting[i];
+    }
+    return null;
+  }
+
+  // The receipt is in (or could not be had): a Send pressed meanwhile goes ahead now, once
+  // Gmail's change detection has seen the image.
+  function finishMinting(minting) {
+    var index = state.minting.indexOf(minting);
+    if (index < 0) return;
+    state.minting.splice(index, 1);
+    if (minting.heldSend) {
+      clearTimeout(minting.heldSend.timer);
+      saveNow(minting.compose);
+      pressSend(minting.heldSend.button);
+    }
+  }
+
+  // Send pressed while the receipt is on its way: hold it (up to HOLD_SEND_MS), so the message
+  // does not leave without the receipt the user asked for.
+  function holdSend(minting, button) {
+    if (minting.heldSend) return;
+    minting.heldSend = {
+      button: button,
+      timer: setTimeout(function () { finishMinting(minting); }, HOLD_SEND_MS),
+    };
+    notice("waiting", "openreceipt: adding the receipt, then sending…");
+  }
+
+  // Press Send as InboxSDK's simulateClick does: Gmail acts on mousedown, mouseup and click.
+  function pressSend(button) {
+    if (!button || !button.isConnected) return;
+    state.pressing = true;
+    try {
+      ["mousedown", "mouseup", "click"].forEach(function (type) {
+        button.dispatchEvent(new MouseEvent(type, { bubbles: true, cancelable: true, view: window }));
+      });
+    } finally {
+      state.pressing = false;
+    }
   }
 
   // -- The notice -------------------------------------------------------------------------
@@ -357,23 +492,34 @@
       },
       true
     );
-    // Capture phase: Gmail's own handlers may close the compose before ours would run.
-    document.addEventListener(
-      "click",
-      function (event) {
-        var button = event.target.closest && event.target.closest(SEND_BUTTON);
-        var compose = button && composeOf(button);
-        if (compose) sent(compose);
-      },
-      true
-    );
+    // Capture phase: ours run before Gmail's, which send and close the compose.
+    function onSend(event, target) {
+      var compose = composeOf(target);
+      if (!compose) return;
+      var minting = !state.pressing && mintingFor(compose);
+      if (minting) {
+        event.preventDefault();
+        event.stopImmediatePropagation();
+        holdSend(minting, target.closest(SEND_BUTTON) || compose.querySelector(SEND_BUTTON));
+        return;
+      }
+      saveNow(compose);
+      if (event.type === "click" || event.type === "keydown") sent(compose);
+    }
+    ["mousedown", "mouseup", "click"].forEach(function (type) {
+      document.addEventListener(
+        type,
+        function (event) {
+          var button = event.target.closest && event.target.closest(SEND_BUTTON);
+          if (button) onSend(event, button);
+        },
+        true
+      );
+    });
     document.addEventListener(
       "keydown",
       function (event) {
-        if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
-          var compose = composeOf(event.target);
-          if (compose) sent(compose);
-        }
+        if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) onSend(event, event.target);
       },
       true
     );

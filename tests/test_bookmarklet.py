@@ -1,15 +1,17 @@
-"""The bookmarklet in real Chromium, on Gmail-like pages (tests/gmail_fixtures) served from an
-origin of their own with Gmail's CSP (Trusted Types enforced) and COOP, against a real
-openreceipt server on another port.
+"""The bookmarklet in real Chromium, on Gmail-like pages (tests/gmail_fixtures, each built from the
+structure the public Gmail toolkits document) served at https://mail.google.com with Gmail's CSP
+(Trusted Types enforced) and COOP, against a real openreceipt server.
 
 The built bookmarklet's code runs in the page as the bookmarks bar would run it. Every test fails
 on a `securitypolicyviolation` event, an uncaught exception or a console error it did not expect,
-and checks both where the image went in the DOM and what the server stored.
+and checks where the image went in the DOM, what the server stored and, where the message is
+sent, what Gmail would send: the draft as last saved (gmail_fixtures/draft_model.js).
 """
 
 import json
 import re
 import secrets
+import time
 import urllib.parse
 from collections import namedtuple
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import pytest
 
 from web.bookmarklet import VERSION, build_bookmarklet
 
-from .gmail_fixtures import GmailFixtures
+from .gmail_fixtures import DRAFT_MODEL, GMAIL, GmailFixtures
 from .servers import Gunicorn, free_port, start_gunicorn
 from .test_browser import CHROME_UA, launched_chromium
 
@@ -102,10 +104,12 @@ Notice = namedtuple("Notice", "kind text")
 
 @dataclass
 class Receipts:
-    """The module's openreceipt server, its user and a live API token."""
+    """The module's openreceipt server, its user, the key of a bookmarklet (`token`, which can
+    only add receipts) and a full API token for the tests' own checks (`admin`)."""
 
     server: Gunicorn
     token: str
+    admin: str
 
     @property
     def url(self):
@@ -113,7 +117,7 @@ class Receipts:
 
     def api(self, method, path, body=None, token=None):
         status, _, raw = self.server.request(
-            method, path, body, {"Authorization": f"Bearer {token or self.token}"}
+            method, path, body, {"Authorization": f"Bearer {token or self.admin}"}
         )
         return status, json.loads(raw) if raw else None
 
@@ -168,7 +172,12 @@ def receipts(tmp_path_factory, geoip_path):
     )
     try:
         server.openreceipt("user", "add", EMAIL, "--password-stdin", input=PASSWORD + "\n")
-        yield Receipts(server, server.openreceipt("token", "new", EMAIL, "--name", "browser"))
+        bookmarklet = server.openreceipt("bookmarklet", EMAIL, "--name", "Chromium (tests)")
+        yield Receipts(
+            server,
+            token=re.search(r"var%20TOKEN=%22(or_[A-Za-z0-9_-]+)%22", bookmarklet).group(1),
+            admin=server.openreceipt("token", "new", EMAIL, "--name", "tests"),
+        )
     finally:
         server.stop()
 
@@ -183,9 +192,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def fixtures():
-    server = GmailFixtures()
-    yield server
-    server.stop()
+    return GmailFixtures()
 
 
 class GmailTab:
@@ -202,8 +209,10 @@ class GmailTab:
             "https://*.googleusercontent.com/**",
             lambda route: route.fulfill(status=200, content_type="image/gif", body=GIF),
         )
+        fixtures.serve(self.context)
         self.page = self.context.new_page()
         self.page.add_init_script(WATCH)
+        self.page.add_init_script(DRAFT_MODEL)
         self.console_errors = []
         self.page_errors = []
         self.expected_errors = []
@@ -224,7 +233,7 @@ class GmailTab:
         return [r for r in self.api_requests if urllib.parse.urlsplit(r.url).path.endswith(suffix)]
 
     def open(self, name):
-        response = self.page.goto(f"{self.fixtures.url}/{name}")
+        response = self.page.goto(f"{GMAIL}/{name}")
         assert response.status == 200, response.text()
         headers = response.headers
         assert "require-trusted-types-for 'script'" in headers["content-security-policy"]
@@ -488,6 +497,219 @@ def test_inline_reply_skips_the_quote_and_removes_old_pixels_quoted_in_it(tab, r
     tab.check()
 
 
+# -- Recipients as Gmail has them ------------------------------------------------------------------
+
+
+def test_older_interface_reads_the_hidden_inputs_of_the_chips(tab, receipts):
+    """Each chip a .vR with "Name <address>" in a hidden input, in the row of textarea.vO;
+    neither the address being typed nor the open suggestions."""
+    before = receipts.pixel_ids()
+    tab.open("popup_old.html")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+    assert mint_request(tab) == {"subject": "Invoice #42", "recipients": POPUP_RECIPIENTS}
+    [pixel] = receipts.new_pixels(before)
+    assert pixel["recipients"] == POPUP_RECIPIENTS
+    assert_pixel_image(tab.placement(), receipts, pixel)
+    tab.check()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "subject", "recipients"),
+    [
+        ("popup.html", "Invoice #42", POPUP_RECIPIENTS),
+        ("popup_old.html", "Invoice #42", POPUP_RECIPIENTS),
+        ("fullscreen.html", "Offer letter", ["frank@example.org"]),
+        ("reply.html", "Re: Invoice #41", ["bob@example.com"]),
+        ("forward.html", "Fwd: Invoice #41", ["erin@example.net"]),
+    ],
+)
+def test_every_compose_kind_mints_with_its_subject_and_recipients(
+    tab, receipts, fixtures, fixture, subject, recipients
+):
+    quoted_pixels(receipts, fixtures)
+    tab.open(fixture)
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    assert mint_request(tab) == {"subject": subject, "recipients": recipients}
+    tab.check()
+
+
+# -- What Gmail sends: the draft as last saved ---------------------------------------------------
+
+
+def quoted_pixels(receipts, fixtures):
+    """Earlier receipts, as quoted in the reply and forward fixtures; returns their URLs."""
+    old, old_proxied = receipts.mint(subject="Invoice #41"), receipts.mint(subject="Invoice #40")
+    fixtures.values["old_pixel"] = old["url"]
+    fixtures.values["old_proxied_pixel"] = GMAIL_PROXY.format(
+        secrets.token_urlsafe(24), old_proxied["url"]
+    )
+    return old["url"], old_proxied["url"]
+
+
+def sent_messages(page, count=1):
+    """What Gmail sent (the fixtures' draft model), once `count` messages went out."""
+    page.wait_for_function(
+        "(count) => window.__gmail.sent.length >= count", arg=count, timeout=10_000
+    )
+    return page.evaluate("window.__gmail.sent")
+
+
+def our_pixels_in(html, receipts):
+    """The URLs of this server's images in an HTML body, with Gmail's proxy prefix removed."""
+    return [
+        src.split("#", 1)[-1]
+        for src in re.findall(r'<img [^>]*src="([^"]+)"', html)
+        if f"{receipts.url}/p/" in src
+    ]
+
+
+SEND = "div.M9 .IZ .Up div > div[role='button']:not([aria-haspopup])"
+COMPOSE_KINDS = ["popup.html", "popup_old.html", "fullscreen.html", "reply.html", "forward.html"]
+
+
+@pytest.mark.parametrize("fixture", COMPOSE_KINDS)
+def test_the_sent_message_carries_exactly_one_pixel(tab, receipts, fixtures, fixture):
+    old_urls = quoted_pixels(receipts, fixtures)
+    before = receipts.pixel_ids()
+    page = tab.open(fixture)
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    [pixel] = receipts.new_pixels(before)
+    with page.expect_response(lambda response: response.url.endswith("/sent")):
+        page.locator(SEND).click()
+    [sent] = sent_messages(page)
+    assert our_pixels_in(sent["html"], receipts) == [pixel["url"]], sent["html"]
+    assert not set(old_urls) & set(our_pixels_in(sent["html"], receipts))
+    assert receipts.pixel(pixel["id"])["sent_at"] is not None
+    tab.check()
+
+
+@pytest.mark.parametrize("fixture", COMPOSE_KINDS)
+def test_send_pressed_while_the_receipt_is_on_its_way_waits_for_it(
+    tab, receipts, fixtures, fixture
+):
+    """Send right after the click: the mint's answer is held back until Send was pressed; the
+    message goes out once the receipt is in, with it."""
+    quoted_pixels(receipts, fixtures)
+    before = receipts.pixel_ids()
+    held = []
+    tab.context.route(f"{receipts.url}/api/pixels", lambda route: held.append(route))
+    page = tab.open(fixture)
+    tab.click_bookmarklet()
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert held, "the mint request never left"
+
+    page.locator(SEND).click()
+    assert tab.notice().kind == "waiting"
+    assert page.evaluate("window.__gmail.sent") == []  # held, not sent without the receipt
+    held[0].continue_()
+
+    [sent] = sent_messages(page)
+    [pixel] = receipts.new_pixels(before)
+    assert our_pixels_in(sent["html"], receipts) == [pixel["url"]], sent["html"]
+    page.wait_for_function(
+        "(url) => performance.getEntriesByType('resource').some((e) => e.name.endsWith(url))",
+        arg="/sent",
+    )
+    tab.check()
+
+
+def test_a_change_made_through_the_dom_alone_is_not_sent(tab):
+    """The draft model is Gmail's, not the page's: an image put in without the events Gmail's
+    change detection sees does not go out, so the tests above prove the bookmarklet's events."""
+    page = tab.open("popup.html")
+    page.evaluate(
+        """() => {
+          const img = document.createElement("img");
+          img.src = "https://ci3.googleusercontent.com/meips/unsaved=s0-d-e1-ft";
+          document.querySelector('[g_editable="true"]').appendChild(img);
+        }"""
+    )
+    page.locator(SEND).click()
+    [sent] = sent_messages(page)
+    assert "unsaved" not in sent["html"] and "Kind regards, Ada" in sent["html"]
+    tab.check()
+
+
+def test_the_save_key_comes_after_the_insertion_as_gmail_needs(tab, receipts):
+    """InboxSDK's draft-save nudge: keydown, keypress and keyup of "." (keyCode 190, no
+    character) on the body, after a zero-delay timer, and no character typed."""
+    page = tab.open("popup.html")
+    page.evaluate(
+        """() => {
+          window.__keys = [];
+          for (const type of ["keydown", "keypress", "keyup"]) {
+            document.addEventListener(type, (event) => {
+              if (!event.target.matches('[g_editable="true"]')) return;
+              const img = event.target.querySelector('img[src*="/p/"]');
+              window.__keys.push([type, event.keyCode, event.charCode, !!img]);
+            });
+          }
+        }"""
+    )
+    text_before = page.locator(BODY).inner_text()
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+    page.wait_for_function("() => window.__keys.length >= 3")
+    assert page.evaluate("window.__keys") == [
+        ["keydown", 190, 0, True],
+        ["keypress", 190, 0, True],
+        ["keyup", 190, 0, True],
+    ]
+    assert page.locator(BODY).inner_text() == text_before
+    tab.check()
+
+
+# -- Only on Gmail ---------------------------------------------------------------------------------
+
+
+def test_on_another_site_it_says_so_and_sends_nothing(tab, receipts):
+    """A page that wraps fetch (and would log every header) never sees the bookmarklet's key."""
+    seen = []
+    tab.page.on("request", lambda request: seen.append(request.url))
+    tab.context.route(
+        "https://shop.example/**",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="text/html",
+            body="<!doctype html><title>Shop</title><h1>Shop</h1>",
+        ),
+    )
+    page = tab.page
+    page.goto("https://shop.example/")
+    page.evaluate(
+        """() => {
+          window.__captured = [];
+          const original = window.fetch;
+          window.fetch = (...args) => {
+            window.__captured.push(JSON.stringify(args));
+            return original(...args);
+          };
+        }"""
+    )
+    tab.click_bookmarklet()
+    notice = tab.notice()
+    assert notice.kind == "not-gmail" and "Gmail" in notice.text
+    assert page.evaluate("window.__captured") == []
+    assert page.evaluate("typeof window.__openreceipt") == "undefined"
+    assert not [url for url in seen if url.startswith(receipts.url)]
+    tab.check()
+
+
+def test_on_its_own_server_it_explains_how_to_install_it(tab, receipts):
+    page = tab.page
+    page.goto(f"{receipts.url}/privacy")
+    tab.click_bookmarklet()
+    notice = tab.notice()
+    assert notice.kind == "not-gmail" and "bookmarks bar" in notice.text
+    assert tab.api_requests == []
+    tab.check()
+
+
 def test_no_compose_says_so_changes_nothing_and_the_notice_goes_away(tab, receipts):
     before = receipts.pixel_ids()
     page = tab.open("inbox.html")
@@ -604,12 +826,14 @@ def test_send_button_sends_the_final_subject_and_recipients(tab, receipts):
     page.fill('input[name="subjectbox"]', "Invoice #42 (corrected)")
     page.evaluate(
         """() => {
-          document.querySelector('div[name="to"] [data-hovercard-id="carol@example.com"]').remove();
+          document.querySelector('.anm[name="to"] [data-hovercard-id="carol@example.com"]')
+            .remove();
           const chip = document.createElement("div");
-          chip.className = "afV";
+          chip.setAttribute("role", "option");
+          chip.setAttribute("data-name", "Erin");
           chip.setAttribute("data-hovercard-id", "Erin@Example.com");
           chip.textContent = "Erin";
-          document.querySelector('div[name="cc"]').appendChild(chip);
+          document.querySelector('.anm[name="cc"] [role="listbox"]').appendChild(chip);
         }"""
     )
     with page.expect_response(lambda response: response.url.endswith("/sent")) as sent:
@@ -664,7 +888,6 @@ def test_self_view_beacon_when_the_tab_shows_the_sent_message(tab, receipts):
     with page.expect_response(lambda response: response.url.endswith("/self-view")) as beacon:
         page.evaluate(
             """(src) => {
-              document.querySelector("div.AD").remove();
               const message = document.createElement("div");
               message.className = "adn ads";
               const text = document.createElement("div");
@@ -744,9 +967,18 @@ def test_install_page_makes_a_working_bookmarklet_and_screenshot(
     with page.expect_navigation():
         page.locator("form button[type=submit]").click()
     assert urllib.parse.urlsplit(page.url).path == "/bookmarklet"
+    assert page.locator("#bookmarklet-name").input_value().startswith("Chrome ")
+    page.fill("#bookmarklet-name", "Work laptop")
     page.get_by_role("button", name=re.compile("Create")).click()
     link = page.wait_for_selector('a[href^="javascript:"]')
     href = link.get_attribute("href")
+    assert page.locator("#bookmarklet-address").input_value() == href
+    assert "Work laptop" in page.locator("#new-heading").text_content()
+    # Clicked here instead of dragged: the page says what to do, the policy blocks nothing.
+    assert page.locator("#bookmarklet-clicked").is_hidden()
+    link.click()
+    assert page.locator("#bookmarklet-clicked").is_visible()
+    assert urllib.parse.urlsplit(page.url).path == "/bookmarklet"
     page.screenshot(path=str(screenshots / "bookmarklet-install.png"))
     assert errors == []
     context.close()

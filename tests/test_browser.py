@@ -35,6 +35,10 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Pages served at https://mail.google.com call the test server on 127.0.0.1: in real use the
+    # server is a public HTTPS domain, so Chromium's private-network checks stay out of it.
+    "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,"
+    "PrivateNetworkAccessSendPreflights",
 ]
 
 COMPOSE_PAGE = """<!doctype html>

@@ -1,9 +1,11 @@
-"""Gmail-like pages for the bookmarklet's browser tests, served from an origin of their own with
-the headers Gmail sends (a nonce-based CSP enforcing Trusted Types, and COOP).
+"""Gmail-like pages for the bookmarklet's browser tests, served at https://mail.google.com through
+Playwright's request routing, with the headers Gmail sends (a nonce-based CSP enforcing Trusted
+Types, and COOP), so the bookmarklet runs on the origin it runs on in real use.
 
-The pages hold no script at all: anything a test needs in the page (the caret, a listener) is
-set up from Playwright. They use only selectors that do not change with Gmail's language (the
-README's bookmarklet section lists them).
+Each page's structure comes from the public Gmail toolkits (InboxSDK, gmail.js); its opening
+comment names the sources, and docs/gmail.md the files, lines and commits. The pages hold no
+script: `draft_model.js`, injected by the tests, plays Gmail's part in keeping the draft (Send
+sends the body as last saved, never the live page).
 `{{ name }}` in a page is replaced by the (HTML-escaped) value the test put in `values`; pages
 the test writes at run time go into `pages`, keyed by their path.
 """
@@ -11,16 +13,17 @@ the test writes at run time go into `pages`, keyed by their path.
 import html
 import re
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+GMAIL = "https://mail.google.com"
+DRAFT_MODEL = (HERE / "draft_model.js").read_text(encoding="utf-8")
 
 
 def gmail_headers(nonce):
-    """The security headers of mail.google.com, with this response's own nonce."""
+    """The security headers of mail.google.com, with this response's own nonce: Trusted Types
+    as Google announced them for Gmail, COOP as enforced since January 2026 (docs/gmail.md)."""
     return {
         "Content-Security-Policy": (
             f"script-src 'nonce-{nonce}' 'strict-dynamic' https: 'unsafe-eval'; "
@@ -36,32 +39,30 @@ def render(text, values):
 
 
 class GmailFixtures:
-    """A running fixture server on 127.0.0.1: `url` is its origin."""
+    """The fixture pages, answered for https://mail.google.com/<name> in a browser context."""
+
+    url = GMAIL
 
     def __init__(self):
         self.values = {}
         self.pages = {}
-        fixtures = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                status, body = fixtures.answer(self.path.split("?", 1)[0])
-                self.send_response(status)
-                for name, value in gmail_headers(secrets.token_urlsafe(18)).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def serve(self, context):
+        """Answer the context's requests to Gmail's origin with the fixtures."""
+        context.route(f"{GMAIL}/**", self._fulfil)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+    def _fulfil(self, route):
+        path = route.request.url.removeprefix(GMAIL).split("?", 1)[0].split("#", 1)[0]
+        status, body = self.answer(path)
+        route.fulfill(
+            status=status,
+            headers={
+                **gmail_headers(secrets.token_urlsafe(18)),
+                "Content-Type": "text/html; charset=utf-8",
+                "Cache-Control": "no-store",
+            },
+            body=body,
+        )
 
     def answer(self, path):
         """(status, body bytes) for a path."""
@@ -79,8 +80,3 @@ class GmailFixtures:
     def template(self, name, **values):
         """A fixture file rendered with `values` (on top of the server's), for `pages`."""
         return render((HERE / name).read_text(encoding="utf-8"), {**self.values, **values})
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
