@@ -2,6 +2,7 @@
 
 from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 from peewee import Cast, SqliteDatabase, fn
+from werkzeug.exceptions import BadRequest
 
 from . import minting, receipts
 from .api import PUBLIC_ID, mail_providers, pixel_html, pixel_url, providers_json
@@ -82,6 +83,9 @@ def vocabulary():
 
 def list_arguments():
     q = request.args.get("q", "").strip()[:200]
+    if "\x00" in q:
+        # Nothing stored holds one: PostgreSQL text cannot, and it refuses to search for one.
+        raise BadRequest("A search cannot contain a NUL character.")
     state = request.args.get("state", "")
     state = state if state in STATES else ""
     page = request.args.get("page", "1")
