@@ -5,7 +5,8 @@ same gunicorn.conf.py as openreceipt (workers, preload, logger, access log):
     .venv/bin/gunicorn bench.floor:app
 
 No database, no settings: it reads no OPENRECEIPT_* variable (gunicorn.conf.py reads only
-OPENRECEIPT_BIND).
+OPENRECEIPT_BIND). It sends the X-Openreceipt header, as the pixel does in the benchmark
+(OPENRECEIPT_DEBUG_HEADERS=on).
 """
 
 from flask import Flask
@@ -16,6 +17,7 @@ from web.pixel import gif
 OUTCOME = "not recorded: floor"
 
 app = Flask(__name__)
+app.config["DEBUG_HEADERS"] = True
 
 
 @app.route("/p/<path:token>", methods=["GET"])

@@ -312,6 +312,10 @@ def run(args, url, data_dir):
     env = {name: value for name, value in os.environ.items() if not name.startswith("OPENRECEIPT_")}
     env["OPENRECEIPT_DATA_DIR"] = str(data_dir)
     env["OPENRECEIPT_MX_LOOKUP"] = "off"
+    # The tally of outcomes reads the pixel's X-Openreceipt header; the floor sends one too.
+    env["OPENRECEIPT_DEBUG_HEADERS"] = "on"
+    # Minting the benchmark's pixels is faster than a user may mint.
+    env["OPENRECEIPT_MINTS_PER_MINUTE"] = "0"
     if args.networks == "many":
         # Behind one proxy, as the README's HTTPS section runs it: X-Forwarded-For names the
         # client's network, so the fetches are not one reader's repeats.

@@ -24,6 +24,8 @@ from web import create_app
 from web.accounts import create_user, new_token
 from web.models import MIGRATIONS, MODELS, close_pool, db
 
+from .servers import TEST_SERVER_SETTINGS
+
 MODEL_TABLES = {model._meta.table_name for model in MODELS}
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRESQL_URL = os.environ.get("TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -187,6 +189,7 @@ def settings(tmp_path, database_url, geoip_path):
         "SPOOL_AUTO": False,
         # Nor a notification sender: tests deliver with web.notify.deliver_due() themselves.
         "NOTIFY_IN_WORKERS": False,
+        **TEST_SERVER_SETTINGS,
     }
 
 

@@ -28,21 +28,24 @@ class Received:
 
 
 class Receiver:
-    """An HTTP server on 127.0.0.1 that records every request. `answers` are the statuses to
-    give, one per request, then 200; `delay` seconds are spent before each answer. Can be
-    stopped and started again on the same port (a receiver that was down)."""
+    """An HTTP server on `host` (127.0.0.1) that records every request. `answers` are the
+    statuses to give, one per request, then 200; `delay` seconds are spent before each answer;
+    with `context` (an ssl.SSLContext) it speaks HTTPS. Can be stopped and started again on the
+    same port (a receiver that was down)."""
 
-    def __init__(self, port=None, answers=(), delay=0.0):
-        self.port = port or free_port()
+    def __init__(self, port=None, answers=(), delay=0.0, host="127.0.0.1", context=None):
+        self.host = host
+        self.port = port or free_port(host)
         self.answers = list(answers)
         self.delay = delay
+        self.context = context
         self.received = []
         self._lock = threading.Lock()
         self._server = None
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.context else 'http'}://{self.host}:{self.port}"
 
     def start(self):
         receiver = self
@@ -64,8 +67,10 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
+        if self.context is not None:
+            self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -14,6 +14,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# What the tests read and do that a real server keeps from its clients: the pixel's outcome in
+# X-Openreceipt (most tests check it), and minting faster than a user may (a fuzzer, an audit of
+# 200 clients, the bookmarklet in a browser). tests/test_security_server.py checks both with
+# settings of its own.
+TEST_SERVER_SETTINGS = {"DEBUG_HEADERS": True, "MINTS_PER_MINUTE": 0}
 
 
 def free_port(host="127.0.0.1"):
@@ -73,6 +78,7 @@ def start_gunicorn(tmp_path, settings, workers=2, host="127.0.0.1"):
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRECEIPT_")}
+    settings = {**TEST_SERVER_SETTINGS, **settings}
     env.update({f"OPENRECEIPT_{key}": str(value) for key, value in settings.items()})
     env["OPENRECEIPT_BIND"] = f"{host}:{port}"
     env["WEB_CONCURRENCY"] = str(workers)

@@ -16,6 +16,8 @@ from .receivers import Receiver
 EMAIL, PASSWORD = "ada@example.com", "correct horse battery"
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
 PIXELS, OPENS = 12, 3
+# The receivers listen on loopback, which notices reach only where the operator allows it.
+ALLOW = "127.0.0.0/8"
 
 
 @pytest.mark.slow
@@ -29,6 +31,7 @@ def test_workers_deliver_every_notice_once_after_the_receiver_comes_up(
         "SECRET_KEY": "notify-end-to-end",
         "TRUSTED_PROXIES": 1,
         "NOTIFY_RETRY_SECONDS": 1,
+        "NOTIFY_ALLOW": ALLOW,
     }
     # Two workers each; on PostgreSQL two hosts as well, sharing the database.
     hosts = [
@@ -125,6 +128,7 @@ def test_openreceipt_notify_runs_as_a_service_of_its_own(settings, tmp_path):
         OPENRECEIPT_DATABASE_URL=settings["DATABASE_URL"],
         OPENRECEIPT_GEOIP_DATABASE="off",
         OPENRECEIPT_NOTIFY_IN_WORKERS="off",
+        OPENRECEIPT_NOTIFY_ALLOW=ALLOW,
     )
     service = subprocess.Popen(
         [str(BIN / "openreceipt"), "notify"],
@@ -178,6 +182,7 @@ def test_workers_deliver_from_the_start_without_serving_a_request(settings, guni
             DATA_DIR=settings["DATA_DIR"],
             DATABASE_URL=settings["DATABASE_URL"],
             SECRET_KEY=app.config["SECRET_KEY"],
+            NOTIFY_ALLOW=ALLOW,
         )
         assert len(receiver.wait_for(1, timeout=20)) == 1
     finally:

@@ -457,7 +457,7 @@ def test_notice_at_privacy_and_at_the_front_page_when_signed_out(client, user):
         headers = response.headers
         assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
         assert headers["X-Content-Type-Options"] == "nosniff"
-        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["Referrer-Policy"] == "same-origin"
     sign_in(client)
     assert "Read receipts from" not in client.get("/").get_data(as_text=True)
     assert client.get("/privacy").status_code == 200

@@ -164,6 +164,7 @@ def server(request, tmp_path_factory, geoip_path):
     """The status pages' gunicorn, once on SQLite (the default) and once on PostgreSQL."""
     tmp_path = tmp_path_factory.mktemp("status-server")
     settings = {"DATA_DIR": tmp_path / "data", "GEOIP_DATABASE": geoip_path, "MX_LOOKUP": "off"}
+    settings["NOTIFY_ALLOW"] = "127.0.0.0/8"  # the notification test's receiver is on loopback
     with ExitStack() as stack:
         if request.param == "postgresql":
             schema = f"openreceipt_status_{secrets.token_hex(4)}"

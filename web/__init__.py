@@ -7,10 +7,10 @@ from pathlib import Path
 from flask import Flask, Response, current_app, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
+from itsdangerous import URLSafeTimedSerializer
 from peewee import InterfaceError, OperationalError
 from ua_parser import Parser
 from werkzeug.exceptions import HTTPException
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import (
     api,
@@ -46,6 +46,26 @@ class PageSessions(SecureCookieSessionInterface):
             return self.make_null_session(app)
         return super().open_session(app, request)
 
+    def get_cookie_secure(self, app):
+        # Per request, not one setting: HTTPS through a trusted proxy marks it Secure too.
+        return security.cookie_secure(app)
+
+    def get_signing_serializer(self, app):
+        # The current key only. Retired keys (SECRET_KEY_FALLBACKS) stay valid for pixels
+        # already sent, but a key is retired because it may have leaked, and whoever has it
+        # could sign any cookie; Flask's own serializer would accept every fallback.
+        if not app.secret_key:
+            return None
+        return URLSafeTimedSerializer(
+            app.secret_key,
+            salt=self.salt,
+            serializer=self.serializer,
+            signer_kwargs={
+                "key_derivation": self.key_derivation,
+                "digest_method": self.digest_method,
+            },
+        )
+
 
 @dataclass(frozen=True)
 class Services:
@@ -74,11 +94,6 @@ def create_app(config_overrides=None):
         ua_parser=user_agent_parser(),
         mail_hosts=MailHosts(app.config["DNS_SERVERS"]),
     )
-
-    hops = app.config["TRUSTED_PROXIES"]
-    if hops:
-        # Only the last `hops` entries of X-Forwarded-For were written by proxies we run.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     # "/p//x" is no reason to redirect a mail client, nor "/api//pixels" a script.
     app.url_map.merge_slashes = False

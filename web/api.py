@@ -16,6 +16,7 @@ from .classify import KINDS
 from .mailhosts import PROVIDERS
 from .models import MAX_ID, Event, Pixel, utcnow
 from .privacy import kept_recipients
+from .security import public_origin
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 # Any origin may call the API (the bearer token is the credential, no cookie is involved). On
@@ -31,9 +32,9 @@ def bookmarklet_version():
     """A bookmarklet built for another version of this API is told to be replaced."""
     sent = request.headers.get("X-Openreceipt-Bookmarklet")
     if request.method != "OPTIONS" and sent is not None and sent != str(BOOKMARKLET_VERSION):
-        origin = current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
+        where = f"{public_origin()}/bookmarklet"
         answer = jsonify(
-            error=f"this bookmarklet is out of date: make a new one at {origin}/bookmarklet",
+            error=f"this bookmarklet is out of date: make a new one at {where}",
             expected_version=BOOKMARKLET_VERSION,
         )
         abort(make_response(answer, 409))
@@ -68,9 +69,8 @@ def token_required(*scopes):
 
 def pixel_url(pixel):
     """The public URL of a pixel's image: PUBLIC_URL when set, else this server's own address."""
-    base = current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
     token = current_app.extensions["openreceipt"].signer.sign(pixel.public_id)
-    return f"{base}{url_for('pixel.pixel', token=token + '.gif')}"
+    return f"{public_origin()}{url_for('pixel.pixel', token=token + '.gif')}"
 
 
 def pixel_html(url):
@@ -158,6 +158,10 @@ def create_pixel():
         )
     except minting.DoNotTrack as refused:
         abort(make_response(jsonify(error=str(refused), do_not_track=refused.listed), 409))
+    except minting.TooManyReceipts as refused:
+        answer = make_response(jsonify(error=str(refused)), refused.status)
+        answer.headers["Retry-After"] = str(refused.retry_after)
+        abort(answer)
     except minting.Refused as refused:
         raise BadRequest(str(refused)) from None
     url = pixel_url(pixel)

@@ -1,9 +1,11 @@
-"""Signing in and out, and the first-run setup link."""
+"""Signing in and out, sessions that can be ended, sign-in throttling, and the first-run setup
+link."""
 
 import datetime
 import functools
 import hashlib
 import secrets
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -17,9 +19,10 @@ from flask import (
     url_for,
 )
 from itsdangerous import BadSignature, Signer
+from peewee import Case
 
-from .accounts import AccountError, authenticate, create_user
-from .models import LoginFailure, Setting, User, db, utcnow
+from .accounts import AccountError, authenticate, create_user, hash_token, normalise_email
+from .models import LoginSession, LoginThrottle, Setting, User, db, utcnow
 from .privacy import anonymize
 
 bp = Blueprint("auth", __name__)
@@ -38,80 +41,195 @@ def login_required(view):
     return wrapper
 
 
+# Sessions. The login cookie holds a random session id; the server keeps its hash, its user and
+# when it ends (models.LoginSession). Deleting the row ends the session, so signing out, a new
+# password and "Sign out everywhere" leave a copied cookie worth nothing.
+
+
 @bp.before_app_request
 def load_user():
     # Only pages read the login cookie; the pixel and the API never touch the session.
     g.user = None
     if request.blueprint in ("pixel", "api") or request.endpoint == "static":
         return
-    user_id = session.get("user_id")
-    if user_id is not None:
-        g.user = User.get_or_none(User.id == user_id)
+    session_id = session.get("session_id")
+    if session_id is not None:
+        g.user = session_user(session_id)
+        if g.user is None:
+            del session["session_id"]  # ended or run out: the browser may forget it too
+
+
+def session_user(session_id):
+    """The user of a live session, or None."""
+    if not isinstance(session_id, str) or len(session_id) > 100:
+        return None
+    return (
+        User.select()
+        .join(LoginSession)
+        .where(LoginSession.key_hash == hash_token(session_id), LoginSession.expires_at > utcnow())
+        .first()
+    )
+
+
+def start_session(user):
+    """Sign this browser in as `user`, in a new session (never one the browser brought along;
+    a session it had ends)."""
+    end_session()
+    now = utcnow()
+    session_id = secrets.token_urlsafe(32)
+    LoginSession.delete().where(LoginSession.expires_at <= now).execute()  # tidy up
+    LoginSession.create(
+        user=user,
+        key_hash=hash_token(session_id),
+        created_at=now,
+        expires_at=now + current_app.permanent_session_lifetime,
+    )
+    session["session_id"] = session_id
+    # The browser keeps the cookie for the session's lifetime (config.py), not until it closes.
+    session.permanent = True
+
+
+def end_session():
+    """End this browser's session, if it has one."""
+    session_id = session.pop("session_id", None)
+    if isinstance(session_id, str):
+        LoginSession.delete().where(LoginSession.key_hash == hash_token(session_id)).execute()
+    session.clear()
+
+
+def end_sessions(user):
+    """End every session of the user, in every browser."""
+    LoginSession.delete().where(LoginSession.user == user).execute()
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "POST":
         email = request.form.get("email", "")
-        keys = failure_keys(email)
-        if too_many_failures(keys):
-            flash("Too many failed sign-ins. Wait a quarter of an hour, then try again.")
+        pair = throttle_pair(email)
+        # Counted before the password is checked: parallel attempts get no more checks.
+        if count_attempt(*pair) > THROTTLE_LIMIT:
+            flash(
+                "Too many failed sign-ins to this account from your network. "
+                "Wait a quarter of an hour, then try again."
+            )
             return render_template("login.html"), 429
         user = authenticate(email, request.form.get("password"))
         if user is not None:
-            LoginFailure.delete().where(LoginFailure.key == keys[0]).execute()
-            session.clear()
-            session["user_id"] = user.id
+            clear_attempts(*pair)
+            start_session(user)
             return redirect(safe_next(request.args.get("next")))
-        note_failure(keys)
+        forget_old_attempts()
         flash("Wrong email or password.")
     return render_template("login.html")
-
-
-# Ten wrong passwords in a quarter of an hour, for one account or from one network, and
-# sign-ins wait. Counted in the database, so every worker and host sees the same numbers.
-FAILURE_LIMIT = 10
-FAILURE_WINDOW = datetime.timedelta(minutes=15)
-
-
-def failure_keys(email):
-    """Hashed keys for the account and the (masked) network a sign-in comes from."""
-    network = anonymize(request.remote_addr) or "unknown"
-    return [
-        hashlib.sha256(f"email:{email.strip().lower()}".encode()).hexdigest(),
-        hashlib.sha256(f"network:{network}".encode()).hexdigest(),
-    ]
-
-
-def too_many_failures(keys):
-    since = utcnow() - FAILURE_WINDOW
-    return any(
-        LoginFailure.select().where(LoginFailure.key == key, LoginFailure.at >= since).count()
-        >= FAILURE_LIMIT
-        for key in keys
-    )
-
-
-def note_failure(keys):
-    now = utcnow()
-    with db.atomic():
-        LoginFailure.delete().where(LoginFailure.at < now - FAILURE_WINDOW).execute()
-        LoginFailure.insert_many([{"key": key, "at": now} for key in keys]).execute()
 
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout():
     if request.method == "POST":
-        session.clear()
+        end_session()
         return redirect(url_for("auth.login"))
     return render_template("logout.html")
 
 
+@bp.post("/logout/everywhere")
+@login_required
+def logout_everywhere():
+    end_sessions(g.user)
+    end_session()
+    flash("You are signed out everywhere, in this browser too.")
+    return redirect(url_for("auth.login"))
+
+
 def safe_next(target):
-    # Only paths on this server: never send a user on to another site after signing in.
-    if target and target.startswith("/") and not target.startswith("//"):
-        return target
-    return url_for("pages.index")
+    """Where to go after signing in: a path on this server, else the status page. Never another
+    site: not //host, not /\\host (browsers read a backslash as a slash), not a scheme, and no
+    control characters (browsers drop tabs and newlines, so /<tab>/host is //host; a newline
+    cannot even go into the header)."""
+    home = url_for("pages.index")
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return home
+    if "\\" in target or not target.isprintable():
+        return home
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return home
+    return target
+
+
+# Throttling. Ten failed sign-ins to one account from one (masked) network within a quarter of an
+# hour, and that network waits for that account until the quarter is over. Per account *and*
+# network: an attacker elsewhere throttles only themselves, never the owner. Counted in the
+# database in one statement, so every worker and host sees the same numbers and no two attempts
+# share a count.
+THROTTLE_LIMIT = 10
+THROTTLE_WINDOW = datetime.timedelta(minutes=15)
+
+
+def throttle_pair(email):
+    """(account, network) keys of a sign-in: hashes of the address it names (as written, when it
+    is not an address) and of the masked network it comes from. The raw address is never kept."""
+    network = anonymize(request.remote_addr) or "unknown"
+    return account_key(email), _digest(f"network:{network}")
+
+
+def account_key(email):
+    try:
+        email = normalise_email(email)
+    except AccountError:
+        email = (email or "").strip().lower()
+    return _digest(f"email:{email}")
+
+
+def _digest(text):
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def count_attempt(account, network):
+    """Count one attempt for the pair and return how many its window holds, this one included.
+    A window older than THROTTLE_WINDOW starts again at this attempt."""
+    now = utcnow()
+    expired = LoginThrottle.window_start <= now - THROTTLE_WINDOW
+    query = (
+        LoginThrottle.insert(account=account, network=network, attempts=1, window_start=now)
+        .on_conflict(
+            conflict_target=[LoginThrottle.account, LoginThrottle.network],
+            update={
+                LoginThrottle.attempts: Case(None, [(expired, 1)], LoginThrottle.attempts + 1),
+                LoginThrottle.window_start: Case(
+                    None, [(expired, now)], LoginThrottle.window_start
+                ),
+            },
+        )
+        .returning(LoginThrottle.attempts)
+    )
+    [(attempts,)] = query.tuples().execute()
+    return attempts
+
+
+def clear_attempts(account, network=None):
+    """Forget the attempts to the account, from one network or from every one. Returns how many
+    of those networks had to wait."""
+    pairs = [LoginThrottle.account == account]
+    if network is not None:
+        pairs.append(LoginThrottle.network == network)
+    with db.atomic():
+        waiting = (
+            LoginThrottle.select()
+            .where(
+                *pairs,
+                LoginThrottle.attempts >= THROTTLE_LIMIT,
+                LoginThrottle.window_start > utcnow() - THROTTLE_WINDOW,
+            )
+            .count()
+        )
+        LoginThrottle.delete().where(*pairs).execute()
+    return waiting
+
+
+def forget_old_attempts():
+    """Delete the counts whose window is over (they would start again at 1 anyway)."""
+    LoginThrottle.delete().where(LoginThrottle.window_start <= utcnow() - THROTTLE_WINDOW).execute()
 
 
 def setup_signer():
@@ -161,7 +279,6 @@ def setup(token):
             except AccountError as error:
                 flash(f"{str(error)[0].upper()}{str(error)[1:]}.")
             else:
-                session.clear()
-                session["user_id"] = user.id
+                start_session(user)
                 return redirect(url_for("pages.index"))
     return render_template("setup.html")

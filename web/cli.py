@@ -12,6 +12,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from . import donottrack, export, notify, retention, spool
 from .accounts import BOOKMARKLET, SCOPES, AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
+from .auth import account_key, clear_attempts
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
 from .config import local_url, server_bind
 from .models import ApiToken, db
@@ -80,6 +81,19 @@ def user_delete(email, yes):
         # delete_nullable: their do-not-track entries go too, instead of becoming the server's.
         account.delete_instance(recursive=True, delete_nullable=True)
     click.echo(f"deleted user {account.email} and {pixels} receipts", err=True)
+
+
+@user.command("unlock")
+@click.argument("email")
+@_fail_on_account_error
+def user_unlock(email):
+    """Let EMAIL sign in again from every network that was told to wait after failed sign-ins."""
+    account = find_user(email)
+    waiting = clear_attempts(account_key(account.email))
+    if waiting:
+        click.echo(f"unlocked {account.email}: {waiting} networks may try again")
+    else:
+        click.echo(f"{account.email} was not locked from any network; failed sign-ins forgotten")
 
 
 @click.group()

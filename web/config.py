@@ -1,7 +1,9 @@
 """Settings: code defaults, then OPENRECEIPT_* environment variables, then the mapping given to
 create_app(). validate() turns them into checked values or stops start-up with one clear line."""
 
+import datetime
 import difflib
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ DEFAULTS = {
     "DATABASE_URL": None,
     "SECRET_KEY": None,
     "SECRET_KEY_FALLBACKS": [],
+    # How long a sign-in lasts, in days (web/auth.py).
+    "SESSION_DAYS": 14,
     "PUBLIC_URL": None,
     "TRUSTED_PROXIES": 0,
     "GEOIP_DATABASE": None,
@@ -28,6 +32,13 @@ DEFAULTS = {
     "STORE_RECIPIENTS": "address",
     "RETENTION_DAYS": 90,
     "OPERATOR_CONTACT": None,
+    # Limits on what unauthenticated fetches and one user can make the server keep: the spool's
+    # size while the database is away (web/spool.py), receipts a user may make a minute
+    # (web/minting.py; 0: no limit).
+    "SPOOL_MAX_MB": 100,
+    "MINTS_PER_MINUTE": 60,
+    # The pixel's X-Openreceipt header, which tells any fetcher what became of its fetch.
+    "DEBUG_HEADERS": False,
     # Notifications (web/notify.py): the operator's mail server for email notices, and how the
     # delivery loop runs and retries.
     "SMTP_URL": None,
@@ -35,6 +46,8 @@ DEFAULTS = {
     "NOTIFY_IN_WORKERS": True,
     "NOTIFY_RETRY_SECONDS": 30,
     "NOTIFY_GIVE_UP_HOURS": 24,
+    # Networks webhook and push URLs may reach besides public addresses (web/outbound.py).
+    "NOTIFY_ALLOW": None,
 }
 
 CHOICES = {
@@ -44,6 +57,8 @@ CHOICES = {
 
 # Read by gunicorn.conf.py, not by the application; listed so they are not reported as unknown.
 SERVER_SETTINGS = {"BIND"}
+
+MAX_SESSION_DAYS = 3650
 
 GEOIP_OFF = {"off", "none", "false", "0"}
 
@@ -158,13 +173,31 @@ def validate(config):
         config[name] = _whole_number(name, config[name])
         if not config[name]:
             raise ConfigError(f"OPENRECEIPT_{name} must be at least 1")
+    config["NOTIFY_ALLOW"] = _networks("NOTIFY_ALLOW", config["NOTIFY_ALLOW"])
 
-    # The login cookie is marked Secure whenever the public address is HTTPS.
+    config["SPOOL_MAX_MB"] = _whole_number("SPOOL_MAX_MB", config["SPOOL_MAX_MB"])
+    if not config["SPOOL_MAX_MB"]:
+        raise ConfigError("OPENRECEIPT_SPOOL_MAX_MB must be at least 1")
+    config["MINTS_PER_MINUTE"] = _whole_number("MINTS_PER_MINUTE", config["MINTS_PER_MINUTE"])
+    config["DEBUG_HEADERS"] = _switch("DEBUG_HEADERS", config["DEBUG_HEADERS"])
+
+    # The login cookie is marked Secure whenever the public address is HTTPS, and on any request
+    # that came over HTTPS as far as the trusted proxies tell (web/security.py).
     config["SESSION_COOKIE_SECURE"] = bool(config["PUBLIC_URL"]) and config[
         "PUBLIC_URL"
     ].startswith("https://")
     config["SESSION_COOKIE_SAMESITE"] = "Lax"
     config["SESSION_COOKIE_NAME"] = "openreceipt_session"
+    # A sign-in ends SESSION_DAYS after it was made (the server keeps the end; web/auth.py), and
+    # the browser keeps its cookie as long, not Flask's default 31 days.
+    config["SESSION_DAYS"] = _whole_number("SESSION_DAYS", config["SESSION_DAYS"])
+    if not 1 <= config["SESSION_DAYS"] <= MAX_SESSION_DAYS:
+        raise ConfigError(
+            f"OPENRECEIPT_SESSION_DAYS must be from 1 to {MAX_SESSION_DAYS}, "
+            f"got {config['SESSION_DAYS']}"
+        )
+    config["PERMANENT_SESSION_LIFETIME"] = datetime.timedelta(days=config["SESSION_DAYS"])
+    config["SESSION_REFRESH_EACH_REQUEST"] = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +260,25 @@ def _smtp_from(value, server, public_url):
     )
 
 
+def _networks(name, value):
+    """Comma-separated networks (10.0.0.0/8, fd00::/8, or one address) as a tuple of
+    ipaddress networks."""
+    parts = value.split(",") if isinstance(value, str) else list(value or ())
+    networks = []
+    for part in parts:
+        text = str(part).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text))
+        except ValueError:
+            raise ConfigError(
+                f"OPENRECEIPT_{name} must list networks like 10.0.0.0/8 or fd00::/8, separated "
+                f"by commas, got {text!r}"
+            ) from None
+    return tuple(networks)
+
+
 def _whole_number(name, value):
     if isinstance(value, bool) or not str(value).strip().isdigit():
         raise ConfigError(f"OPENRECEIPT_{name} must be a whole number >= 0, got {value!r}")
@@ -285,6 +337,25 @@ def server_bind(environ=os.environ):
     if environ.get("PORT"):
         return f"0.0.0.0:{environ['PORT']}"
     return "127.0.0.1:8000"
+
+
+def public_binds(binds):
+    """The gunicorn bind addresses that other machines can reach: all but loopback addresses
+    and Unix sockets (a host name counts as reachable)."""
+    exposed = []
+    for bind in binds:
+        if bind.startswith(("unix:", "fd://")):
+            continue
+        host = bind.rpartition(":")[0].strip("[]") if ":" in bind else bind
+        if host == "localhost":
+            continue
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        exposed.append(bind)
+    return exposed
 
 
 def local_url(bind):

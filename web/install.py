@@ -18,12 +18,9 @@ from .bookmarklet import bookmarklet_token_name, build_bookmarklet
 from .classify import client_name
 from .mailhosts import PROVIDERS
 from .models import MAX_ID, ApiToken
+from .security import public_origin
 
 bp = Blueprint("install", __name__)
-
-
-def origin():
-    return current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
 
 
 def page(status=200, **context):
@@ -36,7 +33,9 @@ def page(status=200, **context):
         request.headers.get("User-Agent", ""), None, current_app.extensions["openreceipt"].ua_parser
     )
     context.setdefault("default_name", bookmarklet_token_name(browser))
-    return render_template("bookmarklet.html", tokens=tokens, origin=origin(), **context), status
+    return render_template(
+        "bookmarklet.html", tokens=tokens, origin=public_origin(), **context
+    ), status
 
 
 @bp.get("/bookmarklet")
@@ -50,7 +49,7 @@ def show():
 def create():
     name = token_name(request.form.get("name", "")) or bookmarklet_token_name()
     row, secret = new_token(g.user, name, BOOKMARKLET)
-    return page(bookmarklet=build_bookmarklet(origin(), secret), created=row)
+    return page(bookmarklet=build_bookmarklet(public_origin(), secret), created=row)
 
 
 @bp.post(f"/bookmarklet/tokens/<int(max={MAX_ID}):token_id>/rename")
@@ -92,7 +91,8 @@ def manual_pixel():
             remote_addr=request.remote_addr,
         )
     except minting.Refused as refused:
-        return page(422, manual_error=str(refused), manual_form=form)
+        status = refused.status if isinstance(refused, minting.TooManyReceipts) else 422
+        return page(status, manual_error=str(refused), manual_form=form)
     url = pixel_url(pixel)
     return page(
         manual=pixel,

@@ -8,12 +8,13 @@ turns its request into values and a `Refused` into an answer: a second way in ca
 check, because there is no second copy of them.
 """
 
+import datetime
 from email.utils import getaddresses, parseaddr, quote
 
 from flask import current_app
 
 from . import donottrack, receipts
-from .models import Pixel
+from .models import Pixel, utcnow
 from .pixel import MAX_USER_AGENT
 from .privacy import anonymize, fingerprint, kept_recipients
 
@@ -31,6 +32,19 @@ class Refused(ValueError):
     """A user-facing refusal: the message says what is wrong; `status` is the HTTP answer."""
 
     status = 400
+
+
+class TooManyReceipts(Refused):
+    """The user made OPENRECEIPT_MINTS_PER_MINUTE receipts within the last minute already."""
+
+    status = 429
+    retry_after = 60  # seconds: by then the oldest of them has left the window
+
+    def __init__(self, limit):
+        super().__init__(
+            f"no receipt: you made {limit} receipts within the last minute, the most this "
+            "server allows; wait a minute and try again"
+        )
 
 
 class DoNotTrack(Refused):
@@ -53,7 +67,8 @@ def make_receipt(
 
     `subject`, `label` and each recipient are raw text (a recipient may be written
     `Name <address>`); `remote_addr` is the client's raw address, masked here and never kept.
-    Raises Refused (or DoNotTrack, unless `force`)."""
+    Raises Refused (or DoNotTrack, unless `force`; TooManyReceipts)."""
+    check_mint_rate(user)
     subject = clean_text(subject, "subject", MAX_SUBJECT)
     label = clean_text(label, "label", MAX_LABEL)
     addresses = clean_recipients(recipients)
@@ -72,6 +87,19 @@ def make_receipt(
         ),
     )
     return pixel, note_mail_hosting(pixel, addresses)
+
+
+def check_mint_rate(user):
+    """Refuse a receipt beyond the user's OPENRECEIPT_MINTS_PER_MINUTE. Counted in the database,
+    so the limit holds across workers and hosts; requests that race may pass it by a few, which
+    is still a bound on how fast one user can fill the database."""
+    limit = current_app.config["MINTS_PER_MINUTE"]
+    if not limit:
+        return
+    since = utcnow() - datetime.timedelta(minutes=1)
+    recent = Pixel.select().where(Pixel.owner == user, Pixel.created_at > since)
+    if recent.limit(limit).count() >= limit:
+        raise TooManyReceipts(limit)
 
 
 def listed_recipients(user, addresses):

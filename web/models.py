@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from peewee import (
     BooleanField,
     CharField,
+    CompositeKey,
     DatabaseProxy,
     DateTimeField,
     ForeignKeyField,
@@ -164,11 +165,28 @@ class DoNotTrack(BaseModel):
         indexes = ((("user", "entry"), True),)
 
 
-class LoginFailure(BaseModel):
-    """A failed sign-in, keyed by a hash of the email or of the masked address."""
+class LoginSession(BaseModel):
+    """A signed-in browser. Its login cookie holds a random id, and only the id's SHA-256 is
+    kept here: deleting the row signs that browser out, wherever a copy of the cookie went."""
 
-    key = CharField(max_length=64, index=True)
-    at = DateTimeField(default=utcnow)
+    user = ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
+    key_hash = CharField(max_length=64, unique=True)
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(index=True)
+
+
+class LoginThrottle(BaseModel):
+    """Sign-in attempts for one account from one network (web/auth.py), each keyed by a hash:
+    of the email, and of the masked address. Counted per pair, so an attacker's network can
+    throttle only itself."""
+
+    account = CharField(max_length=64)
+    network = CharField(max_length=64)
+    attempts = IntegerField(default=0)
+    window_start = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        primary_key = CompositeKey("account", "network")
 
 
 class Setting(BaseModel):
@@ -221,7 +239,8 @@ MODELS = (
     Pixel,
     Event,
     DoNotTrack,
-    LoginFailure,
+    LoginSession,
+    LoginThrottle,
     Setting,
     NotifyChannel,
     Notice,

@@ -4,7 +4,9 @@ more or less than the server does."""
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, render_template
+
+from .security import public_origin
 
 bp = Blueprint("notice", __name__)
 
@@ -42,7 +44,7 @@ def render_notice():
     config = current_app.config
     return render_template(
         "privacy.html",
-        host=urlsplit(config["PUBLIC_URL"] or request.host_url).netloc,
+        host=urlsplit(public_origin()).netloc,
         location=LOCATION[config["COLLECT_LOCATION"]],
         client=config["COLLECT_CLIENT"],
         recipients=RECIPIENTS[config["STORE_RECIPIENTS"]],

@@ -10,10 +10,15 @@ with OPENRECEIPT_NOTIFY_IN_WORKERS=off, `openreceipt notify` does, as a service 
 notice is claimed with one conditional UPDATE that moves its due time a lease ahead; the worker
 or host whose UPDATE changed the row sends it, so several workers and hosts never send the same
 notice twice. Sent: marked so, by its claim. Failed: tried again with growing pauses, until
-NOTIFY_GIVE_UP_HOURS after it was queued (or at once when the receiver refuses it for good);
-given-up notices are listed in the user's settings. A worker that dies after sending and before
-marking leaves the notice to be sent again once the lease runs out: receivers that must never
-see a notice twice use its id (X-Openreceipt-Delivery, or "id" in the JSON).
+NOTIFY_GIVE_UP_HOURS after it was queued, or at once when trying again cannot help (the
+receiver refuses it, the address is not allowed); given-up notices are listed in the user's
+settings. What the user sees of a failure is a plain category ("could not connect", "refused:
+HTTP 404"), never what the receiver said: a URL of the user's choosing must not make the server
+read out what answers on some port. The details go to the server's log.
+
+A worker that dies after sending and before marking leaves the notice to be sent again once the
+lease runs out: receivers that must never see a notice twice use its id (X-Openreceipt-Delivery,
+or "id" in the JSON).
 
 A notice says which message (label or subject), when, where (city and country, as collected)
 and with what (the mail client): never an address of any kind."""
@@ -22,24 +27,27 @@ import datetime
 import email.utils
 import hashlib
 import hmac
+import http.client
 import json
+import logging
 import secrets
 import smtplib
+import socket
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
-from urllib.parse import urlsplit
 
-from peewee import SqliteDatabase
+from peewee import IntegrityError, SqliteDatabase
 
+from . import outbound
 from .background import start_per_process, stopping
 from .classify import SELF_VIEW_BEFORE
-from .models import Event, Notice, NotifyChannel, Pixel, User, db, utcnow
+from .models import Event, Notice, NotifyChannel, Pixel, Setting, User, db, utcnow
+
+log = logging.getLogger(__name__)
 
 # What kind of event tells of what: an open, or a delivery (a machine fetched it on delivery).
 # Previews, the sender's own views and bots never notify.
@@ -53,8 +61,11 @@ TIMEOUT = 10  # seconds one step of a delivery (connecting, each answer) may tak
 SEND_DEADLINE = 30  # seconds a whole delivery may take, however its receiver dawdles
 # How long a claimed notice is left to its deliverer: far longer than a delivery may take.
 LEASE = datetime.timedelta(minutes=5)
-# "Send a test notification" waits in the request: well within gunicorn's 30 s for the worker.
-TEST_TIMEOUT, TEST_DEADLINE = 4, 8
+# "Send a test notification" waits in the request, and so holds a worker meanwhile: briefly,
+# and one test per user at a time (TEST_EVERY is longer than TEST_DEADLINE).
+TEST_TIMEOUT, TEST_DEADLINE = 3, 5
+TEST_EVERY = datetime.timedelta(seconds=10)
+TEST_TURN = "notify-test:"  # + the user's id: the name of a Setting row while a turn lasts
 LONGEST_PAUSE = datetime.timedelta(hours=1)
 NAME_LENGTH = 120  # of the message's name in a notice
 # A Gmail-proxy open is held this long before it is sent: the sender's own Gmail tab announces
@@ -163,11 +174,17 @@ def compose(reason, pixel, event, public_url, notice_id=None):
 
 
 class DeliveryError(Exception):
-    """A notice could not be delivered; `final` when trying again cannot help."""
+    """A notice could not be delivered: the message is a plain category for the user, `final`
+    when trying again cannot help, `detail` what went wrong, for the server's log only."""
 
-    def __init__(self, message, final=False):
+    def __init__(self, message, final=False, detail=None):
         super().__init__(message)
         self.final = final
+        self.detail = detail or message
+
+
+def _detail(error):
+    return f"{type(error).__name__}: {_reason(error)}"
 
 
 def send(channel, message, config, timeout=TIMEOUT, deadline=SEND_DEADLINE):
@@ -187,13 +204,16 @@ def send(channel, message, config, timeout=TIMEOUT, deadline=SEND_DEADLINE):
         except DeliveryError as error:
             outcome["error"] = error
         except Exception as error:  # noqa: BLE001 - whatever it was, it is a failed try, counted
-            outcome["error"] = DeliveryError(f"{type(error).__name__}: {_reason(error)}")
+            log.exception("notify: unexpected error sending on a %s channel", channel.kind)
+            outcome["error"] = DeliveryError(
+                "failed: an unexpected error (the server's log has it)", detail=_detail(error)
+            )
 
     sender = threading.Thread(target=attempt, name="openreceipt-send", daemon=True)
     sender.start()
     sender.join(deadline)
     if sender.is_alive():
-        raise DeliveryError(f"the {channel.kind} receiver took more than {deadline} s")
+        raise DeliveryError("timed out", detail=f"the receiver took more than {deadline} s")
     if "error" in outcome:
         raise outcome["error"]
 
@@ -239,19 +259,23 @@ def send_email(channel, message, config, timeout):
     except smtplib.SMTPRecipientsRefused as error:
         code, reply = next(iter(error.recipients.values()))
         raise DeliveryError(
-            _smtp_reply("the mail server refused the address", code, reply), final=500 <= code < 600
+            f"refused: the mail server refused the address (SMTP {code})",
+            final=500 <= code < 600,
+            detail=_smtp_reply(code, reply),
         ) from None
     except smtplib.SMTPResponseException as error:
         raise DeliveryError(
-            _smtp_reply("the mail server said", error.smtp_code, error.smtp_error)
+            f"failed: the mail server answered SMTP {error.smtp_code}",
+            detail=_smtp_reply(error.smtp_code, error.smtp_error),
         ) from None
     except (OSError, smtplib.SMTPException) as error:
-        raise DeliveryError(f"mail server {server.host}:{server.port}: {_reason(error)}") from None
+        what = _connection_failure(error)
+        raise DeliveryError(f"{what} (the mail server)", detail=_detail(error)) from None
 
 
-def _smtp_reply(what, code, reply):
+def _smtp_reply(code, reply):
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    return f"{what}: {code} {' '.join(text.split())}"
+    return f"{code} {' '.join(text.split())}"
 
 
 def signature(secret, timestamp, body):
@@ -270,7 +294,7 @@ def send_webhook(channel, message, config, timeout):
     }
     if message.notice_id is not None:
         headers[DELIVERY_HEADER] = str(message.notice_id)
-    _post(channel.target, body, headers, timeout)
+    _post(channel.target, body, headers, config, timeout)
 
 
 def send_push(channel, message, config, timeout):
@@ -284,7 +308,7 @@ def send_push(channel, message, config, timeout):
         headers["Click"] = message.link
     if channel.secret:
         headers["Authorization"] = f"Bearer {channel.secret}"
-    _post(channel.target, message.text.encode(), headers, timeout)
+    _post(channel.target, message.text.encode(), headers, config, timeout)
 
 
 def _header_text(text):
@@ -294,31 +318,37 @@ def _header_text(text):
     return text if text.isascii() else Header(text, "utf-8").encode(linesep=" ")
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a redirect is an answer like any other: not a delivery
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
 RETRY_STATUSES = {408, 425, 429}
 
 
-def _post(url, body, headers, timeout):
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-    request.add_header("User-Agent", "openreceipt-notify")
+def _post(url, body, headers, config, timeout):
+    """POST to a webhook or push URL (web/outbound.py: only where allowed). A redirect is an
+    answer like any other: not a delivery, and not followed."""
+    headers = {**headers, "User-Agent": "openreceipt-notify"}
     try:
-        with _opener.open(request, timeout=timeout) as response:
-            response.read(1024)
-    except urllib.error.HTTPError as error:
-        with error:
-            final = 300 <= error.code < 500 and error.code not in RETRY_STATUSES
-            raise DeliveryError(
-                f"the receiver answered {error.code} {error.reason}", final=final
-            ) from None
-    except (OSError, ValueError) as error:
-        raise DeliveryError(
-            f"{urlsplit(url).hostname or 'the receiver'}: {_reason(error)}"
-        ) from None
+        status = outbound.post(url, body, headers, timeout, config.get("NOTIFY_ALLOW") or ())
+    except outbound.NotAllowed as error:
+        raise DeliveryError(f"not allowed: {error}", final=True) from None
+    except outbound.BadURL as error:  # saved before URLs were checked as they are now
+        raise DeliveryError(f"not a valid address: {error}", final=True) from None
+    except (OSError, http.client.HTTPException) as error:
+        raise DeliveryError(_connection_failure(error), detail=_detail(error)) from None
+    if not 200 <= status < 300:
+        final = 300 <= status < 500 and status not in RETRY_STATUSES
+        raise DeliveryError(f"{'refused' if final else 'failed'}: HTTP {status}", final=final)
+
+
+def _connection_failure(error):
+    """The category of a failure to reach a receiver: nothing of what it said."""
+    if isinstance(error, socket.gaierror):
+        return "could not connect: the host name was not found"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, ssl.SSLError):
+        return "could not connect securely (TLS)"
+    if isinstance(error, OSError):
+        return "could not connect"
+    return "no valid HTTP answer"
 
 
 def _reason(error):
@@ -430,14 +460,21 @@ def deliver(app, notice_id, token, now=None):
         if give_up:
             Notice.update(state="failed", last_error=text).where(mine).execute()
             app.logger.warning(
-                "notify: notice %d (%s channel %d) given up after %d tries: %s",
+                "notify: notice %d (%s channel %d) given up after %d tries: %r",
                 notice.id,
                 notice.channel.kind,
                 notice.channel.id,
                 notice.attempts,
-                text,
+                error.detail,
             )
             return "failed"
+        app.logger.info(
+            "notify: notice %d (%s channel %d) to be tried again: %r",
+            notice.id,
+            notice.channel.kind,
+            notice.channel.id,
+            error.detail,
+        )
         later = moment + pause(notice.attempts, app.config["NOTIFY_RETRY_SECONDS"])
         Notice.update(due_at=later, claim=None, last_error=text).where(mine).execute()
         return "retry"
@@ -477,8 +514,28 @@ def send_test(channel, config):
         message = compose("test", None, None, config["PUBLIC_URL"])
         send(channel, message, config, TEST_TIMEOUT, TEST_DEADLINE)
     except DeliveryError as error:
+        log.info("notify: test on %s channel %s failed: %r", channel.kind, channel.id, error.detail)
         return str(error)
     return None
+
+
+def take_test_turn(user, now=None):
+    """Whether `user` may send a test notice now: one every TEST_EVERY, counted in the database
+    so that every worker and host sees the same. Each test holds a worker while it waits for
+    the receiver: unlimited, a slow receiver and a few clicks hold them all (and the pixel
+    waits). A turn is a row that only one insert can make; rows older than TEST_EVERY are
+    deleted first, so none is kept for longer."""
+    now = now or utcnow()
+    earliest = (now - TEST_EVERY).isoformat(timespec="microseconds")
+    Setting.delete().where(Setting.name.startswith(TEST_TURN), Setting.value <= earliest).execute()
+    try:
+        with db.atomic():
+            Setting.insert(
+                name=f"{TEST_TURN}{user.id}", value=now.isoformat(timespec="microseconds")
+            ).execute()
+    except IntegrityError:
+        return False  # a turn taken less than TEST_EVERY ago
+    return True
 
 
 def init_app(app):

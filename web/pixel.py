@@ -2,6 +2,8 @@
 pixel; when the database cannot take the event, it waits in the spool (web/spool.py)."""
 
 import base64
+import threading
+import time
 import uuid
 from dataclasses import replace
 
@@ -19,27 +21,38 @@ GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7
 CACHE_CONTROL = "no-cache, no-store, must-revalidate, private"
 MAX_USER_AGENT = 1024
 PREFETCH_HEADERS = ("HTTP_PURPOSE", "HTTP_SEC_PURPOSE", "HTTP_X_PURPOSE", "HTTP_X_MOZ")
+MB = 1024 * 1024
+# While the full spool turns fetches away, the host's first drop is logged, then one line a
+# minute per worker at most: a line a fetch would make the log grow as fast as the spool would.
+SPOOL_FULL_LOG_SECONDS = 60
+_spool_full_logged_at = None
+# A worker judges and stores one fetch at a time. The work is Python's, which runs one thread at a
+# time anyway; threads taking turns at it would each wait for the others while holding SQLite's
+# write lock, and more fetches would end in the spool. A worker's other threads are for the
+# clients still sending their requests (gunicorn.conf.py).
+_one_fetch_at_a_time = threading.Lock()
 
 
 def gif(outcome):
-    """The one answer a mail client ever gets; X-Openreceipt says what happened, for debugging."""
-    return Response(
-        GIF,
-        200,
-        {
-            "Content-Type": "image/gif",
-            "Cache-Control": CACHE_CONTROL,
-            "Pragma": "no-cache",
-            "Expires": "0",
-            "X-Openreceipt": outcome,
-        },
-    )
+    """The one answer a mail client ever gets. With OPENRECEIPT_DEBUG_HEADERS=on, X-Openreceipt
+    says what happened; off, as by default, every fetcher gets the same answer, whether its
+    signature was valid, the receipt deleted or a recipient on the do-not-track list."""
+    headers = {
+        "Content-Type": "image/gif",
+        "Cache-Control": CACHE_CONTROL,
+        "Pragma": "no-cache",
+        "Expires": "0",
+    }
+    if current_app.config.get("DEBUG_HEADERS"):
+        headers["X-Openreceipt"] = outcome
+    return Response(GIF, 200, headers)
 
 
 @bp.route("/p/<path:token>", methods=["GET"])
 def pixel(token):
     try:
-        outcome = record_fetch(token)
+        with _one_fetch_at_a_time:
+            outcome = record_fetch(token)
     except Exception as error:  # noqa: BLE001 - a mail client must never see an error
         # The class and message only: neither the request nor its address is in them.
         current_app.logger.error("pixel fetch not recorded: %s: %s", type(error).__name__, error)
@@ -63,15 +76,45 @@ def record_fetch(token):
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         if "locked" in reason or "busy" in reason:
             reason = f"busy for {PIXEL_WAIT_MS} ms"
+        config = current_app.config
         try:
-            spool.append(current_app.config["DATA_DIR"], replace(fetched, key=uuid.uuid4().hex))
+            written = spool.append(
+                config["DATA_DIR"],
+                replace(fetched, key=uuid.uuid4().hex),
+                max_bytes=config["SPOOL_MAX_MB"] * MB,
+                fold_repeats=True,
+            )
+        except spool.SpoolFull as full:
+            log_spool_full(reason, full.dropped)
+            return "not recorded: database unavailable and spool full"
         except spool.SpoolError as spool_error:
             current_app.logger.error(
                 "pixel fetch lost: database: %s; spool: %s", reason, spool_error.strerror
             )
             return "not recorded: database and spool unavailable"
+        if not written:
+            return "not recorded: repeat of a fetch seconds ago"
         current_app.logger.warning("pixel fetch spooled: database: %s", reason)
         return "spooled: database unavailable"
+
+
+def log_spool_full(reason, dropped):
+    """Say that the full spool dropped a fetch: the host's first drop, then once a minute."""
+    global _spool_full_logged_at
+    now = time.monotonic()
+    recently = _spool_full_logged_at is not None and (
+        now - _spool_full_logged_at < SPOOL_FULL_LOG_SECONDS
+    )
+    if recently and dropped > 1:
+        return
+    _spool_full_logged_at = now
+    current_app.logger.error(
+        "pixel fetch dropped: database: %s; the spool is full (OPENRECEIPT_SPOOL_MAX_MB=%s): "
+        "it keeps the oldest fetches, %s dropped so far on this host",
+        reason,
+        current_app.config["SPOOL_MAX_MB"],
+        dropped,
+    )
 
 
 def observe(public_id, services):

@@ -2,7 +2,6 @@
 one's data."""
 
 import secrets
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -18,7 +17,7 @@ from flask import (
 )
 from peewee import fn
 
-from . import donottrack, export, notify
+from . import donottrack, export, notify, outbound
 from .accounts import (
     SCOPES,
     AccountError,
@@ -27,8 +26,8 @@ from .accounts import (
     normalise_email,
     set_password,
 )
-from .auth import login_required
-from .models import MAX_ID, ApiToken, DoNotTrack, Notice, NotifyChannel, Pixel, User
+from .auth import end_sessions, login_required, start_session
+from .models import MAX_ID, ApiToken, DoNotTrack, Notice, NotifyChannel, Pixel, User, db
 
 MAX_CHANNELS = 10
 MAX_QUIET_MINUTES = 24 * 60
@@ -132,7 +131,14 @@ def change_password():
         except AccountError as error:
             flash(f"The new password: {error}; nothing was changed.")
         else:
-            flash("Password changed.")
+            # Whoever knew the old password may be signed in somewhere: end every session, then
+            # sign this browser in again in a new one.
+            end_sessions(g.user)
+            start_session(g.user)
+            flash(
+                "Password changed. Every other browser signed in to your account is signed out; "
+                "this one stays signed in."
+            )
     return redirect(url_for("settings.show"))
 
 
@@ -162,6 +168,9 @@ def notify_choices():
 def channel_target(kind, target):
     """The channel's target checked and tidied; raises ValueError saying what is wrong."""
     target = target.strip()
+    if any(not c.isprintable() for c in target):
+        # NUL above all: PostgreSQL refuses to store it, and the page would fail.
+        raise ValueError("the address may not contain control characters")
     if kind == "email":
         # Only to the account's own address: the operator's mail server must not become a way
         # to send mail (with a subject of one's choosing) to anybody.
@@ -172,13 +181,38 @@ def channel_target(kind, target):
         if address != g.user.email:
             raise ValueError(f"email notices go to your own address, {g.user.email}")
         return address
-    parts = urlsplit(target)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(target) > 2000:
-        example = "https://ntfy.sh/a-long-secret-topic" if kind == "push" else "https://..."
-        raise ValueError(f"the address must be an http(s) URL like {example}")
-    if parts.username or parts.password:
-        raise ValueError("put no password in the URL; a push server's token has its own field")
-    return target
+    example = "https://ntfy.sh/a-long-secret-topic" if kind == "push" else "https://..."
+    problem = outbound.url_problem(target, example)
+    if problem:
+        raise ValueError(problem)
+    why_not = outbound.refusal_of(target, current_app.config["NOTIFY_ALLOW"])
+    if why_not:
+        raise ValueError(f"not allowed: {why_not} (notices go to public addresses only)")
+    return outbound.tidy_url(target)
+
+
+def push_token(text):
+    """The push server's access token, or None; raises ValueError. It goes into a header."""
+    token = text.strip()
+    if len(token) > 200 or any(not "!" <= c <= "~" for c in token):
+        raise ValueError("the access token is up to 200 letters, digits and signs, no spaces")
+    return token or None
+
+
+def create_channel(user, kind, target, secret):
+    """Add the channel, unless the user has it already or has MAX_CHANNELS; returns None, or
+    why not. Two forms sent at the same moment must not both pass the checks: the user's row
+    is written first, which holds the second one's transaction until the first is done (a row
+    lock on PostgreSQL, the write lock on SQLite)."""
+    with db.atomic():
+        User.update(id=User.id).where(User.id == user.id).execute()
+        theirs = NotifyChannel.select().where(NotifyChannel.user == user)
+        if theirs.where(NotifyChannel.kind == kind, NotifyChannel.target == target).exists():
+            return f"you have {kind} notices to {target} already"
+        if theirs.count() >= MAX_CHANNELS:
+            return f"you have {MAX_CHANNELS} channels already; remove one first"
+        NotifyChannel.create(user=user, kind=kind, target=target, secret=secret)
+    return None
 
 
 @bp.post("/settings/channels")
@@ -190,21 +224,19 @@ def add_channel():
     if kind == "email" and current_app.config["SMTP"] is None:
         flash("Email notices need the operator to set OPENRECEIPT_SMTP_URL; nothing was added.")
         return to_notifications()
-    if NotifyChannel.select().where(NotifyChannel.user == g.user).count() >= MAX_CHANNELS:
-        flash(f"You have {MAX_CHANNELS} channels already; remove one first.")
-        return to_notifications()
     try:
         target = channel_target(kind, request.form.get("target", ""))
+        secret = push_token(request.form.get("token", "")) if kind == "push" else None
     except ValueError as error:
         flash(f"Nothing was added: {error}.")
         return to_notifications()
-    secret = None
     if kind == "webhook":
         secret = "whsec_" + secrets.token_urlsafe(24)
-    elif kind == "push":
-        secret = request.form.get("token", "").strip()[:200] or None
-    NotifyChannel.create(user=g.user, kind=kind, target=target, secret=secret)
-    flash(f"Added: {kind} notices to {target}. Send a test notification to check it.")
+    problem = create_channel(g.user, kind, target, secret)
+    if problem:
+        flash(f"Nothing was added: {problem}.")
+    else:
+        flash(f"Added: {kind} notices to {target}. Send a test notification to check it.")
     return to_notifications()
 
 
@@ -222,6 +254,10 @@ def own_channel_or_404(channel_id):
 def test_channel(channel_id):
     """Send a test notice at once and say how it went."""
     channel = own_channel_or_404(channel_id)
+    if not notify.take_test_turn(g.user):
+        seconds = int(notify.TEST_EVERY.total_seconds())
+        flash(f"One test notification every {seconds} seconds: wait a moment, then try again.")
+        return to_notifications()
     problem = notify.send_test(channel, current_app.config)
     if problem:
         flash(f"The test notification to {channel.target} failed: {problem}")

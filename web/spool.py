@@ -11,25 +11,36 @@ Files, in `<DATA_DIR>/spool/`:
   file and checks that the file is still the active one (a replay may have just moved it);
 - `batch-<ns>-<pid>.jsonl`: the active file moved aside by a replay, replayed in name order;
 - `rejected.jsonl`: lines the database refused for good (never expected), kept for the operator;
-- `replay.lock`: held by the one replay of this host that runs at a time.
+- `replay.lock`: held by the one replay of this host that runs at a time;
+- `dropped`: how many fetches the spool had no room for, in all (see below).
 
 Exactly once: each line carries a random key stored with its event (Event.spool_key, unique); a
-replay cut short replays lines whose events already exist, and they are skipped."""
+replay cut short replays lines whose events already exist, and they are skipped.
 
+Bounded: the active file and the batches together hold OPENRECEIPT_SPOOL_MAX_MB at most. A fetch
+that does not fit is dropped and counted, and the oldest are kept: a message's first fetches
+(its delivery, its first open) say the most, and the replay goes in order. A repeat (rule 15:
+the same fetcher's fetch of the same pixel within the repeat window) of a fetch this process
+spooled takes no room at all: the replay would not record it either."""
+
+import collections
 import datetime
 import fcntl
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
 from peewee import DataError, IntegrityError
 
 from . import background, receipts
+from .hotpath import REPEAT_WINDOW
 
 ACTIVE = "active.jsonl"
 REJECTED = "rejected.jsonl"
 LOCK = "replay.lock"
+DROPPED = "dropped"
 APPEND_TRIES = 1000  # a replay moves the active file at most once per run; this is plenty
 CHECK_SECONDS = 5  # how often a worker looks for spooled fetches to replay
 # What the database says of the line itself: replaying it again would fail the same way. Any
@@ -41,12 +52,25 @@ class SpoolError(OSError):
     """The spool could not be written either (e.g. the disk is full)."""
 
 
+class SpoolFull(SpoolError):
+    """The spool holds its limit: the fetch was dropped, and counted (`dropped`, in all)."""
+
+    def __init__(self, dropped):
+        super().__init__(28, "the spool is full")
+        self.dropped = dropped
+
+
 def directory(data_dir):
     return Path(data_dir) / "spool"
 
 
-def append(data_dir, fetched):
-    """Add one fetch to this host's spool. Raises SpoolError when it cannot be written."""
+def append(data_dir, fetched, max_bytes=None, fold_repeats=False):
+    """Add one fetch to this host's spool, unless the spool would then hold more than
+    `max_bytes` (SpoolFull). With `fold_repeats`, a repeat of a fetch this process spooled
+    within the repeat window is not written: returns False. Raises SpoolError when the fetch
+    cannot be written."""
+    if fold_repeats and _twin_spooled(fetched):
+        return False
     folder = directory(data_dir)
     line = (json.dumps(fetched.to_json(), ensure_ascii=True) + "\n").encode()
     path = folder / ACTIVE
@@ -61,6 +85,10 @@ def append(data_dir, fetched):
                 except FileNotFoundError:
                     current = False
                 if current:
+                    # Under the active file's lock, which every writer takes: the size checked
+                    # is the size written to.
+                    if max_bytes is not None and _size(folder) + len(line) > max_bytes:
+                        raise SpoolFull(_count_dropped(folder))
                     size = os.fstat(descriptor).st_size
                     try:
                         if os.write(descriptor, line) != len(line):
@@ -69,12 +97,73 @@ def append(data_dir, fetched):
                         # No half line may stay: the next one would be glued to it.
                         os.ftruncate(descriptor, size)
                         raise
-                    return
+                    if fold_repeats:
+                        _note_spooled(fetched)
+                    return True
             finally:
                 os.close(descriptor)  # also releases the flock
+    except SpoolError:
+        raise
     except OSError as error:
         raise SpoolError(error.errno, f"cannot spool: {error.strerror or error}") from None
     raise SpoolError(0, "cannot spool: the active file kept moving")
+
+
+def _size(folder):
+    """Bytes in the active file and the batches waiting for a replay."""
+    total = 0
+    for path in [folder / ACTIVE, *folder.glob("batch-*.jsonl")]:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            pass  # a replay just finished it
+    return total
+
+
+def _count_dropped(folder):
+    """One more fetch dropped; the new count. Under the active file's lock, so counts add up."""
+    count = dropped(folder.parent) + 1
+    temporary = folder / f".{DROPPED}.{os.getpid()}.{threading.get_ident()}"
+    temporary.write_text(f"{count}\n", encoding="ascii")
+    os.replace(temporary, folder / DROPPED)  # a reader never sees half a number
+    return count
+
+
+def dropped(data_dir):
+    """How many fetches this host's spool has had no room for, in all."""
+    try:
+        return int((directory(data_dir) / DROPPED).read_text(encoding="ascii"))
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+# Who this process spooled within the repeat window: fetcher -> time of its latest spooled fetch,
+# oldest first. Per process: a twin spooled by another worker is left to the replay.
+_spooled_lately = collections.OrderedDict()
+_spooled_lately_lock = threading.Lock()
+
+
+def _fetcher(fetched):
+    # The browser fingerprint is a keyed hash of user agent and masked network.
+    return (fetched.public_id, fetched.browser, fetched.method, fetched.purpose)
+
+
+def _twin_spooled(fetched):
+    """Whether this process spooled the same fetcher's fetch of the same pixel at most the repeat
+    window before this one."""
+    since = fetched.at - REPEAT_WINDOW
+    with _spooled_lately_lock:
+        while _spooled_lately and next(iter(_spooled_lately.values())) < since:
+            _spooled_lately.popitem(last=False)
+        at = _spooled_lately.get(_fetcher(fetched))
+        return at is not None and since <= at <= fetched.at
+
+
+def _note_spooled(fetched):
+    key = _fetcher(fetched)
+    with _spooled_lately_lock:
+        _spooled_lately[key] = fetched.at
+        _spooled_lately.move_to_end(key)
 
 
 def pending(data_dir):

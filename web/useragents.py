@@ -66,7 +66,14 @@ def identify(user_agent):
     """The Program a (non-empty) user agent names, judged once per distinct user agent."""
     user_agent = user_agent[:MAX_PARSED]
     # Bots and clients, not the device's brand and model: those rules are two thirds of the cost.
-    parsed = DeviceDetector(user_agent, skip_device_detection=True).parse().all_details
+    # A detector of its own (check_cache=False): device-detector's cache hands every thread that
+    # asks for one user agent the same detector, and parse() fills it in place. The lru_cache
+    # above is the cache.
+    parsed = (
+        DeviceDetector(user_agent, skip_device_detection=True, check_cache=False)
+        .parse()
+        .all_details
+    )
     bot = parsed.get("bot") or {}
     if bot:
         return Program(MACHINE, bot.get("name") or None)

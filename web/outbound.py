@@ -1,0 +1,208 @@
+"""Requests to the URLs users name (webhook and push channels): only to public addresses, unless
+the operator allows some networks (OPENRECEIPT_NOTIFY_ALLOW).
+
+Without this, a user who may name any URL makes the server reach what only it can reach: its
+own loopback services, the private network, a cloud's metadata address, and "Send a test
+notification" tells them what answered. A send resolves the host name once, checks every
+address it gets, and connects to those very addresses, with the URL's name in the Host header
+and as the TLS server name: a name that answers a public address to the check and a private
+one to the connection (DNS rebinding) gets nowhere. The same check runs when a channel is saved,
+so that most mistakes are told at once.
+
+The standard library is enough: ipaddress knows the special networks, getaddrinfo resolves as
+everything else on the machine does (/etc/hosts included, and the spellings 127.1, 2130706433
+and 0x7f.0.0.1 of 127.0.0.1), and http.client connects to a socket given to it. SSRF-guarding
+packages wrap requests or httpx, neither of which openreceipt otherwise needs."""
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
+from urllib.parse import urlsplit
+
+URL_LENGTH = 2000
+RESOLVE_SECONDS = 3  # for the look-up when a channel is saved; a send has its own deadline
+
+# What a refused address is, in the order asked: the first that fits names it.
+REFUSED_KINDS = (
+    ("is_unspecified", "an unspecified address"),
+    ("is_loopback", "a loopback address"),
+    ("is_link_local", "a link-local address"),
+    ("is_multicast", "a multicast address"),
+    ("is_private", "a private address"),
+    ("is_reserved", "a reserved address"),
+)
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+class NotAllowed(Exception):
+    """The server may not connect there; the message says why in a few words ("a loopback
+    address")."""
+
+
+class BadURL(ValueError):
+    """The URL is not one to send to; the message says what is wrong."""
+
+
+def url_problem(url, example="https://example.com/hook"):
+    """What is wrong with a receiver's URL, in a few plain words, or None when it is fine."""
+    if len(url) > URL_LENGTH:
+        return f"the address is longer than {URL_LENGTH} characters"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "the address may not contain spaces or control characters"
+    if not url.isascii():
+        return "write the address in ASCII (percent-encode the rest, a domain in its xn-- form)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no port
+    except ValueError:
+        return f"the address is not a valid URL; write it like {example}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"the address must be an http(s) URL like {example}"
+    if "@" in parts.netloc:
+        return "put no password in the URL; a push server's token has its own field"
+    return None
+
+
+def tidy_url(url):
+    """The URL with its scheme and host in lower case, as they mean the same in any case: one
+    receiver is one channel however it was typed."""
+    parts = urlsplit(url)
+    return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()).geturl()
+
+
+def embedded_ipv4(address):
+    """The IPv4 addresses an IPv6 address carries to (6to4, Teredo, NAT64, IPv4-compatible),
+    which a relay or the kernel may well connect to."""
+    if address.version != 6:
+        return []
+    found = [address.sixtofour, *(address.teredo or ())]
+    if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [each for each in found if each is not None]
+
+
+def refusal(address, allowed=()):
+    """Why the server may not connect to `address` (an ipaddress address), e.g. "a private
+    address"; None when it may: a public address, or one in the operator's `allowed`
+    networks."""
+    address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:a.b.c.d is a.b.c.d
+    if any(address in network for network in allowed):
+        return None
+    for each in (address, *embedded_ipv4(address)):
+        for flag, kind in REFUSED_KINDS:
+            if getattr(each, flag):
+                return kind
+        if not each.is_global:  # e.g. 100.64.0.0/10, shared by carriers
+            return "a non-public address"
+    return None
+
+
+def resolve(host, port, timeout):
+    """getaddrinfo() for TCP within `timeout` seconds (it has no timeout of its own). Raises
+    socket.gaierror, or TimeoutError."""
+    found = {}
+
+    def look_up():
+        try:
+            found["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as error:
+            found["error"] = error
+
+    thread = threading.Thread(target=look_up, name="openreceipt-resolve", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" in found:
+        raise found["error"]
+    if "infos" not in found:
+        raise TimeoutError(f"no address for {host} within {timeout} s")
+    return found["infos"]
+
+
+def checked_addresses(host, port, allowed, timeout):
+    """The addresses to connect to for `host`, each one checked: raises NotAllowed when any is
+    refused (a name that also points inside is not a public receiver)."""
+    infos = resolve(host, port, timeout)
+    for *_, sockaddr in infos:
+        why = refusal(ipaddress.ip_address(sockaddr[0]), allowed)
+        if why:
+            raise NotAllowed(why)
+    return infos
+
+
+def refusal_of(url, allowed, timeout=RESOLVE_SECONDS):
+    """Why notices may not go to `url` (a valid one), as far as its host name resolves now; a
+    name that does not resolve yet is checked again at each send."""
+    parts = urlsplit(url)
+    try:
+        checked_addresses(parts.hostname, default_port(parts), allowed, timeout)
+    except NotAllowed as error:
+        return str(error)
+    except OSError:  # no answer now (a typo, or DNS away): the test notification will tell
+        pass
+    return None
+
+
+def default_port(parts):
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def connect(infos, timeout):
+    """A TCP connection to the first of `infos` (getaddrinfo's tuples) that answers."""
+    error = None
+    for family, kind, protocol, _, sockaddr in infos:
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as failure:
+            sock.close()
+            error = failure
+    raise error or OSError("no address to connect to")
+
+
+class PinnedConnection(http.client.HTTPConnection):
+    """HTTP, or HTTPS with `context`, to addresses resolved and checked beforehand, under the
+    URL's host name: in the Host header, as the TLS server name, and in the certificate."""
+
+    def __init__(self, host, port, infos, timeout, context=None):
+        super().__init__(host, port, timeout=timeout)
+        self.infos, self.context = infos, context
+        if context is not None:
+            self.default_port = 443  # the Host header leaves a default port out
+
+    def connect(self):
+        sock = connect(self.infos, self.timeout)
+        if self.context is None:
+            self.sock = sock
+            return
+        try:
+            self.sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def post(url, body, headers, timeout, allowed=()):
+    """POST `body` to `url`, at an address checked as above; returns the answer's status.
+    Raises BadURL, NotAllowed, OSError (socket.gaierror, TimeoutError, ssl.SSLError, ...) or
+    http.client.HTTPException (not an HTTP answer)."""
+    problem = url_problem(url)
+    if problem:
+        raise BadURL(problem)
+    parts = urlsplit(url)
+    port = default_port(parts)
+    infos = checked_addresses(parts.hostname, port, allowed, timeout)
+    context = ssl.create_default_context() if parts.scheme == "https" else None
+    connection = PinnedConnection(parts.hostname, port, infos, timeout, context)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read(1024)
+        return response.status
+    finally:
+        connection.close()
