@@ -54,11 +54,12 @@ class GmailFixtures:
     def _fulfil(self, route):
         path = route.request.url.removeprefix(GMAIL).split("?", 1)[0].split("#", 1)[0]
         status, body = self.answer(path)
+        kind = "text/css" if path.endswith(".css") else "text/html"
         route.fulfill(
             status=status,
             headers={
                 **gmail_headers(secrets.token_urlsafe(18)),
-                "Content-Type": "text/html; charset=utf-8",
+                "Content-Type": f"{kind}; charset=utf-8",
                 "Cache-Control": "no-store",
             },
             body=body,
@@ -70,7 +71,7 @@ class GmailFixtures:
             return 200, self.pages[path].encode()
         name = path.lstrip("/")
         file = HERE / name
-        if not name.endswith(".html") or "/" in name or not file.is_file():
+        if not name.endswith((".html", ".css")) or "/" in name or not file.is_file():
             return 404, b"<!doctype html><title>Not found</title>"
         try:
             return 200, render(file.read_text(encoding="utf-8"), self.values).encode()
