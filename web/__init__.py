@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -33,7 +34,8 @@ from .geo import Geolocator, open_geolocator
 from .mailhosts import MailHosts
 from .signing import PixelSigner
 
-ROOT = Path(__file__).resolve().parent.parent
+# The stylesheet and script of the pages: static/ in the checkout, package data when installed.
+STATIC = Path(str(files("web.static")))
 csrf = CSRFProtect()
 
 
@@ -80,7 +82,7 @@ class Services:
 
 def create_app(config_overrides=None):
     """Build the application: defaults, then OPENRECEIPT_* environment, then the mapping given."""
-    app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
+    app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.session_interface = PageSessions()
     config.load(app.config, config_overrides)
     app.logger.setLevel(logging.INFO)

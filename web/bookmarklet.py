@@ -3,12 +3,14 @@ minified, with the server's address, the user's API token and the version filled
 `javascript:` URL."""
 
 import datetime
+from importlib.resources import files
 from pathlib import Path
 from urllib.parse import quote
 
 import rjsmin
 
-SOURCE = Path(__file__).resolve().parent.parent / "bookmarklet" / "openreceipt.js"
+# bookmarklet/openreceipt.js in the checkout; package data (web.bookmarklet_source) when installed.
+SOURCE = Path(str(files("web.bookmarklet_source") / "openreceipt.js"))
 # Raise when the API and an already installed bookmarklet would no longer understand each other.
 VERSION = 1
 # Firefox refuses longer bookmark URLs (65,536), so stay well under.

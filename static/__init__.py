@@ -1,0 +1,1 @@
+"""The status pages' stylesheet and script, shipped as package data (pyproject.toml)."""
