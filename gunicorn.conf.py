@@ -13,7 +13,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * multiprocessing.cpu_coun
 # purpose) used to keep a sync worker to itself for as long as it liked: as many of them as
 # workers stopped every pixel fetch. Now it takes workers x threads of them at once (README:
 # "Slow clients"). Each thread has its own pooled database connection (web/models.py: at most
-# 32 a worker, which leaves room for the background loops).
+# 32 a worker, which leaves room for the background jobs).
 worker_class = "gthread"
 threads = 16
 # A worker takes a connection only when it has a thread free for it: with all its threads held,
@@ -74,8 +74,9 @@ def warn_if_exposed(server, app):
 
 
 def post_worker_init(worker):
-    """A worker that has booted starts its background loops (the spool's replayer, the
-    notification delivery) at once, so notices go out even before it serves a request."""
+    """A worker that has booted starts its background jobs (web/background.py: the spool's
+    replayer, the notification delivery, the day's retention purge) at once, so notices go out
+    even before it serves a request."""
     app = getattr(worker, "wsgi", None)
     if app is not None and "openreceipt.database" in getattr(app, "extensions", {}):
         from web import background
@@ -85,9 +86,9 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """A worker that stops ends its background loops (the spool's replayer, the notification
-    delivery), then closes its pooled database connections: on SQLite the last one to close
-    folds the write-ahead log back into the database file."""
+    """A worker that stops ends its background jobs (web/background.py), then closes its
+    pooled database connections: on SQLite the last one to close folds the write-ahead log back
+    into the database file."""
     app = getattr(worker, "wsgi", None)
     if app is not None and "openreceipt.database" in getattr(app, "extensions", {}):
         from web import background

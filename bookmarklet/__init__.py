@@ -1,1 +1,2 @@
-"""The bookmarklet's readable source, shipped as package data (pyproject.toml); web/bookmarklet.py builds it."""
+"""The bookmarklet's readable source, shipped as package data (pyproject.toml);
+web/bookmarklet.py builds it."""

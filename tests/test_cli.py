@@ -107,3 +107,15 @@ def test_token_list_shows_what_each_token_can_do(app, runner, user):
 def test_token_for_unknown_user(app, runner):
     result = runner.invoke(args=["token", "new", "nobody@example.com"])
     assert result.exit_code == 1 and "no user nobody@example.com" in result.output
+
+
+def test_jobs_lists_the_background_work_and_where_it_runs(runner):
+    result = runner.invoke(args=["jobs"])
+    assert result.exit_code == 0, result.output
+    # The test settings switch every job off in the workers: `jobs run` would run them.
+    lines = result.output.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["retention", "spool", "notify"]
+    assert all(line.endswith("off in the workers: `jobs run`") for line in lines)
+    unknown = runner.invoke(args=["jobs", "run", "cron"])
+    assert unknown.exit_code != 0
+    assert "no job cron; the jobs: retention, spool, notify" in unknown.output

@@ -12,10 +12,10 @@ import pytest
 from flask import Config
 from peewee import OperationalError
 
-from web import create_app, receipts, retention
+from web import background, create_app, receipts, retention
 from web.accounts import create_user
 from web.config import ConfigError, load
-from web.models import Event, Pixel, utcnow
+from web.models import Event, Pixel, close_pool, utcnow
 
 from .helpers import mint, pixel_path, sign_in
 
@@ -361,9 +361,9 @@ def test_one_of_many_simultaneous_claims_wins(app, database):
     assert retention.last_run() == now + DAY
 
 
-def test_requests_start_the_days_purge_once(settings):
-    """The first request starts the purge in the background; the next requests, and another
-    worker's, do not run it again the same day."""
+def test_each_workers_job_claims_the_days_purge_once(settings):
+    """A worker's retention job purges soon after the worker starts; another worker's job the
+    same day finds the day claimed and deletes nothing."""
     worker = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 1})
     now = utcnow()
     with worker.app_context():
@@ -372,25 +372,31 @@ def test_requests_start_the_days_purge_once(settings):
         before = summary(pixel.id)
         assert retention.last_run() is None
     try:
-        assert worker.test_client().get("/privacy").status_code == 200
+        background.start_all(worker)  # gunicorn's post_worker_init
         with worker.app_context():
             wait_for(lambda: kinds_left(pixel.id) == ["open"])
+            wait_for(lambda: retention.last_run() is not None)
     finally:
-        join_retention_threads()
+        background.stop(worker)
+    assert retention_threads() == []
 
     with worker.app_context():
         ran = retention.last_run()
-        assert ran is not None and abs(ran - now) < datetime.timedelta(minutes=1)
+        assert abs(ran - now) < datetime.timedelta(minutes=1)
         assert summary(pixel.id) == before
         add_events(pixel.id, ("bot", now - 5 * DAY))
-    assert worker.test_client().get("/privacy").status_code == 200
-    assert retention_threads() == []
 
     other_worker = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 1})
+    claims = []
+    original = retention.claim_run
     try:
-        assert other_worker.test_client().get("/privacy").status_code == 200
+        retention.claim_run = lambda *args: claims.append(original(*args)) or claims[-1]
+        background.start_all(other_worker)
+        wait_for(lambda: claims)
     finally:
-        join_retention_threads()
+        background.stop(other_worker)
+        retention.claim_run = original
+    assert claims == [False]
     with other_worker.app_context():
         assert retention.last_run() == ran
         assert kinds_left(pixel.id) == ["bot", "open"]
@@ -398,13 +404,33 @@ def test_requests_start_the_days_purge_once(settings):
         app.extensions["openreceipt.database"].close_all()
 
 
+def test_requests_never_start_background_work(settings, client, auth):
+    """Not even with every job on: the jobs start from gunicorn's worker hook or
+    `openreceipt jobs run`, never from a request (a pixel fetch does its own work only)."""
+    app = create_app(
+        {**settings, "RETENTION_AUTO": True, "SPOOL_AUTO": True, "NOTIFY_IN_WORKERS": True}
+    )
+    try:
+        pixel = mint(app.test_client(), auth)
+        assert app.test_client().get(pixel_path(pixel["url"])).status_code == 200
+        assert app.test_client().get("/privacy").status_code == 200
+        names = {thread.name for thread in threading.enumerate()}
+        assert not {"openreceipt-retention", "openreceipt-spool", "openreceipt-notify"} & names
+        assert [job.name for job in background.jobs(app)] == ["retention", "spool", "notify"]
+        assert all(job.in_workers for job in background.jobs(app))
+    finally:
+        close_pool(app)
+
+
 def test_retention_days_0_keeps_every_event(settings):
-    """RETENTION_DAYS 0 starts no purge thread, and the command deletes nothing."""
+    """RETENTION_DAYS 0: the workers run no purge job, and the command deletes nothing."""
     keeper = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 0})
     with keeper.app_context():
         pixel = receipts.mint(create_user("ada@example.com", "correct horse battery"))
         add_events(pixel.id, ("open", utcnow() - 1000 * DAY))
-    assert keeper.test_client().get("/privacy").status_code == 200
+    [job] = [job for job in background.jobs(keeper) if job.name == "retention"]
+    assert not job.in_workers
+    background.start_all(keeper)
     assert retention_threads() == []
 
     result = keeper.test_cli_runner().invoke(args=["purge"])

@@ -1,22 +1,42 @@
-"""Work beside the requests, one thread per process: the spool's replayer and the notification
-delivery loop. Threads do not survive gunicorn's fork, so each worker starts its own when it has
-booted (gunicorn.conf.py's post_worker_init; under another server, at the first request it
-serves), and gunicorn.conf.py's worker_exit stops them before the connections close."""
+"""Background jobs: the one list of work done beside the requests — replaying the spool,
+delivering notices, the day's retention purge — each a step run every so many seconds in a
+thread of its own.
+
+Where they run: in every gunicorn worker, started by gunicorn.conf.py's post_worker_init once
+the worker has booted (threads do not survive the fork) and stopped by its worker_exit before
+the connections close; or, for a job switched off in the workers, in a process of its own:
+`openreceipt jobs run`. Never from a request hook: a pixel fetch does its own work and no more.
+"""
 
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-KEY = "openreceipt.loops"
+KEY = "openreceipt.jobs"
 REPEAT_LOG_SECONDS = 60  # the same failure again within this time is not logged again
 
 
-class Loop:
-    """`step()` run every `every` seconds in a thread of its own (at once again while it returns
-    True: there is more to do). A failing step is logged and tried again at the next round."""
+@dataclass(frozen=True)
+class Job:
+    """`step()` every `every` seconds (at once again while it returns True: there is more to
+    do), the first time `first_after` seconds after the start; `in_workers` says whether the
+    server's workers run it (else `openreceipt jobs run` does)."""
 
-    def __init__(self, app, name, step, every):
-        self.app, self.name, self.step, self.every = app, name, step, every
+    name: str
+    step: Callable[[], bool]
+    every: float
+    in_workers: bool
+    first_after: float | None = None
+
+
+class Loop:
+    """One job in a thread of this process. A failing step is logged and tried again at the
+    next round."""
+
+    def __init__(self, app, job):
+        self.app, self.job = app, job
         self.stop_event = threading.Event()
         self.thread = None
         self._pid = None
@@ -30,30 +50,33 @@ class Loop:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 self.thread = threading.Thread(
-                    target=self._run, name=f"openreceipt-{self.name}", daemon=True
+                    target=self._run, name=f"openreceipt-{self.job.name}", daemon=True
                 )
                 self.thread.start()
-        except RuntimeError as error:  # no thread to be had: the request (a pixel!) goes on
+        except RuntimeError as error:  # no thread to be had: say so, the server goes on
             self._pid = None
-            self.app.logger.error("%s: not started: %s", self.name, error)
+            self.app.logger.error("%s: not started: %s", self.job.name, error)
         finally:
             self._guard.release()
 
     def _run(self):
-        while not self.stop_event.wait(self.every):
+        first = self.job.every if self.job.first_after is None else self.job.first_after
+        wait = first
+        while not self.stop_event.wait(wait):
+            wait = self.job.every
             while self._step() and not self.stop_event.is_set():
                 pass
 
     def _step(self):
         try:
-            return self.step()
+            return self.job.step()
         except Exception as error:  # noqa: BLE001 - tried again at the next round
             # A database that is away fails every round: say so once a minute, not every time.
             message = f"{type(error).__name__}: {str(error)[:300]}"
             logged, when = self._last_failure
             if message != logged or time.monotonic() - when > REPEAT_LOG_SECONDS:
                 self._last_failure = (message, time.monotonic())
-                self.app.logger.error("%s: %s", self.name, message)
+                self.app.logger.error("%s: %s", self.job.name, message)
             return False
 
     def stop(self, timeout):
@@ -62,18 +85,22 @@ class Loop:
             self.thread.join(timeout)
 
 
-def start_per_process(app, name, step, every):
-    """Run `step` in a thread of each process that serves requests; returns the Loop."""
-    loop = Loop(app, name, step, every)
-    app.extensions.setdefault(KEY, {})[name] = loop
-    app.before_request(loop.start_in_this_process)
-    return loop
+def register(app, job):
+    """Add a job to the app's list (web/__init__.py's create_app registers them all)."""
+    app.extensions.setdefault(KEY, {})[job.name] = Loop(app, job)
 
 
-def start_all(app):
-    """Start this process's loops now (gunicorn's post_worker_init), not at its first request."""
-    for loop in app.extensions.get(KEY, {}).values():
-        loop.start_in_this_process()
+def jobs(app):
+    """The app's jobs, in the order they were registered."""
+    return [loop.job for loop in app.extensions.get(KEY, {}).values()]
+
+
+def start_all(app, names=None):
+    """Start this process's jobs now: those the workers run (gunicorn's post_worker_init), or
+    the ones named (`openreceipt jobs run`)."""
+    for name, loop in app.extensions.get(KEY, {}).items():
+        if (name in names) if names is not None else loop.job.in_workers:
+            loop.start_in_this_process()
 
 
 def stopping(app, name):
@@ -82,7 +109,7 @@ def stopping(app, name):
 
 
 def stop(app, name=None, timeout=10):
-    """Stop this process's loop `name` (or all of them) between two steps, and wait for it."""
+    """Stop this process's job `name` (or all of them) between two steps, and wait for it."""
     loops = app.extensions.get(KEY, {})
     for loop in [loops[name]] if name in loops else [] if name else list(loops.values()):
         loop.stop(timeout)

@@ -9,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from . import donottrack, export, notify, retention, spool
+from . import background, donottrack, export, notify, retention, spool
 from .accounts import BOOKMARKLET, SCOPES, AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
 from .auth import account_key, clear_attempts
@@ -308,6 +308,39 @@ def spool_status():
     click.echo(f"{spool.pending(current_app.config['DATA_DIR'])} fetches spooled")
 
 
+@click.group("jobs", invoke_without_command=True)
+@click.pass_context
+@with_appcontext
+def jobs_group(context):
+    """The work done beside the requests: list the jobs, or run them in a process of their own."""
+    if context.invoked_subcommand is None:
+        for job in background.jobs(current_app):
+            where = "in the workers" if job.in_workers else "off in the workers: `jobs run`"
+            click.echo(f"{job.name}\tevery {job.every:g} s\t{where}")
+
+
+@jobs_group.command("run")
+@click.argument("names", nargs=-1)
+@with_appcontext
+def jobs_run(names):
+    """Run the jobs NAMES (default: those switched off in the workers) until interrupted."""
+    app = current_app._get_current_object()
+    known = {job.name: job for job in background.jobs(app)}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise click.ClickException(f"no job {', '.join(unknown)}; the jobs: {', '.join(known)}")
+    chosen = list(names) or [name for name, job in known.items() if not job.in_workers]
+    if not chosen:
+        raise click.ClickException("every job runs in the server's workers already")
+    background.start_all(app, chosen)
+    click.echo(f"running {', '.join(chosen)}; Ctrl+C stops", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        background.stop(app)
+
+
 @click.command("notify")
 @click.option("--once", is_flag=True, help="Send what is due now, then stop.")
 @with_appcontext
@@ -360,6 +393,7 @@ def init_app(app):
     app.cli.add_command(forget)
     app.cli.add_command(spool_group)
     app.cli.add_command(notify_command)
+    app.cli.add_command(jobs_group)
 
 
 def main():

@@ -43,7 +43,7 @@ from email.message import EmailMessage
 from peewee import IntegrityError, SqliteDatabase
 
 from . import outbound
-from .background import start_per_process, stopping
+from .background import Job, register, stopping
 from .classify import SELF_VIEW_BEFORE
 from .models import Event, Notice, NotifyChannel, Pixel, Setting, User, db, utcnow
 
@@ -539,11 +539,10 @@ def take_test_turn(user, now=None):
 
 
 def init_app(app):
-    """Deliver from a thread in each worker, unless OPENRECEIPT_NOTIFY_IN_WORKERS is off (then
-    `openreceipt notify` runs the same loop on its own)."""
-    if not app.config["NOTIFY_IN_WORKERS"]:
-        return
-    start_per_process(app, "notify", lambda: step(app), CHECK_SECONDS)
+    """The delivery job: in each worker, unless OPENRECEIPT_NOTIFY_IN_WORKERS is off (then
+    `openreceipt jobs run notify`, or `openreceipt notify`, runs it on its own)."""
+    in_workers = app.config["NOTIFY_IN_WORKERS"]
+    register(app, Job("notify", lambda: step(app), CHECK_SECONDS, in_workers))
 
 
 def step(app):

@@ -11,16 +11,16 @@ claim_run()) and by `openreceipt purge`."""
 
 import datetime
 import json
-import threading
-import time
 
 from peewee import fn
 
+from . import background
 from .models import Event, Pixel, Setting, db, locked, utcnow, write_transaction
 
 LAST_RUN = "retention_last_run"
 EVERY = datetime.timedelta(days=1)
 CHECK_SECONDS = 3600  # how often a worker looks whether the day's run is due
+FIRST_CHECK = 1  # seconds after a worker starts: a server restarted daily still purges
 BATCH = 200  # pixels a transaction
 
 
@@ -106,36 +106,24 @@ def last_run():
 
 
 def init_app(app):
-    """Run the day's purge from a background thread of whichever worker notices first that it
-    is due; requests never wait for it."""
+    """The job that runs the day's purge: each worker looks every CHECK_SECONDS (first soon after
+    it starts) whether it is due, and the one that claims the day runs it."""
     days = app.config["RETENTION_DAYS"]
-    if not days or not app.config.get("RETENTION_AUTO", True):
-        return
-    state = {"next_check": 0.0}
-    guard = threading.Lock()
 
-    def run():
+    def step():
+        if not days:
+            return False  # kept for ever
         with app.app_context():
-            try:
-                if claim_run():
-                    deleted, touched = purge(days)
-                    app.logger.info(
-                        "retention: deleted %d events older than %d days from %d receipts",
-                        deleted,
-                        days,
-                        touched,
-                    )
-            except Exception as error:  # noqa: BLE001 - retried at the next check
-                app.logger.error("retention: not run: %s: %s", type(error).__name__, error)
+            if claim_run():
+                deleted, touched = purge(days)
+                app.logger.info(
+                    "retention: deleted %d events older than %d days from %d receipts",
+                    deleted,
+                    days,
+                    touched,
+                )
+        return False
 
-    @app.before_request
-    def retention_due():
-        if time.monotonic() < state["next_check"] or not guard.acquire(blocking=False):
-            return
-        try:
-            state["next_check"] = time.monotonic() + CHECK_SECONDS
-            threading.Thread(target=run, name="openreceipt-retention", daemon=True).start()
-        except RuntimeError as error:  # no thread to be had: the request goes on, retried later
-            app.logger.error("retention: not started: %s", error)
-        finally:
-            guard.release()
+    in_workers = bool(days) and app.config.get("RETENTION_AUTO", True)
+    job = background.Job("retention", step, CHECK_SECONDS, in_workers, first_after=FIRST_CHECK)
+    background.register(app, job)

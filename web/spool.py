@@ -271,10 +271,8 @@ def _reject(folder, line, why):
 
 
 def init_app(app):
-    """In each worker process, a thread that replays the spool every few seconds while it holds
-    fetches."""
-    if not app.config.get("SPOOL_AUTO", True):
-        return
+    """The job that replays the spool every few seconds while it holds fetches: in each worker,
+    unless SPOOL_AUTO is off."""
     data_dir = app.config["DATA_DIR"]
 
     def step():
@@ -283,7 +281,8 @@ def init_app(app):
             if counts and (counts["recorded"] or counts["not_recorded"]):
                 app.logger.info("spool: replayed %s", counts)
 
-    background.start_per_process(app, "spool", step, CHECK_SECONDS)
+    in_workers = app.config.get("SPOOL_AUTO", True)
+    background.register(app, background.Job("spool", step, CHECK_SECONDS, in_workers))
 
 
 def stopping(app):
