@@ -1,7 +1,6 @@
 """The JSON API: Bearer-token authentication, open to any origin (no cookies involved)."""
 
 import functools
-import re
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, request, url_for
 from flask_cors import CORS
@@ -14,7 +13,7 @@ from .accounts import BOOKMARKLET, FULL, token_for
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .classify import KINDS
 from .mailhosts import PROVIDERS
-from .models import MAX_ID, Event, Pixel, utcnow
+from .models import MAX_ID, Event, Pixel, iso, utcnow
 from .privacy import kept_recipients
 from .security import public_origin
 
@@ -24,7 +23,6 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 CORS(bp, origins="*", supports_credentials=False, max_age=86400)
 
 MAX_PER_PAGE = 100
-PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 @bp.before_request
@@ -78,10 +76,6 @@ def pixel_html(url):
     return f'<img src="{escape(url)}" width="1" height="1" alt="">'
 
 
-def iso(moment):
-    return moment.isoformat(timespec="seconds") + "Z" if moment else None
-
-
 def pixel_json(pixel, events=None):
     url = pixel_url(pixel)
     body = {
@@ -130,9 +124,7 @@ def timeline(pixel):
 
 
 def own_pixel(public_id):
-    if not PUBLIC_ID.fullmatch(public_id):
-        raise NotFound("no such pixel")
-    pixel = Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == g.user)
+    pixel = receipts.owned_pixel(g.user, public_id)
     if pixel is None:
         raise NotFound("no such pixel")
     return pixel

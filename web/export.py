@@ -6,7 +6,7 @@ import json
 
 from peewee import chunked, fn
 
-from .models import ApiToken, DoNotTrack, Event, NotifyChannel, Pixel, db
+from .models import ApiToken, DoNotTrack, Event, NotifyChannel, Pixel, db, iso
 
 PIXEL_FIELDS = (
     "id",
@@ -29,10 +29,6 @@ PIXEL_FIELDS = (
     "tracking_stopped_at",
 )
 EVENT_FIELDS = ("at", "kind", "source", "reason", "ip", "country", "city", "client")
-
-
-def iso(moment):
-    return moment.isoformat(timespec="seconds") + "Z" if moment else None
 
 
 def pixel_record(pixel):

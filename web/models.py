@@ -41,6 +41,11 @@ def utcnow():
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
+def iso(moment):
+    """A stored UTC moment as ISO 8601 text with its Z, for the API and exports; None stays."""
+    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+
+
 class JSONListField(TextField):
     """A list kept as JSON text, the same on SQLite and PostgreSQL."""
 

@@ -5,7 +5,7 @@ from peewee import Cast, SqliteDatabase, fn
 from werkzeug.exceptions import BadRequest
 
 from . import minting, receipts
-from .api import PUBLIC_ID, mail_providers, pixel_html, pixel_url, providers_json
+from .api import mail_providers, pixel_html, pixel_url, providers_json
 from .auth import login_required
 from .classify import KINDS
 from .models import MAX_ID, STATES, Event, Pixel, db, utcnow
@@ -173,9 +173,7 @@ def live_receipts():
 
 
 def own_pixel_or_404(public_id):
-    if not PUBLIC_ID.fullmatch(public_id):
-        abort(404)
-    pixel = Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == g.user)
+    pixel = receipts.owned_pixel(g.user, public_id)
     if pixel is None:
         abort(404)
     return pixel

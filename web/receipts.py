@@ -2,6 +2,7 @@
 counters and state exact."""
 
 import datetime
+import re
 import secrets
 from dataclasses import asdict, dataclass
 
@@ -32,6 +33,17 @@ COUNTERS = {
     "bot": Pixel.bot_count,
     "unknown": Pixel.unknown_count,
 }
+
+
+# What a public id can be (new_public_id makes 16 of these characters); anything else is no pixel.
+PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def owned_pixel(owner, public_id):
+    """The owner's pixel with this public id, or None (for a stranger's, too)."""
+    if not PUBLIC_ID.fullmatch(public_id):
+        return None
+    return Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == owner)
 
 
 def new_public_id():
