@@ -27,7 +27,17 @@ from .accounts import (
     set_password,
 )
 from .auth import end_sessions, login_required, start_session
-from .models import MAX_ID, ApiToken, DoNotTrack, Notice, NotifyChannel, Pixel, User, db
+from .models import (
+    MAX_ID,
+    ApiToken,
+    DoNotTrack,
+    Notice,
+    NotifyChannel,
+    Pixel,
+    User,
+    locked,
+    write_transaction,
+)
 
 MAX_CHANNELS = 10
 MAX_QUIET_MINUTES = 24 * 60
@@ -201,11 +211,10 @@ def push_token(text):
 
 def create_channel(user, kind, target, secret):
     """Add the channel, unless the user has it already or has MAX_CHANNELS; returns None, or
-    why not. Two forms sent at the same moment must not both pass the checks: the user's row
-    is written first, which holds the second one's transaction until the first is done (a row
-    lock on PostgreSQL, the write lock on SQLite)."""
-    with db.atomic():
-        User.update(id=User.id).where(User.id == user.id).execute()
+    why not. Two forms sent at the same moment must not both pass the checks: the user's row is
+    locked first, which holds the second one's transaction until the first is done."""
+    with write_transaction():
+        locked(User.select(User.id).where(User.id == user.id)).first()
         theirs = NotifyChannel.select().where(NotifyChannel.user == user)
         if theirs.where(NotifyChannel.kind == kind, NotifyChannel.target == target).exists():
             return f"you have {kind} notices to {target} already"
