@@ -12,11 +12,10 @@ from .accounts import (
     revoke_token,
     token_name,
 )
-from .api import pixel_html, pixel_url
+from .api import pixel_html, pixel_url, providers_json
 from .auth import login_required
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
 from .classify import client_name
-from .mailhosts import PROVIDERS
 from .models import MAX_ID, ApiToken
 from .security import public_origin
 
@@ -98,5 +97,5 @@ def manual_pixel():
         manual=pixel,
         manual_url=url,
         manual_html=pixel_html(url),
-        providers=[PROVIDERS[key] for key in providers if key in PROVIDERS],
+        providers=providers_json(providers),
     )
