@@ -426,7 +426,8 @@
     style.borderRadius = "8px";
     style.font = "14px/1.4 system-ui, sans-serif";
     style.color = "#fff";
-    style.background = kind === "added" || kind === "already" ? "#17773b" : "#8a1f11";
+    var good = kind === "added" || kind === "already" || kind === "waiting";
+    style.background = good ? "#17773b" : "#8a1f11";
     style.boxShadow = "0 4px 16px rgba(0,0,0,.25)";
     document.body.appendChild(box);
     setTimeout(function () {
