@@ -1,0 +1,1 @@
+"""Telling the user: what deserves a notice, the outbox, and its delivery."""

@@ -1,0 +1,1 @@
+"""From a fetch of /p/<token>.gif to a stored event: the request, the recording, the spool."""

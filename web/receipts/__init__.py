@@ -1,0 +1,1 @@
+"""The rules every entry point shares: minting, corrections and recounts, do-not-track, retention, export."""

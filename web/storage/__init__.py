@@ -1,0 +1,1 @@
+"""The database: its engine and connections, the schema, and the migrations."""
