@@ -12,8 +12,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * multiprocessing.cpu_coun
 # request a header line every few seconds (a mail client on a bad line, or an attack doing so on
 # purpose) used to keep a sync worker to itself for as long as it liked: as many of them as
 # workers stopped every pixel fetch. Now it takes workers x threads of them at once (README:
-# "Slow clients"). Each thread has its own pooled database connection (web/models.py: at most
-# 32 a worker, which leaves room for the background jobs).
+# "Slow clients"). Each thread has its own pooled database connection (web/storage/engine.py:
+# at most 32 a worker, which leaves room for the background jobs).
 worker_class = "gthread"
 threads = 16
 # A worker takes a connection only when it has a thread free for it: with all its threads held,
@@ -45,13 +45,13 @@ forwarder_headers = ""
 
 
 def when_ready(server):
-    """Before the fork: load the user-agent lists (web/useragents.py; about a second, which the
-    command line never pays), then keep all that was loaded (some 80 MiB) out of the garbage
-    collector's sweeps: the workers never write to those pages, so they stay shared, and no
-    sweep walks them."""
+    """Before the fork: load the user-agent lists (web/judgement/useragents.py; about a second,
+    which the command line never pays), then keep all that was loaded (some 80 MiB) out of the
+    garbage collector's sweeps: the workers never write to those pages, so they stay shared, and
+    no sweep walks them."""
     app = server.app.wsgi() if server.cfg.preload_app else None
     if app is not None and "openreceipt" in getattr(app, "extensions", {}):
-        from web import useragents
+        from web.judgement import useragents
 
         useragents.warm_up()
         warn_if_exposed(server, app)

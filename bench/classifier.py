@@ -66,8 +66,9 @@ def main():
     from device_detector import DeviceDetector
     from ua_parser import Parser, load_builtins
 
-    from web import useragents
-    from web.classify import Fetch, Networks, classify
+    from web.judgement import useragents
+    from web.judgement.classify import Fetch, classify
+    from web.judgement.ranges import Networks
 
     started = time.perf_counter()
     useragents.warm_up()

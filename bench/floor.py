@@ -11,7 +11,7 @@ OPENRECEIPT_BIND). It sends the X-Openreceipt header, as the pixel does in the b
 
 from flask import Flask
 
-from web.pixel import gif
+from web.pixel.endpoint import gif
 
 # Same length as the shortest outcomes of the real pixel ("not recorded: repeat ..." is longer).
 OUTCOME = "not recorded: floor"

@@ -31,8 +31,11 @@ from werkzeug.exceptions import HTTPException
 
 from web import create_app
 from web.accounts import create_user, new_token
-from web.models import STATES, Event, Pixel, User, db, utcnow
-from web.receipts import COUNTERS, STATE_REACHED, new_public_id, refresh
+from web.receipts.ledger import COUNTERS, refresh
+from web.receipts.minting import new_public_id
+from web.storage.engine import db, utcnow
+from web.storage.models import Event, Pixel, User
+from web.vocabulary import STATE_REACHED, STATES
 
 MAX_RATIO = 3
 WARM_UP = 3

@@ -16,15 +16,23 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from flask.testing import FlaskCliRunner
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 from werkzeug.security import generate_password_hash
 
 from web import create_app
 from web.accounts import create_user, new_token
-from web.models import MIGRATIONS, MODELS, close_pool, db
+from web.cli import cli as command_line
+from web.storage.engine import close_pool, db
+from web.storage.migrate import MIGRATIONS
+from web.storage.models import MODELS
 
 from .servers import TEST_SERVER_SETTINGS
+
+# UPDATE_DOCS=1: the tests that check generated parts of the docs (the screenshots, the
+# README's settings table) write them instead. Read before any test clears the environment.
+UPDATE_DOCS = os.environ.get("UPDATE_DOCS") == "1"
 
 MODEL_TABLES = {model._meta.table_name for model in MODELS}
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -185,9 +193,9 @@ def settings(tmp_path, database_url, geoip_path):
         "MX_LOOKUP": False,
         # No purge thread racing the test's own requests; tests/test_retention.py turns it on.
         "RETENTION_AUTO": False,
-        # Nor a spool replayer: tests replay with web.spool.replay() when they mean to.
+        # Nor a spool replayer: tests replay with web.pixel.spool.replay() when they mean to.
         "SPOOL_AUTO": False,
-        # Nor a notification sender: tests deliver with web.notify.deliver_due() themselves.
+        # Nor a notification sender: tests deliver with delivery.deliver_due() themselves.
         "NOTIFY_IN_WORKERS": False,
         **TEST_SERVER_SETTINGS,
     }
@@ -205,9 +213,16 @@ def client(app):
     return app.test_client()
 
 
+class CommandLine(FlaskCliRunner):
+    """Runs `openreceipt` commands (web/cli.py) against the test's app."""
+
+    def invoke(self, cli=None, args=None, **kwargs):
+        return super().invoke(cli or command_line, args, **kwargs)
+
+
 @pytest.fixture
 def runner(app):
-    return app.test_cli_runner()
+    return CommandLine(app)
 
 
 @pytest.fixture
@@ -266,8 +281,8 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def screenshots(tmp_path):
     """Where the browser tests put the pages' screenshots: the test's own directory, so a run
-    leaves the checkout as it was; docs/ with OPENRECEIPT_UPDATE_SCREENSHOTS=1."""
-    if os.environ.get("OPENRECEIPT_UPDATE_SCREENSHOTS") == "1":
+    leaves the checkout as it was; docs/ with UPDATE_DOCS=1."""
+    if UPDATE_DOCS:
         return Path(__file__).resolve().parent.parent / "docs"
     return tmp_path
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from web.accounts import BOOKMARKLET, new_token
-from web.models import Event, Pixel
+from web.accounts import new_token
+from web.storage.models import Event, Pixel
+from web.vocabulary import Scope
 
 from .helpers import mint, pixel_path
 
@@ -70,7 +71,7 @@ def test_api_requires_a_live_token(client, headers):
 
 def test_revoked_token_is_refused(client, app, auth, token):
     from web.accounts import hash_token, revoke_token
-    from web.models import ApiToken
+    from web.storage.models import ApiToken
 
     with app.app_context():
         row = ApiToken.get(ApiToken.token_hash == hash_token(token))
@@ -82,7 +83,7 @@ def test_revoked_token_is_refused(client, app, auth, token):
 
 def test_token_use_is_noted(client, app, auth, token):
     from web.accounts import hash_token
-    from web.models import ApiToken
+    from web.storage.models import ApiToken
 
     client.get("/api/pixels", headers=auth)
     with app.app_context():
@@ -144,7 +145,7 @@ def test_detail_shows_state_counts_and_events(client, auth):
 
 
 def test_delete_removes_pixel_and_events(client, auth, database):
-    from web.models import Event
+    from web.storage.models import Event
 
     body = mint(client, auth)
     client.get(pixel_path(body["url"]), headers={"User-Agent": GMAIL_PROXY})
@@ -257,7 +258,7 @@ ONLY_ADDS = "a bookmarklet's key can only add receipts"
 @pytest.fixture
 def bookmarklet_auth(app, user):
     with app.app_context():
-        return {"Authorization": f"Bearer {new_token(user, 'laptop', BOOKMARKLET)[1]}"}
+        return {"Authorization": f"Bearer {new_token(user, 'laptop', Scope.BOOKMARKLET)[1]}"}
 
 
 def test_a_bookmarklets_key_mints_marks_sent_and_reports_self_views(
@@ -325,7 +326,7 @@ def test_a_revoked_bookmarklet_key_is_unknown_not_forbidden(client, app, user):
     from web.accounts import revoke_token
 
     with app.app_context():
-        row, secret = new_token(user, "old laptop", BOOKMARKLET)
+        row, secret = new_token(user, "old laptop", Scope.BOOKMARKLET)
         revoke_token(row.id)
     headers = {"Authorization": f"Bearer {secret}"}
     assert client.post("/api/pixels", json={}, headers=headers).status_code == 401

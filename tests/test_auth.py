@@ -6,7 +6,7 @@ import re
 import pytest
 
 from web import create_app
-from web.models import User
+from web.storage.models import User
 
 from .helpers import csrf_token, sign_in
 

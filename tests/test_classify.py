@@ -8,23 +8,18 @@ import random
 import pytest
 import ua_parser
 
-from web.classify import (
-    BOT,
-    KINDS,
-    OPEN,
-    PREFETCH,
+from web.judgement.classify import (
     SCANNER_WINDOW,
-    UNKNOWN,
     Fetch,
-    Networks,
     PixelFacts,
     classify,
-    client_name,
     judge,
 )
-from web.networks import NetworkSet
+from web.judgement.clients import client_name
+from web.judgement.networks import NetworkSet
+from web.judgement.ranges import Networks, builtin_networks
 from web.privacy import anonymize
-from web.ranges import builtin_networks
+from web.vocabulary import KINDS, Kind
 
 # Real user agents, as the fetchers send them.
 GMAIL_PROXY = (
@@ -133,45 +128,47 @@ def verdict_of(user_agent, ip=PLAIN_IP, method="GET", purpose=""):
 @pytest.mark.parametrize(
     ("user_agent", "ip", "kind", "source"),
     [
-        pytest.param(GMAIL_PROXY, "66.102.8.0", OPEN, "gmail-proxy", id="gmail-proxy"),
+        pytest.param(GMAIL_PROXY, "66.102.8.0", Kind.OPEN, "gmail-proxy", id="gmail-proxy"),
         pytest.param(
-            GMAIL_PREFETCH, "66.249.84.0", PREFETCH, "gmail-prefetch", id="gmail-prefetch"
+            GMAIL_PREFETCH, "66.249.84.0", Kind.PREFETCH, "gmail-prefetch", id="gmail-prefetch"
         ),
         pytest.param(
             GMAIL_PREFETCH.removesuffix(" Mozilla/5.0"),
             "66.249.84.0",
-            PREFETCH,
+            Kind.PREFETCH,
             "gmail-prefetch",
             id="gmail-prefetch-short",
         ),
         pytest.param(
-            GMAIL_SAMPLING, "66.249.84.0", PREFETCH, "gmail-prefetch", id="gmail-sampling"
+            GMAIL_SAMPLING, "66.249.84.0", Kind.PREFETCH, "gmail-prefetch", id="gmail-sampling"
         ),
-        pytest.param(APPLE_MPP, APPLE_IP, PREFETCH, "apple-mpp", id="apple-mpp"),
-        pytest.param(APPLE_MPP, "17.0.0.0", PREFETCH, "apple-mpp", id="apple-mpp-first-24"),
-        pytest.param(APPLE_MPP, "17.255.255.0", PREFETCH, "apple-mpp", id="apple-mpp-last-24"),
-        pytest.param(APPLE_MPP, PLAIN_IP, PREFETCH, "machine", id="bare-mozilla-elsewhere"),
-        pytest.param(APPLE_MPP, "16.255.255.0", PREFETCH, "machine", id="bare-mozilla-before-17"),
-        pytest.param(APPLE_MPP, "18.0.0.0", PREFETCH, "machine", id="bare-mozilla-after-17"),
-        pytest.param(APPLE_MPP, None, PREFETCH, "machine", id="bare-mozilla-no-address"),
-        pytest.param(APPLE_MAIL_MAC, APPLE_IP, OPEN, "direct", id="apple-mail-mac-from-apple"),
-        pytest.param(IPHONE_MAIL, APPLE_IP, OPEN, "direct", id="iphone-mail-from-apple"),
-        pytest.param(YAHOO_PROXY, "98.136.0.0", OPEN, "yahoo-proxy", id="yahoo-proxy"),
-        pytest.param(OUTLOOK_2016, PLAIN_IP, OPEN, "outlook", id="outlook-2016"),
-        pytest.param(OUTLOOK_MS_OFFICE, PLAIN_IP, OPEN, "outlook", id="outlook-ms-office"),
-        pytest.param(OUTLOOK_TRIDENT, PLAIN_IP, OPEN, "outlook", id="outlook-trident"),
-        pytest.param(OUTLOOK_MAC, PLAIN_IP, OPEN, "outlook", id="outlook-mac"),
-        pytest.param(THUNDERBIRD, PLAIN_IP, OPEN, "direct", id="thunderbird"),
-        pytest.param(THUNDERBIRD_WINDOWS, PLAIN_IP, OPEN, "direct", id="thunderbird-windows"),
-        pytest.param(CHROME_WINDOWS, PLAIN_IP, OPEN, "direct", id="chrome"),
-        pytest.param(CHROME_ANDROID, PLAIN_IP, OPEN, "direct", id="chrome-android"),
-        pytest.param(FIREFOX, PLAIN_IP, OPEN, "direct", id="firefox"),
-        pytest.param(SAFARI, PLAIN_IP, OPEN, "direct", id="safari"),
-        pytest.param(EDGE, PLAIN_IP, OPEN, "direct", id="edge"),
-        pytest.param(IPHONE_MAIL, PLAIN_IP, OPEN, "direct", id="iphone-mail"),
-        pytest.param(APPLE_MAIL_MAC, PLAIN_IP, OPEN, "direct", id="apple-mail-mac"),
-        pytest.param(CHROME_WINDOWS, "2001:db8:1234::", OPEN, "direct", id="chrome-ipv6"),
-        pytest.param(CHROME_WINDOWS, None, OPEN, "direct", id="chrome-no-address"),
+        pytest.param(APPLE_MPP, APPLE_IP, Kind.PREFETCH, "apple-mpp", id="apple-mpp"),
+        pytest.param(APPLE_MPP, "17.0.0.0", Kind.PREFETCH, "apple-mpp", id="apple-mpp-first-24"),
+        pytest.param(APPLE_MPP, "17.255.255.0", Kind.PREFETCH, "apple-mpp", id="apple-mpp-last-24"),
+        pytest.param(APPLE_MPP, PLAIN_IP, Kind.PREFETCH, "machine", id="bare-mozilla-elsewhere"),
+        pytest.param(
+            APPLE_MPP, "16.255.255.0", Kind.PREFETCH, "machine", id="bare-mozilla-before-17"
+        ),
+        pytest.param(APPLE_MPP, "18.0.0.0", Kind.PREFETCH, "machine", id="bare-mozilla-after-17"),
+        pytest.param(APPLE_MPP, None, Kind.PREFETCH, "machine", id="bare-mozilla-no-address"),
+        pytest.param(APPLE_MAIL_MAC, APPLE_IP, Kind.OPEN, "direct", id="apple-mail-mac-from-apple"),
+        pytest.param(IPHONE_MAIL, APPLE_IP, Kind.OPEN, "direct", id="iphone-mail-from-apple"),
+        pytest.param(YAHOO_PROXY, "98.136.0.0", Kind.OPEN, "yahoo-proxy", id="yahoo-proxy"),
+        pytest.param(OUTLOOK_2016, PLAIN_IP, Kind.OPEN, "outlook", id="outlook-2016"),
+        pytest.param(OUTLOOK_MS_OFFICE, PLAIN_IP, Kind.OPEN, "outlook", id="outlook-ms-office"),
+        pytest.param(OUTLOOK_TRIDENT, PLAIN_IP, Kind.OPEN, "outlook", id="outlook-trident"),
+        pytest.param(OUTLOOK_MAC, PLAIN_IP, Kind.OPEN, "outlook", id="outlook-mac"),
+        pytest.param(THUNDERBIRD, PLAIN_IP, Kind.OPEN, "direct", id="thunderbird"),
+        pytest.param(THUNDERBIRD_WINDOWS, PLAIN_IP, Kind.OPEN, "direct", id="thunderbird-windows"),
+        pytest.param(CHROME_WINDOWS, PLAIN_IP, Kind.OPEN, "direct", id="chrome"),
+        pytest.param(CHROME_ANDROID, PLAIN_IP, Kind.OPEN, "direct", id="chrome-android"),
+        pytest.param(FIREFOX, PLAIN_IP, Kind.OPEN, "direct", id="firefox"),
+        pytest.param(SAFARI, PLAIN_IP, Kind.OPEN, "direct", id="safari"),
+        pytest.param(EDGE, PLAIN_IP, Kind.OPEN, "direct", id="edge"),
+        pytest.param(IPHONE_MAIL, PLAIN_IP, Kind.OPEN, "direct", id="iphone-mail"),
+        pytest.param(APPLE_MAIL_MAC, PLAIN_IP, Kind.OPEN, "direct", id="apple-mail-mac"),
+        pytest.param(CHROME_WINDOWS, "2001:db8:1234::", Kind.OPEN, "direct", id="chrome-ipv6"),
+        pytest.param(CHROME_WINDOWS, None, Kind.OPEN, "direct", id="chrome-no-address"),
     ],
 )
 def test_classify(user_agent, ip, kind, source):
@@ -182,8 +179,8 @@ def test_classify(user_agent, ip, kind, source):
 @pytest.mark.parametrize("ip", [PLAIN_IP, APPLE_IP, None, *GOOGLE_IPS, *MICROSOFT_SCANNER_IPS])
 def test_gmail_proxy_is_never_a_bot(ip):
     verdict = verdict_of(GMAIL_PROXY, ip)
-    assert verdict.kind != BOT
-    assert (verdict.kind, verdict.source) == (OPEN, "gmail-proxy")
+    assert verdict.kind != Kind.BOT
+    assert (verdict.kind, verdict.source) == (Kind.OPEN, "gmail-proxy")
 
 
 @pytest.mark.parametrize(
@@ -202,7 +199,7 @@ def test_gmail_proxy_is_never_a_bot(ip):
 @pytest.mark.parametrize("ip", MICROSOFT_SCANNER_IPS)
 def test_microsoft_protection_is_a_scanner(user_agent, ip):
     verdict = verdict_of(user_agent, ip)
-    assert (verdict.kind, verdict.source) == (PREFETCH, "scanner-microsoft")
+    assert (verdict.kind, verdict.source) == (Kind.PREFETCH, "scanner-microsoft")
 
 
 @pytest.mark.parametrize(
@@ -223,10 +220,10 @@ def test_microsoft_protection_is_a_scanner_after_masking(raw, masked):
 @pytest.mark.parametrize(
     ("user_agent", "kind", "source"),
     [
-        pytest.param(CHROME_WINDOWS, OPEN, "direct", id="chrome"),
-        pytest.param(OUTLOOK_2016, OPEN, "outlook", id="outlook"),
-        pytest.param(APPLE_MPP, PREFETCH, "machine", id="bare-mozilla"),
-        pytest.param(CURL, BOT, "automated", id="curl"),
+        pytest.param(CHROME_WINDOWS, Kind.OPEN, "direct", id="chrome"),
+        pytest.param(OUTLOOK_2016, Kind.OPEN, "outlook", id="outlook"),
+        pytest.param(APPLE_MPP, Kind.PREFETCH, "machine", id="bare-mozilla"),
+        pytest.param(CURL, Kind.BOT, "automated", id="curl"),
     ],
 )
 @pytest.mark.parametrize("ip", JUST_OUTSIDE_MICROSOFT_SCANNER_IPS)
@@ -261,7 +258,7 @@ def test_just_outside_microsoft_protection_is_not_a_scanner(user_agent, kind, so
 )
 @pytest.mark.parametrize("ip", [PLAIN_IP, *GOOGLE_IPS[:2], None])
 def test_bots(user_agent, ip):
-    assert verdict_of(user_agent, ip).kind == BOT
+    assert verdict_of(user_agent, ip).kind == Kind.BOT
 
 
 @pytest.mark.parametrize(
@@ -278,7 +275,7 @@ def test_bots(user_agent, ip):
 )
 def test_head_is_a_bot(user_agent, ip, source):
     verdict = verdict_of(user_agent, ip, method="HEAD")
-    assert (verdict.kind, verdict.source) == (BOT, source)
+    assert (verdict.kind, verdict.source) == (Kind.BOT, source)
 
 
 @pytest.mark.parametrize(
@@ -301,19 +298,19 @@ def test_head_is_a_bot(user_agent, ip, source):
 )
 def test_announced_prefetch_is_not_an_open(user_agent, ip, source, purpose):
     verdict = verdict_of(user_agent, ip, purpose=purpose)
-    assert (verdict.kind, verdict.source) == (PREFETCH, source)
+    assert (verdict.kind, verdict.source) == (Kind.PREFETCH, source)
 
 
 @pytest.mark.parametrize(
     ("user_agent", "kind", "source"),
     [
-        pytest.param(CHROME_WINDOWS, OPEN, "direct", id="chrome"),
-        pytest.param(FIREFOX, OPEN, "direct", id="firefox"),
-        pytest.param(SAFARI, OPEN, "direct", id="safari"),
-        pytest.param(CHROME_ANDROID, OPEN, "direct", id="chrome-android"),
-        pytest.param(THUNDERBIRD, OPEN, "direct", id="thunderbird"),
-        pytest.param(OUTLOOK_2016, OPEN, "outlook", id="outlook"),
-        pytest.param(GMAIL_PROXY, OPEN, "gmail-proxy", id="gmail-proxy"),
+        pytest.param(CHROME_WINDOWS, Kind.OPEN, "direct", id="chrome"),
+        pytest.param(FIREFOX, Kind.OPEN, "direct", id="firefox"),
+        pytest.param(SAFARI, Kind.OPEN, "direct", id="safari"),
+        pytest.param(CHROME_ANDROID, Kind.OPEN, "direct", id="chrome-android"),
+        pytest.param(THUNDERBIRD, Kind.OPEN, "direct", id="thunderbird"),
+        pytest.param(OUTLOOK_2016, Kind.OPEN, "outlook", id="outlook"),
+        pytest.param(GMAIL_PROXY, Kind.OPEN, "gmail-proxy", id="gmail-proxy"),
     ],
 )
 @pytest.mark.parametrize("ip", GOOGLE_IPS)
@@ -335,7 +332,7 @@ def test_google_addresses_are_not_machines(user_agent, kind, source, ip):
 @pytest.mark.parametrize("ip", [PLAIN_IP, *GOOGLE_IPS[:1], None])
 def test_deny_by_default(user_agent, ip):
     """What is neither a known machine nor positively a reader is `unknown`, never an open."""
-    assert verdict_of(user_agent, ip).kind == UNKNOWN
+    assert verdict_of(user_agent, ip).kind == Kind.UNKNOWN
 
 
 # A browser in Azure (outside Exchange Online Protection's ranges), as Microsoft Defender's Safe
@@ -347,13 +344,19 @@ SENT = datetime.datetime(2025, 3, 14, 9, 0, 0)
 @pytest.mark.parametrize(
     ("after_sending", "sent", "kind", "source"),
     [
-        pytest.param(5, True, PREFETCH, "scanner-microsoft", id="seconds-after-sending"),
+        pytest.param(5, True, Kind.PREFETCH, "scanner-microsoft", id="seconds-after-sending"),
         pytest.param(
-            SCANNER_WINDOW.total_seconds(), True, PREFETCH, "scanner-microsoft", id="window-end"
+            SCANNER_WINDOW.total_seconds(),
+            True,
+            Kind.PREFETCH,
+            "scanner-microsoft",
+            id="window-end",
         ),
-        pytest.param(SCANNER_WINDOW.total_seconds() + 1, True, OPEN, "direct", id="after-window"),
-        pytest.param(3600, True, OPEN, "direct", id="an-hour-later"),
-        pytest.param(5, False, PREFETCH, "scanner-microsoft", id="never-marked-sent"),
+        pytest.param(
+            SCANNER_WINDOW.total_seconds() + 1, True, Kind.OPEN, "direct", id="after-window"
+        ),
+        pytest.param(3600, True, Kind.OPEN, "direct", id="an-hour-later"),
+        pytest.param(5, False, Kind.PREFETCH, "scanner-microsoft", id="never-marked-sent"),
     ],
 )
 def test_browser_in_azure_soon_after_sending_is_a_scanner(after_sending, sent, kind, source):
@@ -362,8 +365,8 @@ def test_browser_in_azure_soon_after_sending_is_a_scanner(after_sending, sent, k
     verdict = judge(Fetch(EDGE, AZURE_IP), facts, NETWORKS, now)
     assert (verdict.kind, verdict.source) == (kind, source)
     # Not a browser in Azure: the time after sending changes nothing.
-    assert judge(Fetch(EDGE, PLAIN_IP), facts, NETWORKS, now).kind == OPEN
-    assert judge(Fetch(GMAIL_PROXY, AZURE_IP), facts, NETWORKS, now).kind == OPEN
+    assert judge(Fetch(EDGE, PLAIN_IP), facts, NETWORKS, now).kind == Kind.OPEN
+    assert judge(Fetch(GMAIL_PROXY, AZURE_IP), facts, NETWORKS, now).kind == Kind.OPEN
 
 
 @pytest.mark.parametrize("ip", [AZURE_IP, PLAIN_IP, "40.107.0.0"])
@@ -383,7 +386,7 @@ def test_phone_model_ending_in_bot_is_a_person():
         "Chrome/120.0.6099.144 Mobile Safari/537.36"
     )
     verdict = verdict_of(user_agent)
-    assert (verdict.kind, verdict.source) == (OPEN, "direct")
+    assert (verdict.kind, verdict.source) == (Kind.OPEN, "direct")
 
 
 ALL_USER_AGENTS = [

@@ -1,9 +1,18 @@
-"""The openreceipt command: users and API tokens."""
+"""The openreceipt command: users and API tokens, jobs, the database."""
 
 import re
+from pathlib import Path
 
+from web import create_app
 from web.accounts import authenticate, token_for
-from web.models import ApiToken
+from web.cli import redacted_url
+from web.storage.engine import close_pool
+from web.storage.migrate import MIGRATIONS
+from web.storage.models import ApiToken
+
+from .conftest import CommandLine
+
+MIGRATIONS_DIR = Path(MIGRATIONS)
 
 
 def test_user_add_with_password_from_stdin(app, runner):
@@ -119,3 +128,30 @@ def test_jobs_lists_the_background_work_and_where_it_runs(runner):
     unknown = runner.invoke(args=["jobs", "run", "cron"])
     assert unknown.exit_code != 0
     assert "no job cron; the jobs: retention, spool, notify" in unknown.output
+
+
+def test_db_status_names_the_database_and_every_schema_change(app, runner, settings, database):
+    result = runner.invoke(args=["db", "status"])
+    assert result.exit_code == 0, result.output
+    first, *rows = result.output.splitlines()
+    url = app.config["DATABASE_URL"]
+    assert first == f"database: {url}"  # the test databases have no password
+    names = sorted(path.stem for path in MIGRATIONS_DIR.glob("0*.py"))
+    assert [row.split("\t")[0] for row in rows] == names
+    assert all(row.split("\t")[1] != "pending" for row in rows)  # start-up applied them all
+    # An app brings the schema up to date as it starts: the next one finds nothing to do.
+    later = create_app(settings)
+    try:
+        with later.app_context():  # the `database` fixture holds the first app's context
+            again = CommandLine(later).invoke(args=["db", "migrate"])
+    finally:
+        close_pool(later)
+    assert again.exit_code == 0 and "the schema is up to date" in again.output
+
+
+def test_database_urls_are_shown_without_their_password():
+    assert (
+        redacted_url("postgresql://receipts:s3cr%40t@db.internal:5432/openreceipt")
+        == "postgresql://receipts:***@db.internal:5432/openreceipt"
+    )
+    assert redacted_url("sqlite:////srv/openreceipt/openreceipt.db").endswith("openreceipt.db")

@@ -18,25 +18,20 @@ from pathlib import Path
 
 import pytest
 
-import web.pixel
-import web.receipts
-from web.classify import (
-    BOT,
+import web.pixel.endpoint
+import web.receipts.ledger
+from web.judgement.classify import (
     FETCHERS,
-    KINDS,
-    OPEN,
-    PREFETCH,
-    PREVIEW,
-    SELF,
-    UNKNOWN,
     Fetch,
-    Networks,
     PixelFacts,
     judge,
     within_self_view,
 )
-from web.models import Event, Pixel, utcnow
+from web.judgement.ranges import Networks
 from web.privacy import anonymize, fingerprint
+from web.storage.engine import utcnow
+from web.storage.models import Event, Pixel
+from web.vocabulary import KINDS, Kind
 
 from .helpers import pixel_path
 
@@ -66,12 +61,12 @@ SECRET = "corpus-test-secret"
 
 # Pixel state per the README once its only event is of this kind.
 STATE = {
-    PREVIEW: "inserted",
-    PREFETCH: "delivered",
-    OPEN: "opened",
-    SELF: "waiting",
-    BOT: "waiting",
-    UNKNOWN: "waiting",
+    Kind.PREVIEW: "inserted",
+    Kind.PREFETCH: "delivered",
+    Kind.OPEN: "opened",
+    Kind.SELF: "waiting",
+    Kind.BOT: "waiting",
+    Kind.UNKNOWN: "waiting",
 }
 
 # Every (kind, source) that classify() and judge() can return:
@@ -81,19 +76,19 @@ STATE = {
 #   browser in Microsoft's cloud minutes after sending (scanner-microsoft, as a named fetcher).
 _NAMED = set(FETCHERS) | {"direct"}
 POSSIBLE = (
-    {(BOT, source) for source in _NAMED}
-    | {(PREFETCH, source) for source in _NAMED}
+    {(Kind.BOT, source) for source in _NAMED}
+    | {(Kind.PREFETCH, source) for source in _NAMED}
     | {(kind, source) for source, (kind, _) in FETCHERS.items()}
     | {
-        (PREFETCH, "machine"),
-        (BOT, "no-user-agent"),
-        (OPEN, "outlook"),
-        (BOT, "automated"),
-        (OPEN, "direct"),
-        (UNKNOWN, "unrecognised"),
-        (PREVIEW, "direct"),
-        (PREVIEW, "outlook"),
-        (SELF, "gmail-proxy"),
+        (Kind.PREFETCH, "machine"),
+        (Kind.BOT, "no-user-agent"),
+        (Kind.OPEN, "outlook"),
+        (Kind.BOT, "automated"),
+        (Kind.OPEN, "direct"),
+        (Kind.UNKNOWN, "unrecognised"),
+        (Kind.PREVIEW, "direct"),
+        (Kind.PREVIEW, "outlook"),
+        (Kind.SELF, "gmail-proxy"),
     }
 )
 # Each needs rows: every rule and every list; HEAD and hints for a few fetchers. Outlook.com's
@@ -101,10 +96,10 @@ POSSIBLE = (
 # (test_classify covers the rule).
 REQUIRED = (
     {(kind, source) for source, (kind, _) in FETCHERS.items()}
-    | {(BOT, source) for source in ("gmail-proxy", "gmail-prefetch", "apple-mpp", "direct")}
-    | {(PREFETCH, source) for source in ("gmail-proxy", "scanner-microsoft", "direct")}
-    | (POSSIBLE - {(kind, source) for kind in (BOT, PREFETCH) for source in _NAMED})
-) - {(OPEN, "outlook-proxy")}
+    | {(Kind.BOT, source) for source in ("gmail-proxy", "gmail-prefetch", "apple-mpp", "direct")}
+    | {(Kind.PREFETCH, source) for source in ("gmail-proxy", "scanner-microsoft", "direct")}
+    | (POSSIBLE - {(kind, source) for kind in (Kind.BOT, Kind.PREFETCH) for source in _NAMED})
+) - {(Kind.OPEN, "outlook-proxy")}
 
 # case -> why the code's verdict differs from the honest one (pytest.mark.xfail, strict).
 DISAGREEMENTS = {
@@ -146,7 +141,7 @@ def sender_fingerprint(row):
 def reclassified_by_beacon(kind, source, fetched_at, beacon_at):
     """receipts.self_view()'s rule for fetches judged before the beacon arrived."""
     return (
-        kind == OPEN
+        kind == Kind.OPEN
         and source == "gmail-proxy"
         and fetched_at >= beacon_at - datetime.timedelta(seconds=60)
         and within_self_view(fetched_at, beacon_at)
@@ -203,7 +198,7 @@ def judged(row, now):
     if beacon is not None and beacon < 0:
         beacon_at = now + datetime.timedelta(seconds=-beacon)
         if reclassified_by_beacon(kind, verdict.source, now, beacon_at):
-            kind = SELF
+            kind = Kind.SELF
     return kind, verdict.source, verdict.reason
 
 
@@ -215,8 +210,8 @@ FIGURES = []  # lines for the end of the test run (tests/conftest.py prints them
 def test_no_machine_is_an_open_and_no_open_is_lost():
     """The corpus's figure of merit: precision and recall of `open`, over every row."""
     verdicts = {row["case"]: judged(row, NOW)[0] for row in ROWS}
-    true_open = [row["case"] for row in ROWS if row["kind"] == OPEN]
-    called_open = [case for case, kind in verdicts.items() if kind == OPEN]
+    true_open = [row["case"] for row in ROWS if row["kind"] == Kind.OPEN]
+    called_open = [case for case, kind in verdicts.items() if kind == Kind.OPEN]
     hits = len(set(true_open) & set(called_open))
     exact = sum(verdicts[row["case"]] == row["kind"] for row in ROWS)
     FIGURES.append(
@@ -233,13 +228,18 @@ def test_judge(row):
     assert (kind, source) == (row["kind"], row["source"]), reason
 
 
+@pytest.fixture
+def settings(settings):
+    """MX look-ups on, as by default (the conftest turns them off): the server judges with the
+    recipients' mail hosting. No recipients are given, so no look-up is made."""
+    return {**settings, "MX_LOOKUP": True}
+
+
 @pytest.mark.parametrize("row", corpus_params())
 def test_recorded_over_http(row, app, client, auth, database, monkeypatch):
-    # MX look-ups are on by default; no recipients are given, so none is made.
-    app.config["MX_LOOKUP"] = True
     now = utcnow().replace(microsecond=0)
-    monkeypatch.setattr(web.receipts, "utcnow", lambda: now)  # the beacon's time
-    monkeypatch.setattr(web.pixel, "utcnow", lambda: now)  # the fetch's time
+    monkeypatch.setattr(web.receipts.ledger, "utcnow", lambda: now)  # the beacon's time
+    monkeypatch.setattr(web.pixel.endpoint, "utcnow", lambda: now)  # the fetch's time
     beacon = beacon_offset(row)
 
     if row["minted_here"] == "yes":
@@ -286,5 +286,5 @@ def test_recorded_over_http(row, app, client, auth, database, monkeypatch):
     ], body["events"]
     assert body["counts"] == {kind: int(kind == row["kind"]) for kind in KINDS}
     assert body["state"] == STATE[row["kind"]]
-    assert (body["first_open_at"] is not None) == (row["kind"] == OPEN)
-    assert (body["delivered_at"] is not None) == (row["kind"] in (OPEN, PREFETCH))
+    assert (body["first_open_at"] is not None) == (row["kind"] == Kind.OPEN)
+    assert (body["delivered_at"] is not None) == (row["kind"] in (Kind.OPEN, Kind.PREFETCH))

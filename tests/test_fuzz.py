@@ -20,12 +20,12 @@ from peewee import CharField
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from web import create_app
-from web.classify import KINDS
-from web.minting import MAX_ADDRESS, MAX_LABEL, MAX_RECIPIENTS, MAX_SUBJECT
-from web.models import Event, Pixel
-from web.pixel import GIF
+from web.pixel.endpoint import GIF
 from web.privacy import anonymize
+from web.receipts.minting import MAX_ADDRESS, MAX_LABEL, MAX_RECIPIENTS, MAX_SUBJECT
 from web.signing import PixelSigner
+from web.storage.models import Event, Pixel
+from web.vocabulary import KINDS
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
 

@@ -8,7 +8,7 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from web.config import ConfigError
-from web.geo import NOWHERE, Location, open_geolocator, packaged_database
+from web.pixel.geo import NOWHERE, Location, open_geolocator, packaged_database
 
 from .conftest import build_city_database
 from .helpers import mint, pixel_path

@@ -8,11 +8,12 @@ from urllib.parse import unquote
 
 import pytest
 
-from web import donottrack
-from web.accounts import BOOKMARKLET, create_user, new_token
+from web.accounts import create_user, new_token
 from web.bookmarklet import MAX_LENGTH, VERSION, bookmarklet_code, build_bookmarklet
-from web.models import ApiToken, Pixel
 from web.privacy import anonymize, fingerprint
+from web.receipts import donottrack
+from web.storage.models import ApiToken, Pixel
+from web.vocabulary import Scope
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
 
@@ -187,7 +188,7 @@ def test_bookmarklet_names_never_fail_the_page(client, user, app):
 
 def test_rename_a_bookmarklet(client, user, app):
     with app.app_context():
-        row, _ = new_token(user, "bookmarklet 2026-01-05", BOOKMARKLET)
+        row, _ = new_token(user, "bookmarklet 2026-01-05", Scope.BOOKMARKLET)
     sign_in(client)
     page = client.get("/bookmarklet")
     action = f"/bookmarklet/tokens/{row.id}/rename"
@@ -211,7 +212,7 @@ def test_rename_a_bookmarklet(client, user, app):
 def test_renaming_someone_elses_bookmarklet_does_nothing(client, user, app):
     with app.app_context():
         grace = create_user("grace@example.com", "another long password")
-        theirs, _ = new_token(grace, "Grace's laptop", BOOKMARKLET)
+        theirs, _ = new_token(grace, "Grace's laptop", Scope.BOOKMARKLET)
     sign_in(client)
     client.post(
         f"/bookmarklet/tokens/{theirs.id}/rename",
@@ -225,7 +226,7 @@ def test_renaming_someone_elses_bookmarklet_does_nothing(client, user, app):
 def test_settings_shows_what_each_token_can_do(client, user, app):
     with app.app_context():
         new_token(user, "invoicing script")
-        new_token(user, "Work laptop", BOOKMARKLET)
+        new_token(user, "Work laptop", Scope.BOOKMARKLET)
     sign_in(client)
     page = client.get("/settings").get_data(as_text=True)
     assert '<th scope="col">Can do</th>' in page
@@ -424,7 +425,7 @@ def test_i_sent_it_now_only_for_ones_own_receipts(client, user, app, other_auth)
 
 def test_only_receipts_made_by_hand_explain_themselves(client, user, app, auth):
     with app.app_context():
-        bookmarklet = {"Authorization": f"Bearer {new_token(user, 'b', BOOKMARKLET)[1]}"}
+        bookmarklet = {"Authorization": f"Bearer {new_token(user, 'b', Scope.BOOKMARKLET)[1]}"}
     by_api = mint(client, auth)["id"]
     by_bookmarklet = mint(client, bookmarklet)["id"]
     sign_in(client)

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from web.models import MIGRATIONS, MODELS
+from web.storage.migrate import MIGRATIONS
+from web.storage.models import MODELS
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,9 @@ from peewee import Table
 
 from web import create_app
 from web.accounts import create_user, new_token
-from web.models import MIGRATIONS, MODELS, Event, Pixel, User, migrate, open_database
+from web.storage.engine import open_database
+from web.storage.migrate import MIGRATIONS, migrate
+from web.storage.models import MODELS, Event, Pixel, User
 
 from .helpers import mint, pixel_path
 

@@ -14,10 +14,11 @@ from contextlib import contextmanager
 import pytest
 import trustme
 
-from web import notify
 from web.config import ConfigError, smtp_server
-from web.models import Event, Notice, NotifyChannel, Pixel, Setting, User, close_pool, utcnow
-from web.notify import deliver_due
+from web.notifications import channels, delivery, outbox, policy
+from web.notifications.delivery import deliver_due
+from web.storage.engine import close_pool, utcnow
+from web.storage.models import Event, Notice, NotifyChannel, Pixel, Setting, User
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
 from .receivers import Receiver, start_mail_server
@@ -54,7 +55,7 @@ def settings(settings):
     ],
 )
 def test_which_opens_notify(opens, open_count, expected):
-    assert notify.wanted("open", opens, False, open_count, False) is expected
+    assert policy.wanted("open", opens, False, open_count, False) is expected
 
 
 @pytest.mark.parametrize(
@@ -62,28 +63,28 @@ def test_which_opens_notify(opens, open_count, expected):
     [(True, False, True), (True, True, False), (False, False, False), (1, False, True)],
 )
 def test_which_deliveries_notify(delivered, was_delivered, expected):
-    assert notify.wanted("delivered", "every", delivered, 0, was_delivered) is expected
+    assert policy.wanted("delivered", "every", delivered, 0, was_delivered) is expected
 
 
 def test_quiet_period():
     now = datetime.datetime(2026, 11, 25, 12, 0)
-    assert notify.past_quiet(None, 30, now)
-    assert not notify.past_quiet(now - datetime.timedelta(minutes=29), 30, now)
-    assert notify.past_quiet(now - datetime.timedelta(minutes=30), 30, now)
-    assert notify.past_quiet(now, 0, now)
+    assert policy.past_quiet(None, 30, now)
+    assert not policy.past_quiet(now - datetime.timedelta(minutes=29), 30, now)
+    assert policy.past_quiet(now - datetime.timedelta(minutes=30), 30, now)
+    assert policy.past_quiet(now, 0, now)
 
 
 def test_gmail_proxy_opens_are_held_until_a_self_view_could_have_come():
     now = datetime.datetime(2026, 11, 25, 12, 0)
-    assert notify.hold("gmail-proxy", now, now) == notify.GMAIL_HOLD
-    assert notify.GMAIL_HOLD > datetime.timedelta(seconds=5)  # the beacon's reach back
-    assert notify.hold("direct", now, now) == datetime.timedelta(0)
+    assert policy.hold("gmail-proxy", now, now) == policy.GMAIL_HOLD
+    assert policy.GMAIL_HOLD > datetime.timedelta(seconds=5)  # the beacon's reach back
+    assert policy.hold("direct", now, now) == datetime.timedelta(0)
     # A fetch replayed from the spool long after is not held again.
-    assert notify.hold("gmail-proxy", now - datetime.timedelta(hours=1), now).total_seconds() == 0
+    assert policy.hold("gmail-proxy", now - datetime.timedelta(hours=1), now).total_seconds() == 0
 
 
 def test_pauses_double_up_to_an_hour():
-    pauses = [notify.pause(n, 30).total_seconds() for n in range(1, 12)]
+    pauses = [delivery.pause(n, 30).total_seconds() for n in range(1, 12)]
     assert pauses[:4] == [30, 60, 120, 240]
     assert max(pauses) == 3600 and pauses == sorted(pauses)
 
@@ -250,7 +251,7 @@ def test_opens_off_queues_nothing_and_other_users_channels_are_not_used(
 def test_the_notice_is_written_with_its_event_or_not_at_all(app, client, auth, user, database):
     """The outbox row is part of the event's transaction: when it cannot be written, the event
     is not stored either (the fetch waits in the spool), and the replay stores both."""
-    from web import spool
+    from web.pixel import spool
 
     add_channel(user)
     pixel = mint(client, auth)
@@ -331,10 +332,10 @@ def test_a_forged_signature_does_not_verify(app, client, auth, user, receiver, d
         request.headers["X-Openreceipt-Timestamp"],
         request.headers["X-Openreceipt-Signature"],
     )
-    assert notify.signature("whsec_abc", stamp, request.body) == sent
-    assert notify.signature("whsec_abc", stamp, request.body + b" ") != sent
-    assert notify.signature("whsec_abc", str(int(stamp) + 1), request.body) != sent
-    assert notify.signature("whsec_other", stamp, request.body) != sent
+    assert channels.signature("whsec_abc", stamp, request.body) == sent
+    assert channels.signature("whsec_abc", stamp, request.body + b" ") != sent
+    assert channels.signature("whsec_abc", str(int(stamp) + 1), request.body) != sent
+    assert channels.signature("whsec_other", stamp, request.body) != sent
 
 
 def test_push_is_ntfy_style(app, client, auth, user, receiver, database):
@@ -423,13 +424,13 @@ def test_email_through_the_operators_mail_server(settings, mail_server, scheme):
 @pytest.mark.parametrize("mail_server", ["none"], indirect=True)
 def test_smtp_url_without_starttls_on_offer_is_not_sent_in_the_clear(settings, mail_server):
     from web import create_app
-    from web.models import db
+    from web.storage.engine import db
 
     app = create_app(smtp_settings(settings, mail_server))
     try:
         with app.app_context():
             channel = NotifyChannel(kind="email", target="ada@example.com")
-            problem = notify.send_test(channel, app.config)
+            problem = delivery.send_test(channel, app.config)
             db.close()
     finally:
         app.extensions["openreceipt.database"].close_all()
@@ -589,17 +590,16 @@ def test_a_stale_claim_cannot_overwrite_what_another_deliverer_did(
     open_pixel(client, mint(client, auth))
     at = utcnow() + SOON
     notice = Notice.get()
-    notice_id, stale = notify.claim_next(at)
-    assert notice_id == notice.id
-    assert notify.claim_next(at) is None  # taken: nothing else is due
-    assert notify.claim_next(at + notify.LEASE - datetime.timedelta(seconds=1)) is None
-    later = at + notify.LEASE + datetime.timedelta(seconds=1)
-    _, fresh = notify.claim_next(later)
-    assert fresh != stale and Notice.get().attempts == 2
-    Notice.update(state="sent").where(Notice.id == notice.id, Notice.claim == fresh).execute()
-    taken_over = Notice.id == notice.id, Notice.claim == stale
-    assert Notice.update(state="failed").where(*taken_over).execute() == 0
-    assert Notice.get().state == "sent"
+    stale = outbox.claim(at)
+    assert stale.notice_id == notice.id
+    assert outbox.claim(at) is None  # taken: nothing else is due
+    assert outbox.claim(at + outbox.LEASE - datetime.timedelta(seconds=1)) is None
+    later = at + outbox.LEASE + datetime.timedelta(seconds=1)
+    fresh = outbox.claim(later)
+    assert fresh.token != stale.token and Notice.get().attempts == 2
+    fresh.sent()
+    stale.failed("the first deliverer's late result")  # its claim was taken over: no effect
+    assert (Notice.get().state, Notice.get().last_error) == ("sent", None)
 
 
 def test_the_oldest_due_notice_is_claimed_first(app, client, auth, user, database):
@@ -614,8 +614,8 @@ def test_the_oldest_due_notice_is_claimed_first(app, client, auth, user, databas
         Notice.id == first.id
     ).execute()
     now = utcnow()
-    assert [notify.claim_next(now)[0] for _ in range(2)] == [third.id, second.id]
-    assert notify.claim_next(now) is None
+    assert [outbox.claim(now).notice_id for _ in range(2)] == [third.id, second.id]
+    assert outbox.claim(now) is None
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -692,12 +692,12 @@ def test_send_a_test_notification(signed_in, user, receiver, database):
     [request] = receiver.received
     assert request.json()["type"] == "test"
     assert (
-        notify.signature("whsec_t", request.headers["X-Openreceipt-Timestamp"], request.body)
+        channels.signature("whsec_t", request.headers["X-Openreceipt-Timestamp"], request.body)
         == (request.headers["X-Openreceipt-Signature"])
     )
     down = add_channel(user, "push", Receiver().url + "/topic", None)
     # The next test at once, not one turn later (tests/test_security_outbound.py has turns).
-    Setting.delete().where(Setting.name.startswith(notify.TEST_TURN)).execute()
+    Setting.delete().where(Setting.name.startswith(delivery.TEST_TURN)).execute()
     page = post_form(client, f"/settings/channels/{down.id}/test").get_data(as_text=True)
     assert "The test notification to" in page and "failed: could not connect" in page
     assert Notice.select().count() == 0  # tests are not queued
@@ -746,7 +746,7 @@ def test_export_holds_the_choices_and_channels_but_no_secret(runner, user, datab
 
 
 def test_retention_takes_the_notices_of_the_events_it_deletes(client, auth, user, database):
-    from web import retention
+    from web.receipts import retention
 
     add_channel(user)
     open_pixel(client, mint(client, auth))
@@ -767,13 +767,13 @@ def test_a_silent_receiver_gets_a_test_notice_that_gives_up_quickly():
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
         started = time.monotonic()
-        problem = notify.send_test(
+        problem = delivery.send_test(
             NotifyChannel(kind="webhook", target=url, secret="s"),
             {"PUBLIC_URL": None, "NOTIFY_ALLOW": LOOPBACK},
         )
         took = time.monotonic() - started
     assert "timed out" in problem
-    assert took < notify.TEST_TIMEOUT + 2
+    assert took < delivery.TEST_TIMEOUT + 2
 
 
 def test_the_readme_shows_the_webhook_body_as_it_is(app, client, auth, user, receiver, database):
@@ -799,10 +799,10 @@ def test_the_readme_shows_the_webhook_body_as_it_is(app, client, auth, user, rec
 def test_a_subject_over_several_lines_makes_a_one_line_title(app, client, auth, user, database):
     pixel = mint(client, auth, subject="Invoice\r\nBcc: someone@example.com\n" + "x" * 500)
     open_pixel(client, pixel, THUNDERBIRD)
-    message = notify.compose("open", Pixel.get(), Event.get(), None)
+    message = channels.compose("open", Pixel.get(), Event.get(), None)
     assert "\n" not in message.title and "\r" not in message.title
     assert message.title.startswith("Opened: Invoice Bcc: someone@example.com xxx")
-    assert len(message.title) <= len("Opened: ") + notify.NAME_LENGTH
+    assert len(message.title) <= len("Opened: ") + channels.NAME_LENGTH
 
 
 def test_an_unexpected_failure_is_a_failed_try_and_not_a_stuck_notice(
@@ -814,7 +814,7 @@ def test_an_unexpected_failure_is_a_failed_try_and_not_a_stuck_notice(
     def broken(*args):
         raise KeyError("something nobody expected")
 
-    monkeypatch.setattr(notify, "send_webhook", broken)
+    monkeypatch.setattr(channels, "send_webhook", broken)
     assert deliver(app)["retry"] == 1
     notice = Notice.get()
     assert notice.state == "pending" and notice.claim is None
@@ -845,16 +845,16 @@ def test_a_receiver_that_dawdles_is_given_up_on_at_the_deadline(user, database):
     slow = Receiver(delay=3).start()
     try:
         channel = NotifyChannel(kind="webhook", target=slow.url, secret="s")
-        message = notify.compose("test", None, None, None)
-        with pytest.raises(notify.DeliveryError, match="^timed out$"):
-            notify.send(channel, message, {"NOTIFY_ALLOW": LOOPBACK}, timeout=10, deadline=1)
+        message = channels.compose("test", None, None, None)
+        with pytest.raises(channels.DeliveryError, match="^timed out$"):
+            channels.send(channel, message, {"NOTIFY_ALLOW": LOOPBACK}, timeout=10, deadline=1)
     finally:
         slow.stop()
 
 
 def test_a_long_title_in_another_script_stays_on_one_header_line():
     title = "Opened: " + "Счёт за услуги по договору № 42 от 1 ноября " * 3
-    header = notify._header_text(title)
+    header = channels._header_text(title)
     assert header.isascii() and "\n" not in header and "\r" not in header
     decoded = "".join(
         part.decode(charset) if isinstance(part, bytes) else part

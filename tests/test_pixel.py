@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from peewee import SqliteDatabase
 
-from web.models import Event, Pixel
-from web.pixel import GIF
+from web.pixel.endpoint import GIF
+from web.storage.models import Event, Pixel
 
 from .helpers import mint, pixel_path
 
@@ -192,7 +192,7 @@ def test_huge_and_odd_headers_still_get_a_gif(client, pixel, database):
 
 
 def test_database_failure_still_answers_a_gif(client, app, pixel, database):
-    from web.models import Event as EventModel
+    from web.storage.models import Event as EventModel
 
     sqlite = isinstance(EventModel._meta.database.obj, SqliteDatabase)
     EventModel._meta.database.execute_sql("DROP TABLE event" + ("" if sqlite else " CASCADE"))

@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from web import create_app, donottrack, export
+from web import create_app
 from web.accounts import create_user, new_token
 from web.config import ConfigError
-from web.models import ApiToken, DoNotTrack, Event, Pixel, User
+from web.receipts import donottrack, export
+from web.storage.models import ApiToken, DoNotTrack, Event, Pixel, User
 
 from .helpers import mint, pixel_path, sign_in
 

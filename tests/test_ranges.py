@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from web import create_app
-from web.networks import NetworkSet
-from web.ranges import APPLE_EGRESS_FILE, apple_networks, parse_egress_csv
+from web.judgement.networks import NetworkSet
+from web.judgement.ranges import APPLE_EGRESS_FILE, apple_networks, parse_egress_csv
 
 from .helpers import mint, pixel_path
 
@@ -122,7 +122,7 @@ def test_without_a_download_the_built_in_set_is_used(settings, app):
     """A fresh install knows Apple's blocks and the relay's egress (the shipped summary): the
     addresses Mail Privacy Protection was seen fetching from through Akamai, Fastly and
     Cloudflare."""
-    networks = app.extensions["openreceipt"].networks
+    networks = app.extensions["openreceipt"].judge.networks
     assert "17.58.0.0" in networks.apple and "2620:149:a::" in networks.apple
     for masked in ("172.224.226.0", "146.75.168.0", "104.28.37.0", "2a04:4e41:4::"):
         assert networks.apple.meets(masked), masked

@@ -12,11 +12,14 @@ import pytest
 from flask import Config
 from peewee import OperationalError
 
-from web import background, create_app, receipts, retention
+from web import background, create_app
 from web.accounts import create_user
 from web.config import ConfigError, load
-from web.models import Event, Pixel, close_pool, utcnow
+from web.receipts import ledger, minting, retention
+from web.storage.engine import close_pool, utcnow
+from web.storage.models import Event, Pixel
 
+from .conftest import CommandLine
 from .helpers import mint, pixel_path, sign_in
 
 DAY = datetime.timedelta(days=1)
@@ -48,7 +51,7 @@ def add_events(pixel_id, *events):
             for kind, at in events
         ]
     ).execute()
-    receipts.refresh(pixel_id)
+    ledger.refresh(pixel_id)
 
 
 def summary(pixel_id):
@@ -128,7 +131,7 @@ def test_purge_deletes_only_old_events_and_keeps_the_summary(client, auth, user,
         ("self", now - 3 * DAY),
         ("open", now - 2 * DAY),
     )
-    recent = receipts.mint(user, subject="Recent")
+    recent = minting.mint(user, subject="Recent")
     add_events(recent.id, ("open", now - 89 * DAY))
     before, recent_before = summary(pixel.id), summary(recent.id)
     assert before["open_count"] == 4 and before["first_open_at"] == now - 110 * DAY
@@ -152,7 +155,7 @@ def test_purge_deletes_only_old_events_and_keeps_the_summary(client, auth, user,
     page = client.get(f"/m/{public_id}").get_data(as_text=True)
     assert 'id="count-open">4<' in page and 'id="count-prefetch">1<' in page
     # A recount from what is left and what was archived says the same.
-    receipts.refresh(pixel.id)
+    ledger.refresh(pixel.id)
     assert summary(pixel.id) == before
 
     fetch = client.get(
@@ -164,7 +167,7 @@ def test_purge_deletes_only_old_events_and_keeps_the_summary(client, auth, user,
     after_fetch = summary(pixel.id)
     assert after_fetch["open_count"] == 5 and after_fetch["first_open_at"] == now - 110 * DAY
     assert after_fetch["last_open_at"] > now
-    receipts.refresh(pixel.id)
+    ledger.refresh(pixel.id)
     assert summary(pixel.id) == after_fetch
 
 
@@ -186,7 +189,7 @@ def test_corrections_after_a_purge_still_count_purged_opens(client, auth, databa
     assert retention.purge(90, now) == (3, 1)
     remaining = Event.get(Event.pixel == pixel.id)
 
-    receipts.correct(remaining, "self")
+    ledger.correct(remaining, "self")
     marked = summary(pixel.id)
     assert (marked["open_count"], marked["self_count"], marked["prefetch_count"]) == (2, 1, 1)
     assert marked["state"] == "opened" and marked["delivered_at"] == now - 100 * DAY
@@ -216,7 +219,7 @@ def test_correcting_the_last_prefetch_when_every_open_was_purged(client, auth, d
     assert retention.purge(90, now) == (2, 1)
     prefetch = Event.get(Event.pixel == pixel.id)
 
-    receipts.correct(prefetch, "bot")
+    ledger.correct(prefetch, "bot")
     marked = summary(pixel.id)
     assert (marked["open_count"], marked["prefetch_count"], marked["bot_count"]) == (2, 0, 1)
     assert marked["state"] == "opened" and marked["delivered_at"] == now - 99 * DAY
@@ -241,7 +244,7 @@ def many_receipts(user, now, count=20):
     """`count` receipts with 15 events each, 11 of them older than 90 days, of mixed kinds."""
     pixels = []
     for n in range(count):
-        pixel = receipts.mint(user, subject=f"receipt {n}")
+        pixel = minting.mint(user, subject=f"receipt {n}")
         add_events(pixel.id, *[(KINDS[(n + k) % 5], now - (200 - 10 * k) * DAY) for k in range(15)])
         pixels.append(pixel)
     return pixels
@@ -260,7 +263,7 @@ def test_purging_again_archives_nothing_twice(user, database):
     for pixel in pixels:
         assert Pixel.get_by_id(pixel.id).archived != archived[pixel.id]
         assert tallies(pixel.id) == original[pixel.id] and len(kinds_left(pixel.id)) == 3
-        receipts.refresh(pixel.id)
+        ledger.refresh(pixel.id)
         assert summary(pixel.id) == summaries[pixel.id]
 
 
@@ -279,7 +282,7 @@ def test_concurrent_purges_archive_each_event_once(app, user, database):
         assert tallies(pixel.id) == original[pixel.id]
         assert len(kinds_left(pixel.id)) == 4
         assert summary(pixel.id) == summaries[pixel.id]
-        receipts.refresh(pixel.id)
+        ledger.refresh(pixel.id)
         assert summary(pixel.id) == summaries[pixel.id]
 
 
@@ -302,7 +305,7 @@ def correcting_while_purging(app, pixel_id, flip, trials=40):
         while not done.is_set():
             event = Event.get_by_id(recent)
             try:
-                receipts.correct(event, "open" if flip and event.kind == "self" else "self")
+                ledger.correct(event, "open" if flip and event.kind == "self" else "self")
             except OperationalError as error:
                 errors.append(error)
                 continue
@@ -320,7 +323,7 @@ def correcting_while_purging(app, pixel_id, flip, trials=40):
 
 def test_corrections_during_a_purge_count_every_open(app, user, database):
     """A correction made while the day's purge runs still counts the opens being archived."""
-    pixel = receipts.mint(user)
+    pixel = minting.mint(user)
     add_events(pixel.id, ("open", utcnow() - DAY))
     seen, errors = correcting_while_purging(app, pixel.id, flip=True)
     assert not errors
@@ -329,7 +332,7 @@ def test_corrections_during_a_purge_count_every_open(app, user, database):
 
 def test_repeated_corrections_during_a_purge_are_not_refused(app, user, database):
     """Saying again what an event was (a second click) while the purge runs is no error."""
-    pixel = receipts.mint(user)
+    pixel = minting.mint(user)
     add_events(pixel.id, ("open", utcnow() - DAY))
     _seen, errors = correcting_while_purging(app, pixel.id, flip=False)
     assert errors == []
@@ -367,7 +370,7 @@ def test_each_workers_job_claims_the_days_purge_once(settings):
     worker = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 1})
     now = utcnow()
     with worker.app_context():
-        pixel = receipts.mint(create_user("ada@example.com", "correct horse battery"))
+        pixel = minting.mint(create_user("ada@example.com", "correct horse battery"))
         add_events(pixel.id, ("open", now - 3 * DAY), ("open", now - 2 * DAY), ("open", now - HOUR))
         before = summary(pixel.id)
         assert retention.last_run() is None
@@ -426,14 +429,14 @@ def test_retention_days_0_keeps_every_event(settings):
     """RETENTION_DAYS 0: the workers run no purge job, and the command deletes nothing."""
     keeper = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 0})
     with keeper.app_context():
-        pixel = receipts.mint(create_user("ada@example.com", "correct horse battery"))
+        pixel = minting.mint(create_user("ada@example.com", "correct horse battery"))
         add_events(pixel.id, ("open", utcnow() - 1000 * DAY))
     [job] = [job for job in background.jobs(keeper) if job.name == "retention"]
     assert not job.in_workers
     background.start_all(keeper)
     assert retention_threads() == []
 
-    result = keeper.test_cli_runner().invoke(args=["purge"])
+    result = CommandLine(keeper).invoke(args=["purge"])
     assert result.exit_code == 0, result.output
     assert "events are kept for ever; nothing deleted" in result.output
     with keeper.app_context():
@@ -445,7 +448,7 @@ def test_retention_days_0_keeps_every_event(settings):
 def test_purge_command(runner, user, database):
     """`openreceipt purge` deletes now, says how much, and counts as the day's run."""
     now = utcnow()
-    pixel = receipts.mint(user)
+    pixel = minting.mint(user)
     add_events(pixel.id, ("open", now - 100 * DAY), ("prefetch", now - 95 * DAY), ("open", now))
     before = summary(pixel.id)
 

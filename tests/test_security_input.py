@@ -4,9 +4,10 @@ the databases cannot hold is refused with a clear answer on both, never a 500.""
 
 import pytest
 
-from web import donottrack
-from web.accounts import BOOKMARKLET, new_token
-from web.models import Pixel
+from web.accounts import new_token
+from web.receipts import donottrack
+from web.storage.models import Pixel
+from web.vocabulary import Scope
 
 from .helpers import csrf_token, sign_in
 
@@ -43,7 +44,7 @@ def entry_points(app, client, user):
     """Mint once through each way in; each returns (status, body or error text)."""
     with app.app_context():
         script = new_token(user, "script")[1]
-        bookmarklet = new_token(user, "bookmarklet", BOOKMARKLET)[1]
+        bookmarklet = new_token(user, "bookmarklet", Scope.BOOKMARKLET)[1]
     sign_in(client)
     return {
         "api": lambda: mint_with_token(client, script),

@@ -1,4 +1,4 @@
-"""Where notices may go (issue 15): webhook and push URLs reach public addresses only, unless the
+"""Where notices may go: webhook and push URLs reach public addresses only, unless the
 operator allows networks (OPENRECEIPT_NOTIFY_ALLOW), however the address is spelt and whatever
 the name resolves to by the time of sending. A user is told a category of failure, never what
 answered; test notifications are one per user at a time and hold a worker briefly; failures
@@ -16,11 +16,13 @@ import time
 import pytest
 import trustme
 
-from web import create_app, notify, outbound
+from web import create_app
 from web.accounts import create_user
 from web.config import ConfigError
-from web.models import Notice, NotifyChannel, Setting, utcnow
-from web.notify import deliver_due
+from web.notifications import delivery, outbound
+from web.notifications.delivery import deliver_due
+from web.storage.engine import utcnow
+from web.storage.models import Notice, NotifyChannel, Setting
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
 from .receivers import Receiver, start_mail_server
@@ -120,7 +122,7 @@ def press_test(client, channel):
 
 def next_turn():
     """Let the next test notification go at once, as if TEST_EVERY had passed."""
-    Setting.delete().where(Setting.name.startswith(notify.TEST_TURN)).execute()
+    Setting.delete().where(Setting.name.startswith(delivery.TEST_TURN)).execute()
 
 
 def signed_in_clients(app, count):
@@ -463,8 +465,8 @@ def test_one_test_notification_at_a_time(signed_in, user, receiver, database):
     assert "One test notification every 10 seconds" in press_test(signed_in, other)
     assert len(receiver.received) == 1
     # Ten seconds later, the next one goes.
-    Setting.update(value=(utcnow() - notify.TEST_EVERY).isoformat(timespec="microseconds")).where(
-        Setting.name.startswith(notify.TEST_TURN)
+    Setting.update(value=(utcnow() - delivery.TEST_EVERY).isoformat(timespec="microseconds")).where(
+        Setting.name.startswith(delivery.TEST_TURN)
     ).execute()
     assert "A test notification went to" in press_test(signed_in, other)
     assert len(receiver.received) == 2
@@ -510,17 +512,17 @@ def test_a_test_notification_holds_a_worker_briefly(signed_in, user, database):
     finally:
         dawdling.stop()
     assert "failed: timed out" in page
-    assert took < notify.TEST_DEADLINE + 1 <= 6
+    assert took < delivery.TEST_DEADLINE + 1 <= 6
 
 
 def test_the_test_turns_keep_nothing(user, database):
     """A turn is a row for TEST_EVERY, deleted by the next turn of anybody after that."""
     other = create_user("grace@example.com", "another long password")
     now = utcnow()
-    assert notify.take_test_turn(user, now)
-    assert not notify.take_test_turn(user, now + datetime.timedelta(seconds=9))
-    assert notify.take_test_turn(other, now + datetime.timedelta(seconds=9))
-    assert notify.take_test_turn(other, now + datetime.timedelta(seconds=20))
+    assert delivery.take_test_turn(user, now)
+    assert not delivery.take_test_turn(user, now + datetime.timedelta(seconds=9))
+    assert delivery.take_test_turn(other, now + datetime.timedelta(seconds=9))
+    assert delivery.take_test_turn(other, now + datetime.timedelta(seconds=20))
     assert [row.name for row in Setting.select().where(Setting.name.startswith("notify-"))] == [
         f"notify-test:{other.id}"
     ]

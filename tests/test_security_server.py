@@ -1,4 +1,4 @@
-"""The security review's server items (issue 15): slow clients, proxy headers, what unauthenticated
+"""The server's own defences: slow clients, proxy headers, what unauthenticated
 clients and one user can make the server keep, and what the pixel and the pages give away. The
 server items run against real gunicorn; the rest through the test client on both databases."""
 
@@ -17,9 +17,11 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from peewee import SqliteDatabase
 
-from web import create_app, spool
+from web import create_app
 from web.config import public_binds
-from web.models import Event, Pixel, close_pool, utcnow
+from web.pixel import spool
+from web.storage.engine import close_pool, utcnow
+from web.storage.models import Event, Pixel
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
 from .test_spool import GMAIL_PROXY, spooled_fetch
@@ -299,12 +301,12 @@ def fill_spool(data_dir, public_id, size):
     """A batch of old spooled fetches of exactly `size` bytes."""
     lines, total = [], 0
     while total < size - 1000:
-        lines.append(json.dumps(spooled_fetch(public_id, len(lines) % 250).to_json()) + "\n")
+        lines.append(json.dumps(spool.to_json(spooled_fetch(public_id, len(lines) % 250))) + "\n")
         total += len(lines[-1])
     last = spooled_fetch(public_id, 0)
-    padding = size - total - len(json.dumps(last.to_json()) + "\n")
+    padding = size - total - len(json.dumps(spool.to_json(last)) + "\n")
     last = dataclasses.replace(last, user_agent=last.user_agent + "z" * padding)
-    lines.append(json.dumps(last.to_json()) + "\n")
+    lines.append(json.dumps(spool.to_json(last)) + "\n")
     old = spool.directory(data_dir) / "batch-00000000000000000001-1.jsonl"
     old.parent.mkdir(mode=0o700, exist_ok=True)
     old.write_text("".join(lines), encoding="ascii")

@@ -1,4 +1,4 @@
-"""Security review, issue 15: sessions that end when they should, sign-in redirects that stay on
+"""Sessions that end when they should, sign-in redirects that stay on
 this server, and sign-in throttling that neither tells which accounts exist nor locks the owner
 out."""
 
@@ -116,7 +116,8 @@ def test_a_session_ends_after_the_configured_days(settings, user):
     assert 2 * 86400 - 60 < left <= 2 * 86400 + 60
     assert signed_in(client)
     with app.app_context():
-        from web.models import LoginSession, utcnow
+        from web.storage.engine import utcnow
+        from web.storage.models import LoginSession
 
         LoginSession.update(expires_at=utcnow()).execute()
     assert not signed_in(client)

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from web import create_app, spool
-from web.models import Event, Pixel, close_pool, utcnow
-from web.receipts import Fetched
+from web import create_app
+from web.judgement.classify import Fetch
+from web.pixel import spool
+from web.storage.engine import close_pool, utcnow
+from web.storage.models import Event, Pixel
 
 from .conftest import unavailable
 from .helpers import mint, pixel_path
@@ -32,7 +34,7 @@ GMAIL_PROXY = (
 
 def spooled_fetch(public_id, n, at=None, key=None):
     """A fetch as the pixel would spool it: a Gmail-proxy open from network 81.2.<n>.0."""
-    return Fetched(
+    return Fetch(
         public_id=public_id,
         at=at or utcnow(),
         user_agent=GMAIL_PROXY,

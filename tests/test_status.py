@@ -7,9 +7,10 @@ from collections import namedtuple
 
 import pytest
 
-from web.auth import THROTTLE_WINDOW
-from web.models import Event, LoginThrottle, Pixel, utcnow
-from web.timeline import timeline_svg
+from web.storage.engine import utcnow
+from web.storage.models import Event, LoginThrottle, Pixel
+from web.ui.signin import THROTTLE_WINDOW
+from web.ui.timeline_chart import timeline_svg
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
 

@@ -6,10 +6,12 @@ import time
 
 import pytest
 
-from web import receipts
-from web.classify import within_self_view
-from web.mailhosts import GOOGLE, OTHER, UNKNOWN, MailHosts
-from web.models import Event, Pixel, utcnow
+from web.config import parse_nameserver
+from web.judgement.classify import within_self_view
+from web.judgement.mailhosts import GOOGLE, OTHER, UNKNOWN, MailHosts
+from web.receipts import ledger, minting
+from web.storage.engine import utcnow
+from web.storage.models import Event, Pixel
 
 from .dnsserver import DNSServer
 from .helpers import mint, pixel_path
@@ -255,14 +257,14 @@ def test_correction_refuses_strangers_and_nonsense(client, auth, other_auth, min
 
 
 def test_counters_stay_exact_after_an_event_is_deleted(client, auth, minted, app):
-    from web import receipts
+    from web.receipts import ledger
 
     fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
     fetch(client, minted, "Mozilla/5.0", "17.58.2.3")
     with app.app_context():
         pixel = Pixel.get(Pixel.public_id == minted["id"])
         Event.delete().where(Event.pixel == pixel.id, Event.kind == "open").execute()
-        receipts.refresh(pixel.id)
+        ledger.refresh(pixel.id)
     body = detail(client, auth, minted)
     assert (body["state"], body["counts"]["open"], body["counts"]["prefetch"]) == (
         "delivered",
@@ -315,11 +317,14 @@ def dns_server():
     ],
 )
 def test_mail_hosting_from_mx_records(dns_server, recipients, hosting):
-    assert MailHosts([dns_server.address]).lookup(recipients, wait=2).summary == hosting
+    assert (
+        MailHosts([parse_nameserver(dns_server.address)]).lookup(recipients, wait=2).summary
+        == hosting
+    )
 
 
 def test_mx_answers_are_cached(dns_server):
-    hosts = MailHosts([dns_server.address])
+    hosts = MailHosts([parse_nameserver(dns_server.address)])
     for _ in range(3):
         assert hosts.lookup(["a@elsewhere.test", "b@elsewhere.test"], wait=2).summary == OTHER
     assert dns_server.questions.count("elsewhere.test") == 1
@@ -337,7 +342,10 @@ def test_mx_answers_are_cached(dns_server):
     ids=["icloud", "microsoft-365", "hey-and-other", "google-and-proton", "unknown"],
 )
 def test_mail_providers_are_named(dns_server, recipients, providers):
-    assert MailHosts([dns_server.address]).lookup(recipients, wait=2).providers == providers
+    assert (
+        MailHosts([parse_nameserver(dns_server.address)]).lookup(recipients, wait=2).providers
+        == providers
+    )
 
 
 def test_receipt_says_what_it_can_show_per_provider(settings, dns_server, auth, app):
@@ -390,10 +398,10 @@ def test_mint_with_an_unreachable_resolver_answers_fast(settings, auth, app):
 
 
 def test_late_mx_answers_are_stored(settings, dns_server, auth, app, monkeypatch):
-    import web.mailhosts
+    import web.judgement.mailhosts
     from web import create_app
 
-    monkeypatch.setattr(web.mailhosts, "WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(web.judgement.mailhosts, "WAIT_SECONDS", 0.0)
     looking = create_app({**settings, "MX_LOOKUP": "on", "DNS_SERVERS": dns_server.address})
     body = mint(looking.test_client(), auth, recipients=["bob@elsewhere.test"])
     deadline = time.monotonic() + 5
@@ -407,8 +415,8 @@ def test_late_mx_answers_are_stored(settings, dns_server, auth, app, monkeypatch
 
 def test_a_late_beacon_does_not_move_the_self_view_back(app, user, database):
     """Beacons may arrive out of order (two tabs, a slow network): the latest one counts."""
-    pixel = receipts.mint(user, subject="Invoice")
+    pixel = minting.mint(user, subject="Invoice")
     later = utcnow().replace(microsecond=0)
-    receipts.self_view(pixel, at=later)
-    receipts.self_view(pixel, at=later - datetime.timedelta(minutes=5))
+    ledger.self_view(pixel, at=later)
+    ledger.self_view(pixel, at=later - datetime.timedelta(minutes=5))
     assert Pixel.get_by_id(pixel.id).last_self_view_at == later

@@ -10,29 +10,21 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from itsdangerous import URLSafeTimedSerializer
 from peewee import InterfaceError, OperationalError
-from ua_parser import Parser
 from werkzeug.exceptions import HTTPException
 
-from . import (
-    api,
-    auth,
-    cli,
-    config,
-    install,
-    models,
-    notice,
-    notify,
-    pages,
-    pixel,
-    retention,
-    security,
-    settings,
-    spool,
-)
-from .classify import Networks, user_agent_parser
-from .geo import Geolocator, open_geolocator
-from .mailhosts import MailHosts
+from . import api, config, security, storage
+from .judgement.classify import Judge
+from .judgement.clients import user_agent_parser
+from .judgement.mailhosts import MailHosts
+from .judgement.ranges import Networks
+from .notifications import delivery
+from .pixel import endpoint, spool
+from .pixel.geo import Geolocator, open_geolocator
+from .pixel.recording import Recorder
+from .receipts import retention
 from .signing import PixelSigner
+from .storage.engine import close_pool
+from .ui import account_settings, bookmarklet_page, privacy_notice, signin, status
 
 # The stylesheet and script of the pages: static/ in the checkout, package data when installed.
 STATIC = Path(str(files("web.static")))
@@ -71,12 +63,13 @@ class PageSessions(SecureCookieSessionInterface):
 
 @dataclass(frozen=True)
 class Services:
-    """What the pixel path needs, built once at start-up and kept on the app."""
+    """What the requests need, built once at start-up and kept on the app: the pixel path's
+    signer, geolocator, judge and recorder; the minting path's mail-hosting look-up."""
 
     signer: PixelSigner
     geolocator: Geolocator
-    networks: Networks
-    ua_parser: Parser
+    judge: Judge
+    recorder: Recorder
     mail_hosts: MailHosts
 
 
@@ -87,41 +80,46 @@ def create_app(config_overrides=None):
     config.load(app.config, config_overrides)
     app.logger.setLevel(logging.INFO)
 
-    models.init_app(app)
+    storage.init_app(app)
     geolocator = open_geolocator(app.config["GEOIP_DATABASE"], app.config["COLLECT_LOCATION"])
+    judge = Judge(
+        Networks.load(app.config["DATA_DIR"]),
+        user_agent_parser(),
+        use_mail_hosting=app.config["MX_LOOKUP"],
+        name_clients=app.config["COLLECT_CLIENT"],
+    )
     app.extensions["openreceipt"] = Services(
         signer=PixelSigner(app.config["SECRET_KEY"], app.config["SECRET_KEY_FALLBACKS"]),
         geolocator=geolocator,
-        networks=Networks.load(app.config["DATA_DIR"]),
-        ua_parser=user_agent_parser(),
+        judge=judge,
+        recorder=Recorder(judge),
         mail_hosts=MailHosts(app.config["DNS_SERVERS"]),
     )
 
     # "/p//x" is no reason to redirect a mail client, nor "/api//pixels" a script.
     app.url_map.merge_slashes = False
-    app.register_blueprint(pixel.bp)
+    app.register_blueprint(endpoint.bp)
     app.register_blueprint(api.bp)
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(install.bp)
-    app.register_blueprint(settings.bp)
-    app.register_blueprint(notice.bp)
-    cli.init_app(app)
+    app.register_blueprint(signin.bp)
+    app.register_blueprint(status.bp)
+    app.register_blueprint(bookmarklet_page.bp)
+    app.register_blueprint(account_settings.bp)
+    app.register_blueprint(privacy_notice.bp)
     security.init_app(app)
     retention.init_app(app)
     spool.init_app(app)
-    notify.init_app(app)
+    delivery.init_app(app)
     csrf.init_app(app)
     csrf.exempt(api.bp)
-    csrf.exempt(pixel.bp)
+    csrf.exempt(endpoint.bp)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(InterfaceError, database_unavailable)
 
-    if app.config.get("ANNOUNCE_STARTUP", True):
+    if app.config["ANNOUNCE_STARTUP"]:
         announce(app, geolocator)
     # gunicorn forks its workers from this process: no connection of ours may be shared.
-    models.close_pool(app)
+    close_pool(app)
     return app
 
 
@@ -134,7 +132,7 @@ def announce(app, geolocator):
             "to ask for erasure"
         )
     base = app.config["PUBLIC_URL"] or config.local_url(config.server_bind())
-    link = auth.setup_link(app, base)
+    link = signin.setup_link(app, base)
     if link:
         app.logger.warning(
             "No user yet. Create the first account at %s (the link works once), "
@@ -159,7 +157,7 @@ def database_unavailable(error):
 def http_error(error):
     """JSON errors for the API, the one GIF for the pixel path, plain pages elsewhere."""
     if request.path.startswith("/p/") and request.method in ("GET", "HEAD"):
-        return pixel.gif(f"not recorded: {error.code}")
+        return endpoint.gif(f"not recorded: {error.code}")
     if request.path.startswith("/api/"):
         return jsonify(error=error.description), error.code
     return error

@@ -6,13 +6,17 @@ import secrets
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .models import ApiToken, User, utcnow
+from .storage.engine import utcnow
+from .storage.models import ApiToken, User
+from .vocabulary import Scope
 
 TOKEN_PREFIX = "or_"
 # What a token may do. A bookmarklet runs inside someone else's page (Gmail), so its key can
 # only add receipts: mint, mark sent, report the sender's own views (api.token_required).
-FULL, BOOKMARKLET = "full", "bookmarklet"
-SCOPES = {FULL: "everything (scripts)", BOOKMARKLET: "only add receipts (bookmarklet)"}
+SCOPES = {
+    Scope.FULL: "everything (scripts)",
+    Scope.BOOKMARKLET: "only add receipts (bookmarklet)",
+}
 MAX_TOKEN_NAME = 100
 MIN_PASSWORD_LENGTH = 10
 # last_used_at is a hint for the token list, not an audit log: one write a minute is plenty.
@@ -96,7 +100,7 @@ def token_name(name):
     return " ".join(name.split())[:MAX_TOKEN_NAME]
 
 
-def new_token(user, name="API token", scope=FULL):
+def new_token(user, name="API token", scope=Scope.FULL):
     """Create a token for the user; returns (row, the token itself, shown this once only)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown token scope {scope!r}")

@@ -2,20 +2,20 @@
 
 import functools
 
-from flask import Blueprint, abort, current_app, g, jsonify, make_response, request, url_for
+from flask import Blueprint, abort, current_app, g, jsonify, make_response, request
 from flask_cors import CORS
-from markupsafe import escape
 from peewee import fn
 from werkzeug.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
-from . import minting, receipts
-from .accounts import BOOKMARKLET, FULL, token_for
+from .accounts import token_for
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
-from .classify import KINDS
-from .mailhosts import PROVIDERS
-from .models import MAX_ID, Event, Pixel, iso, utcnow
 from .privacy import kept_recipients
+from .receipts import ledger, minting
+from .receipts.display import mail_providers, pixel_html, pixel_url, providers_json
 from .security import public_origin
+from .storage.engine import MAX_ID, iso, utcnow
+from .storage.models import Event, Pixel
+from .vocabulary import KINDS, MadeWith, Scope
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 # Any origin may call the API (the bearer token is the credential, no cookie is involved). On
@@ -41,7 +41,7 @@ def bookmarklet_version():
 def token_required(*scopes):
     """The view needs a live token of one of `scopes` (a full-scope token may do anything); the
     token's owner is g.user and its scope g.scope."""
-    allowed = {FULL, *scopes}
+    allowed = {Scope.FULL, *scopes}
 
     def decorator(view):
         @functools.wraps(view)
@@ -65,17 +65,6 @@ def token_required(*scopes):
     return decorator
 
 
-def pixel_url(pixel):
-    """The public URL of a pixel's image: PUBLIC_URL when set, else this server's own address."""
-    token = current_app.extensions["openreceipt"].signer.sign(pixel.public_id)
-    return f"{public_origin()}{url_for('pixel.pixel', token=token + '.gif')}"
-
-
-def pixel_html(url):
-    # A real 1x1 image: Gmail never loads an image hidden with display:none.
-    return f'<img src="{escape(url)}" width="1" height="1" alt="">'
-
-
 def pixel_json(pixel, events=None):
     url = pixel_url(pixel)
     body = {
@@ -86,7 +75,7 @@ def pixel_json(pixel, events=None):
         "subject": pixel.subject,
         "recipients": pixel.recipients,
         "state": pixel.state,
-        "counts": {kind: getattr(pixel, f"{kind}_count") for kind in receipts.COUNTERS},
+        "counts": {kind: getattr(pixel, f"{kind}_count") for kind in ledger.COUNTERS},
         "created_at": iso(pixel.created_at),
         "sent_at": iso(pixel.sent_at),
         "first_open_at": iso(pixel.first_open_at),
@@ -99,10 +88,6 @@ def pixel_json(pixel, events=None):
     if events is not None:
         body["events"] = [event_json(event) for event in events]
     return body
-
-
-def mail_providers(pixel):
-    return tuple(pixel.mail_providers.split(",")) if pixel.mail_providers else ()
 
 
 def event_json(event):
@@ -124,14 +109,14 @@ def timeline(pixel):
 
 
 def own_pixel(public_id):
-    pixel = receipts.owned_pixel(g.user, public_id)
+    pixel = ledger.owned_pixel(g.user, public_id)
     if pixel is None:
         raise NotFound("no such pixel")
     return pixel
 
 
 @bp.post("/pixels")
-@token_required(BOOKMARKLET)
+@token_required(Scope.BOOKMARKLET)
 def create_pixel():
     body = json_object()
     force = body.get("force", False)
@@ -144,7 +129,7 @@ def create_pixel():
             label=body.get("label"),
             recipients=body.get("recipients"),
             force=force,
-            made_with=minting.BOOKMARKLET if g.scope == BOOKMARKLET else minting.API,
+            made_with=MadeWith.BOOKMARKLET if g.scope == Scope.BOOKMARKLET else MadeWith.API,
             user_agent=request.headers.get("User-Agent"),
             remote_addr=request.remote_addr,
         )
@@ -161,22 +146,8 @@ def create_pixel():
     return jsonify({**body, "mail_providers": providers_json(providers)}), 201
 
 
-def providers_json(providers):
-    """The recipients' mail providers, each with what a receipt can show for it."""
-    return [
-        {
-            "provider": key,
-            "name": PROVIDERS[key].name,
-            "caveat": PROVIDERS[key].caveat,
-            "source": PROVIDERS[key].source,
-        }
-        for key in providers
-        if key in PROVIDERS
-    ]
-
-
 @bp.post("/pixels/<public_id>/sent")
-@token_required(BOOKMARKLET)
+@token_required(Scope.BOOKMARKLET)
 def mark_sent(public_id):
     """The message was sent (the bookmarklet saw it go): record when, and its final subject and
     recipients if given."""
@@ -204,18 +175,18 @@ def mark_sent(public_id):
     if recipients is not None:
         minting.note_mail_hosting(pixel, recipients)
     pixel = Pixel.get_by_id(pixel.id)
-    if g.scope == BOOKMARKLET:
+    if g.scope == Scope.BOOKMARKLET:
         # A bookmarklet's key learns nothing about the receipt but that it was marked sent.
         return jsonify(id=pixel.public_id, sent_at=iso(pixel.sent_at))
     return jsonify(pixel_json(pixel))
 
 
 @bp.post("/pixels/<public_id>/self-view")
-@token_required(BOOKMARKLET)
+@token_required(Scope.BOOKMARKLET)
 def self_view(public_id):
     """The sender's own Gmail tab shows the pixel: its Gmail-proxy fetches around now are theirs."""
     pixel = own_pixel(public_id)
-    reclassified = receipts.self_view(pixel)
+    reclassified = ledger.self_view(pixel)
     return jsonify(id=pixel.public_id, reclassified=reclassified)
 
 
@@ -234,7 +205,7 @@ def correct_event(event_id):
     kind = json_object().get("kind")
     if kind not in KINDS:
         raise BadRequest(f"'kind' must be one of {', '.join(KINDS)}")
-    receipts.correct(event, kind)
+    ledger.correct(event, kind)
     pixel = Pixel.get_by_id(event.pixel_id)
     return jsonify(pixel_json(pixel, timeline(pixel)))
 

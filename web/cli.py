@@ -1,22 +1,33 @@
 """The `openreceipt` command: accounts, API tokens, bookmarklets, address ranges, and the
-privacy tools (purge, do-not-track, export, forget), the spool and notification delivery."""
+privacy tools (purge, do-not-track, export, forget), the spool, notification delivery, the
+background jobs and the database.
+
+Long, and kept in one file on purpose: every command is a few lines that call into the wings,
+and one file reads as the list of everything an operator can do from the shell."""
 
 import functools
 import sys
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from . import background, donottrack, export, notify, retention, spool
-from .accounts import BOOKMARKLET, SCOPES, AccountError, find_user, new_token, revoke_token
+from . import background, create_app
+from .accounts import SCOPES, AccountError, find_user, new_token, revoke_token
 from .accounts import create_user as create_account
-from .auth import account_key, clear_attempts
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
 from .config import local_url, server_bind
-from .models import ApiToken, db
-from .ranges import APPLE_EGRESS_URL, RangesError, update_apple_egress
+from .judgement.ranges import APPLE_EGRESS_URL, RangesError, update_apple_egress
+from .notifications import delivery
+from .pixel import spool
+from .receipts import donottrack, export, retention
+from .storage import migrate
+from .storage.engine import db
+from .storage.models import ApiToken
+from .ui.signin import account_key, clear_attempts
+from .vocabulary import Scope
 
 
 def _fail_on_account_error(function):
@@ -31,8 +42,6 @@ def _fail_on_account_error(function):
 
 
 def _command_line_app():
-    from . import create_app  # web/__init__.py imports this module
-
     # The command line needs no start-up announcements (first-run link, GeoIP data).
     return create_app({"ANNOUNCE_STARTUP": False})
 
@@ -48,7 +57,7 @@ def cli():
     """openreceipt: self-hosted read receipts for email."""
 
 
-@click.group()
+@cli.group()
 def user():
     """Manage users."""
 
@@ -96,7 +105,7 @@ def user_unlock(email):
         click.echo(f"{account.email} was not locked from any network; failed sign-ins forgotten")
 
 
-@click.group()
+@cli.group()
 def token():
     """Manage API tokens (the bookmarklet uses one)."""
 
@@ -135,7 +144,7 @@ def token_revoke(token_id):
     click.echo(f"revoked token {token_id}", err=True)
 
 
-@click.command("bookmarklet")
+@cli.command("bookmarklet")
 @click.argument("email")
 @click.option("--name", help="What to call it (default: 'bookmarklet' and the day).")
 @_fail_on_account_error
@@ -149,11 +158,11 @@ def bookmarklet(email, name):
         click.echo(
             f"OPENRECEIPT_PUBLIC_URL is not set: this bookmarklet talks to {origin}", err=True
         )
-    _, secret = new_token(find_user(email), name or bookmarklet_token_name(), BOOKMARKLET)
+    _, secret = new_token(find_user(email), name or bookmarklet_token_name(), Scope.BOOKMARKLET)
     click.echo(build_bookmarklet(origin, secret))
 
 
-@click.group()
+@cli.group()
 def ranges():
     """Manage the address ranges of machines that fetch images on delivery."""
 
@@ -172,7 +181,7 @@ def ranges_update(url):
     click.echo(f"stored {count} Apple egress prefixes; restart the server to use them")
 
 
-@click.command("purge")
+@cli.command("purge")
 @with_appcontext
 def purge():
     """Delete events older than OPENRECEIPT_RETENTION_DAYS now (receipts keep their counts)."""
@@ -185,7 +194,7 @@ def purge():
     click.echo(f"deleted {deleted} events older than {days} days from {touched} receipts")
 
 
-@click.group("dnt")
+@cli.group("dnt")
 def dnt():
     """Manage do-not-track lists: addresses, domains and top-level domains that get no
     receipts. Without --user, an entry holds for every user of this server."""
@@ -235,7 +244,7 @@ def dnt_list(email):
         click.echo(f"{row.entry}\tadded {row.created_at:%Y-%m-%d}")
 
 
-@click.command("export")
+@cli.command("export")
 @click.argument("email")
 @click.option(
     "--format", "form", type=click.Choice(["json", "csv"]), default="json", show_default=True
@@ -249,7 +258,7 @@ def export_command(email, form):
     click.echo(export.as_json(account) if form == "json" else export.as_csv(account), nl=False)
 
 
-@click.command("forget")
+@cli.command("forget")
 @click.argument("address")
 @click.option(
     "--do-not-track",
@@ -281,7 +290,7 @@ def forget(address, block):
         click.echo(f"{address.strip().lower()} {state} the server's do-not-track list")
 
 
-@click.group("spool")
+@cli.group("spool")
 def spool_group():
     """Fetches that waited in this host's spool while the database was away."""
 
@@ -308,7 +317,7 @@ def spool_status():
     click.echo(f"{spool.pending(current_app.config['DATA_DIR'])} fetches spooled")
 
 
-@click.group("jobs", invoke_without_command=True)
+@cli.group("jobs", invoke_without_command=True)
 @click.pass_context
 @with_appcontext
 def jobs_group(context):
@@ -332,8 +341,12 @@ def jobs_run(names):
     chosen = list(names) or [name for name, job in known.items() if not job.in_workers]
     if not chosen:
         raise click.ClickException("every job runs in the server's workers already")
-    background.start_all(app, chosen)
-    click.echo(f"running {', '.join(chosen)}; Ctrl+C stops", err=True)
+    _run_jobs(app, chosen)
+
+
+def _run_jobs(app, names):
+    background.start_all(app, names)
+    click.echo(f"running {', '.join(names)}; Ctrl+C stops", err=True)
     try:
         while True:
             time.sleep(3600)
@@ -341,59 +354,61 @@ def jobs_run(names):
         background.stop(app)
 
 
-@click.command("notify")
+@cli.command("notify")
 @click.option("--once", is_flag=True, help="Send what is due now, then stop.")
 @with_appcontext
 def notify_command(once):
-    """Send the notices that are due, and keep doing so (the server's workers do it themselves
-    unless OPENRECEIPT_NOTIFY_IN_WORKERS is off)."""
+    """Send the notices that are due: with --once, what is due now; else the `notify` job until
+    interrupted, as `openreceipt jobs run notify` does (for OPENRECEIPT_NOTIFY_IN_WORKERS=off)."""
     app = current_app._get_current_object()
+    if not once:
+        _run_jobs(app, ["notify"])
+        return
     total = dict.fromkeys(("sent", "retry", "failed", "skipped"), 0)
-    try:
-        while True:
-            try:
-                counts = notify.deliver_due(app)
-            except Exception as error:  # noqa: BLE001 - the database away, say: try again
-                if once:
-                    raise click.ClickException(f"{type(error).__name__}: {error}") from None
-                click.echo(f"notify: {type(error).__name__}: {error}", err=True)
-                counts = {}
-            finally:
-                db.close()
-            for name, count in counts.items():
-                total[name] += count
-            if not once and any(counts.values()):
-                click.echo(_notify_summary(counts))
-            if counts and sum(counts.values()) >= notify.BATCH:
-                continue
-            if once:
-                break
-            time.sleep(notify.CHECK_SECONDS)
-    except KeyboardInterrupt:
-        pass
-    click.echo(_notify_summary(total))
+    while True:
+        try:
+            counts = delivery.deliver_due(app)
+        except Exception as error:  # noqa: BLE001 - the database away, say: one clear line
+            raise click.ClickException(f"{type(error).__name__}: {error}") from None
+        finally:
+            db.close()
+        for name, count in counts.items():
+            total[name] += count
+        if sum(counts.values()) < delivery.BATCH:
+            break
+    click.echo(delivery.summary(total))
 
 
-def _notify_summary(counts):
-    return (
-        f"{counts['sent']} notices sent, {counts['retry']} to be tried again, "
-        f"{counts['failed']} given up, {counts['skipped']} no longer wanted"
-    )
+@cli.group("db")
+def db_group():
+    """The database: which one this command uses, and its schema."""
 
 
-def init_app(app):
-    """Make the commands part of the app, so `openreceipt` and app.test_cli_runner() see them."""
-    app.cli.add_command(user)
-    app.cli.add_command(token)
-    app.cli.add_command(ranges)
-    app.cli.add_command(bookmarklet)
-    app.cli.add_command(purge)
-    app.cli.add_command(dnt)
-    app.cli.add_command(export_command)
-    app.cli.add_command(forget)
-    app.cli.add_command(spool_group)
-    app.cli.add_command(notify_command)
-    app.cli.add_command(jobs_group)
+@db_group.command("status")
+@with_appcontext
+def db_status():
+    """Which database, and which schema changes it has (every command applies pending ones)."""
+    click.echo(f"database: {redacted_url(current_app.config['DATABASE_URL'])}")
+    for name, applied in migrate.status(current_app.extensions["openreceipt.database"]):
+        click.echo(f"{name}\t{applied:%Y-%m-%d %H:%M}" if applied else f"{name}\tpending")
+
+
+@db_group.command("migrate")
+@with_appcontext
+def db_migrate():
+    """Bring the schema up to date now (the server does so on start as well)."""
+    applied = current_app.extensions["openreceipt.migrated"]
+    click.echo(f"database: {redacted_url(current_app.config['DATABASE_URL'])}")
+    click.echo(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
+
+
+def redacted_url(url):
+    """A database URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def main():

@@ -8,6 +8,8 @@ import re
 
 IPV4_PREFIX = 24
 IPV6_PREFIX = 48
+# The most of a user agent anything reads (the pixel, the mint request): longer is cut first.
+MAX_USER_AGENT = 1024
 
 # "1.2.3.4:5678" and "[2001:db8::1]:443": some proxies put the client's port in X-Forwarded-For.
 _WITH_PORT = re.compile(r"^\[(?P<v6>[^\]]+)\](?::\d+)?$|^(?P<v4>\d{1,3}(?:\.\d{1,3}){3}):\d+$")

@@ -7,35 +7,32 @@ and what is neither a known machine nor positively a reader is `unknown`, never 
 """
 
 import datetime
-import functools
 import hmac
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ua_parser import Parser, load_builtins
-
+from ..vocabulary import Kind
 from . import useragents
+from .clients import client_name, printable
 from .mailhosts import OTHER as HOSTED_ELSEWHERE
-from .networks import NetworkSet
-from .ranges import apple_networks, builtin_networks, scanner_networks
-
-OPEN = "open"
-PREFETCH = "prefetch"
-PREVIEW = "preview"
-SELF = "self"
-BOT = "bot"
-UNKNOWN = "unknown"
-KINDS = (OPEN, PREFETCH, PREVIEW, SELF, BOT, UNKNOWN)
 
 
 @dataclass(frozen=True)
 class Fetch:
-    """What one pixel request tells: user agent, masked address, method, prefetch hints."""
+    """One fetch of a pixel as the pixel endpoint saw it, masked at once: judged and stored now,
+    or spooled and judged later. Nothing in it is raw: `ip` is the masked network, `browser` the
+    keyed fingerprint of user agent and network (privacy.fingerprint)."""
 
     user_agent: str = ""
     ip: str | None = None
     method: str = "GET"
-    purpose: str = ""
+    purpose: str = ""  # the prefetch hints the client sent (Purpose, Sec-Purpose, X-Moz …)
+    public_id: str | None = None
+    at: datetime.datetime | None = None
+    browser: str | None = None
+    country: str | None = None
+    city: str | None = None
+    key: str | None = None  # set when spooled: the replay stores it, once
 
 
 @dataclass(frozen=True)
@@ -43,53 +40,6 @@ class Verdict:
     kind: str
     source: str
     reason: str
-
-
-# Mail security gateways that publish the ranges they fetch from (files in web/data/ranges/,
-# each with its source and date): a fetch from them is a scan on delivery.
-GATEWAYS = {
-    "scanner-proofpoint": "proofpoint",
-    "scanner-mimecast": "mimecast",
-    "scanner-barracuda": "barracuda",
-    "scanner-cisco": "cisco",
-}
-
-
-@dataclass(frozen=True)
-class Networks:
-    """The address ranges the classifier needs, parsed once at start-up."""
-
-    apple: NetworkSet
-    microsoft_protection: NetworkSet
-    azure: NetworkSet = NetworkSet()
-    gateways: dict = field(default_factory=dict)  # source -> NetworkSet
-    scanners: NetworkSet = NetworkSet()
-
-    @classmethod
-    def default(cls):
-        """The built-in ranges only (a fresh install)."""
-        return cls.load(None)
-
-    @classmethod
-    def load(cls, data_dir):
-        """The built-in ranges, Apple's egress list from `openreceipt ranges update`, and the
-        operator's own list of scanners (scanner-ranges.txt in the data dir)."""
-        return cls(
-            apple=apple_networks(data_dir),
-            microsoft_protection=NetworkSet(builtin_networks("microsoft-protection")),
-            azure=NetworkSet(builtin_networks("azure")),
-            gateways={
-                source: NetworkSet(builtin_networks(name)) for source, name in GATEWAYS.items()
-            },
-            scanners=scanner_networks(data_dir),
-        )
-
-    def gateway(self, ip):
-        """The source of the mail security gateway whose published ranges hold `ip`, if any."""
-        for source, networks in self.gateways.items():
-            if networks.meets(ip):
-                return source
-        return None
 
 
 GMAIL_PREFETCH_UA = "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246"
@@ -138,21 +88,30 @@ SECURITY_PRODUCTS = (
 
 # What each named fetcher's fetch means, and why.
 FETCHERS = {
-    "gmail-prefetch": (PREFETCH, "Gmail prefetched the message on delivery"),
-    "gmail-proxy": (OPEN, "Gmail's image proxy fetched it as the message was opened"),
-    "yahoo-proxy": (OPEN, "Yahoo Mail's image proxy fetched it on open"),
-    "outlook-proxy": (OPEN, "Outlook.com's image proxy fetched it as the message was opened"),
-    "fastmail-proxy": (OPEN, "Fastmail's image proxy fetched it as the message was opened"),
-    "seznam-proxy": (OPEN, "Seznam Email's image proxy fetched it as the message was opened"),
-    "rambler-proxy": (OPEN, "Rambler Mail's image proxy fetched it as the message was opened"),
-    "ukrnet-proxy": (OPEN, "ukr.net mail's image proxy fetched it as the message was opened"),
-    "scanner-microsoft": (PREFETCH, "Microsoft 365 protection scanned the message on delivery"),
-    "scanner-proofpoint": (PREFETCH, "Proofpoint's mail gateway scanned the message on delivery"),
-    "scanner-mimecast": (PREFETCH, "Mimecast's mail gateway scanned the message on delivery"),
-    "scanner-barracuda": (PREFETCH, "Barracuda's mail security scanned the message on delivery"),
-    "scanner-cisco": (PREFETCH, "Cisco Secure Email scanned the message on delivery"),
-    "scanner": (PREFETCH, "a mail security scanner (listed by the operator) fetched it"),
-    "apple-mpp": (PREFETCH, "Apple Mail Privacy Protection downloads images on delivery"),
+    "gmail-prefetch": (Kind.PREFETCH, "Gmail prefetched the message on delivery"),
+    "gmail-proxy": (Kind.OPEN, "Gmail's image proxy fetched it as the message was opened"),
+    "yahoo-proxy": (Kind.OPEN, "Yahoo Mail's image proxy fetched it on open"),
+    "outlook-proxy": (Kind.OPEN, "Outlook.com's image proxy fetched it as the message was opened"),
+    "fastmail-proxy": (Kind.OPEN, "Fastmail's image proxy fetched it as the message was opened"),
+    "seznam-proxy": (Kind.OPEN, "Seznam Email's image proxy fetched it as the message was opened"),
+    "rambler-proxy": (Kind.OPEN, "Rambler Mail's image proxy fetched it as the message was opened"),
+    "ukrnet-proxy": (Kind.OPEN, "ukr.net mail's image proxy fetched it as the message was opened"),
+    "scanner-microsoft": (
+        Kind.PREFETCH,
+        "Microsoft 365 protection scanned the message on delivery",
+    ),
+    "scanner-proofpoint": (
+        Kind.PREFETCH,
+        "Proofpoint's mail gateway scanned the message on delivery",
+    ),
+    "scanner-mimecast": (Kind.PREFETCH, "Mimecast's mail gateway scanned the message on delivery"),
+    "scanner-barracuda": (
+        Kind.PREFETCH,
+        "Barracuda's mail security scanned the message on delivery",
+    ),
+    "scanner-cisco": (Kind.PREFETCH, "Cisco Secure Email scanned the message on delivery"),
+    "scanner": (Kind.PREFETCH, "a mail security scanner (listed by the operator) fetched it"),
+    "apple-mpp": (Kind.PREFETCH, "Apple Mail Privacy Protection downloads images on delivery"),
 }
 
 
@@ -187,35 +146,41 @@ def classify(fetch, networks):
     named = fetcher(ua, fetch.ip, networks)
 
     if fetch.method == "HEAD":
-        return Verdict(BOT, named or "direct", "HEAD request: the image was not loaded")
+        return Verdict(Kind.BOT, named or "direct", "HEAD request: the image was not loaded")
     if _PREFETCH_PURPOSE.search(fetch.purpose or ""):
-        return Verdict(PREFETCH, named or "direct", "the client announced a prefetch, not a view")
+        return Verdict(
+            Kind.PREFETCH, named or "direct", "the client announced a prefetch, not a view"
+        )
     if named:
         kind, reason = FETCHERS[named]
         return Verdict(kind, named, reason)
 
     if ua == APPLE_MPP_UA:
         return Verdict(
-            PREFETCH,
+            Kind.PREFETCH,
             "machine",
             "a bare 'Mozilla/5.0' client outside Apple's ranges: a machine, not a reader",
         )
     if not ua:
-        return Verdict(BOT, "no-user-agent", "no user agent: a script, not a mail client")
+        return Verdict(Kind.BOT, "no-user-agent", "no user agent: a script, not a mail client")
     if _OUTLOOK.search(ua):
         return Verdict(
-            OPEN, "outlook", "Outlook fetched the image directly as the message was opened"
+            Kind.OPEN, "outlook", "Outlook fetched the image directly as the message was opened"
         )
     program = useragents.identify(ua)
     if program.role == useragents.MACHINE:
         named = f" ({program.name})" if program.name else ""
-        return Verdict(BOT, "automated", f"a crawler, monitor, link preview or HTTP library{named}")
+        return Verdict(
+            Kind.BOT, "automated", f"a crawler, monitor, link preview or HTTP library{named}"
+        )
     if program.role == useragents.MAIL_PROGRAM:
-        return Verdict(OPEN, "direct", "a mail program fetched the image as the message was shown")
+        return Verdict(
+            Kind.OPEN, "direct", "a mail program fetched the image as the message was shown"
+        )
     if program.role == useragents.BROWSER:
-        return Verdict(OPEN, "direct", "a browser fetched the image as the message was shown")
+        return Verdict(Kind.OPEN, "direct", "a browser fetched the image as the message was shown")
     return Verdict(
-        UNKNOWN,
+        Kind.UNKNOWN,
         "unrecognised",
         "an unrecognised program fetched the image: not counted as an open",
     )
@@ -255,12 +220,37 @@ def within_self_view(fetched_at, beacon_at):
     return beacon_at is not None and -SELF_VIEW_BEFORE <= fetched_at - beacon_at <= SELF_VIEW_AFTER
 
 
+SELF_VIEW_REASON = "the sender's own Gmail tab showed the message (self-view beacon)"
+
+
+class Judge:
+    """The judgement of this server, built once at start-up: the classifier with the networks
+    it knows, the user-agent parser that names clients, and the operator's choices (whether the
+    recipients' mail hosting counts, whether clients are named at all)."""
+
+    def __init__(self, networks, parser, use_mail_hosting=True, name_clients=True):
+        self.networks = networks
+        self.parser = parser
+        self.use_mail_hosting = use_mail_hosting
+        self.name_clients = name_clients
+
+    def verdict(self, fetch, facts, now):
+        """The Verdict for a fetch of a pixel whose facts are `facts`, arriving at `now`."""
+        return judge(fetch, facts, self.networks, now, fetch.browser, self.use_mail_hosting)
+
+    def client(self, user_agent, source):
+        """The client's name as stored with the event (short, printable), or None."""
+        if not self.name_clients:
+            return None
+        return printable(client_name(user_agent, source, self.parser) or "")[:100] or None
+
+
 def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True):
     """The Verdict for a fetch of a known pixel: classify() on the request, then what the pixel's
     history says about the sender's own views. `fingerprint` is the fetch's, as privacy.fingerprint
     computes it for the mint request."""
     verdict = classify(fetch, networks)
-    if verdict.kind != OPEN:
+    if verdict.kind != Kind.OPEN:
         return verdict
     if (
         verdict.source in DIRECT_SOURCES
@@ -270,74 +260,22 @@ def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True):
         and hmac.compare_digest(fingerprint, facts.mint_fingerprint)
     ):
         return Verdict(
-            PREVIEW,
+            Kind.PREVIEW,
             verdict.source,
             "the sender's own browser showed the draft (same browser and network as when the "
             "pixel was made, before sending)",
         )
     if verdict.source == "direct" and networks.azure.meets(fetch.ip):
         if facts.sent_at is None or now - facts.sent_at <= SCANNER_WINDOW:
-            return Verdict(PREFETCH, "scanner-microsoft", SCANNER_WINDOW_REASON)
+            return Verdict(Kind.PREFETCH, "scanner-microsoft", SCANNER_WINDOW_REASON)
     if verdict.source == "gmail-proxy":
         if within_self_view(now, facts.last_self_view_at):
-            return Verdict(SELF, verdict.source, SELF_VIEW_REASON)
+            return Verdict(Kind.SELF, verdict.source, SELF_VIEW_REASON)
         if use_mail_hosting and facts.mail_hosting == HOSTED_ELSEWHERE:
             return Verdict(
-                SELF,
+                Kind.SELF,
                 verdict.source,
                 "no recipient's mail is hosted by Google, so only the sender's own Gmail fetches "
                 "it through Gmail's proxy",
             )
     return verdict
-
-
-SELF_VIEW_REASON = "the sender's own Gmail tab showed the message (self-view beacon)"
-
-
-CLIENT_NAMES = {
-    "gmail-proxy": "Gmail",
-    "gmail-prefetch": "Gmail",
-    "apple-mpp": "Apple Mail",
-    "yahoo-proxy": "Yahoo Mail",
-    "scanner-microsoft": "Microsoft 365",
-    "outlook-proxy": "Outlook.com",
-    "fastmail-proxy": "Fastmail",
-    "seznam-proxy": "Seznam Email",
-    "rambler-proxy": "Rambler Mail",
-    "ukrnet-proxy": "ukr.net mail",
-    "scanner-proofpoint": "Proofpoint",
-    "scanner-mimecast": "Mimecast",
-    "scanner-barracuda": "Barracuda",
-    "scanner-cisco": "Cisco Secure Email",
-}
-
-
-def user_agent_parser():
-    """A ua-parser Parser with its own result cache, for one application."""
-    return Parser.from_matchers(_builtin_matchers())
-
-
-@functools.cache
-def _builtin_matchers():
-    # Compiling ua-parser's few hundred expressions takes a quarter second: once per process.
-    return load_builtins()
-
-
-def client_name(user_agent, source, parser):
-    """A short human name for the fetching client: the mail service for proxies, else the
-    browser or mail program and its system as ua-parser reads them ("Thunderbird 115, Linux")."""
-    if source in CLIENT_NAMES:
-        return CLIENT_NAMES[source]
-    if source == "outlook":
-        return "Outlook"
-    if not user_agent:
-        return None
-    result = parser.parse(user_agent[:512])
-    agent = result.user_agent
-    name = None
-    if agent and agent.family and agent.family != "Other":
-        name = f"{agent.family} {agent.major}" if agent.major else agent.family
-    system = result.os.family if result.os and result.os.family != "Other" else None
-    if name and system:
-        return f"{name}, {system}"
-    return name or system

@@ -7,7 +7,6 @@ Lookups run in a small thread pool with a short deadline, so a mint request neve
 answers are cached; no network means "unknown"."""
 
 import concurrent.futures
-import ipaddress
 import threading
 import time
 from dataclasses import dataclass
@@ -145,8 +144,8 @@ def combine(answers):
 
 
 class MailHosts:
-    """MX look-ups with a cache and a deadline. `nameservers`: "host[:port]" strings, or None for
-    the system's resolver configuration."""
+    """MX look-ups with a cache and a deadline. `nameservers`: (address, port) pairs (the
+    DNS_SERVERS setting), or None for the system's resolver configuration."""
 
     def __init__(self, nameservers=None):
         try:
@@ -154,7 +153,7 @@ class MailHosts:
         except dns.resolver.NoResolverConfiguration:
             self._resolver = dns.resolver.Resolver(configure=False)
         if nameservers:
-            self._resolver.nameservers = [_nameserver(text) for text in nameservers]
+            self._resolver.nameservers = [_nameserver(server) for server in nameservers]
         self._resolver.lifetime = LOOKUP_SECONDS
         self._resolver.timeout = LOOKUP_SECONDS / 2
         self._cache = {}
@@ -216,19 +215,6 @@ def _finish(futures, early, on_late):
         on_late(final)
 
 
-def parse_nameserver(text):
-    """(address, port) of "127.0.0.1", "127.0.0.1:5353", "2001:db8::53" or "[2001:db8::53]:53"."""
-    host, port = text.strip(), "53"
-    if host.startswith("["):
-        host, _, rest = host[1:].partition("]")
-        port = rest.removeprefix(":") or "53"
-    elif host.count(":") == 1:
-        host, port = host.split(":")
-    ipaddress.ip_address(host)  # a resolver is named by its address; raises ValueError
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} has no valid port")
-    return host, int(port)
-
-
-def _nameserver(text):
-    return dns.nameserver.Do53Nameserver(*parse_nameserver(text))
+def _nameserver(server):
+    host, port = server
+    return dns.nameserver.Do53Nameserver(host, port)

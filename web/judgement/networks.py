@@ -4,7 +4,7 @@ import bisect
 import ipaddress
 import socket
 
-from .privacy import IPV4_PREFIX, IPV6_PREFIX
+from ..privacy import IPV4_PREFIX, IPV6_PREFIX
 
 
 class NetworkSet:

@@ -1,4 +1,4 @@
-"""Address ranges the classifier knows: the built-in lists shipped in web/data/ranges/ (each file
+"""Address ranges the classifier knows: the built-in lists shipped in data/ranges/ (each file
 names its public source and date), Apple's published egress ranges (iCloud Private Relay, through
 which Mail Privacy Protection fetches images) downloaded by `openreceipt ranges update` into the
 data dir, and the operator's own list of scanners."""
@@ -8,9 +8,10 @@ import io
 import ipaddress
 import os
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError
+from ..config import ConfigError
 from .networks import NetworkSet
 
 APPLE_EGRESS_URL = "https://mask-api.icloud.com/egress-ip-ranges.csv"
@@ -69,7 +70,7 @@ def listed_prefixes(path):
 
 
 def builtin_networks(name):
-    """The prefixes of one built-in list (web/data/ranges/<name>.txt)."""
+    """The prefixes of one built-in list (web/judgement/data/ranges/<name>.txt)."""
     return [prefix for _, prefix in listed_prefixes(BUILTIN / f"{name}.txt")]
 
 
@@ -97,3 +98,50 @@ def scanner_networks(data_dir=None):
             raise ConfigError(f"{path} line {number}: {prefix!r} is not an IP prefix") from None
         prefixes.append(prefix)
     return NetworkSet(prefixes)
+
+
+# Mail security gateways that publish the ranges they fetch from (files in data/ranges/, each
+# with its source and date): a fetch from them is a scan on delivery.
+GATEWAYS = {
+    "scanner-proofpoint": "proofpoint",
+    "scanner-mimecast": "mimecast",
+    "scanner-barracuda": "barracuda",
+    "scanner-cisco": "cisco",
+}
+
+
+@dataclass(frozen=True)
+class Networks:
+    """The address ranges the classifier needs, parsed once at start-up."""
+
+    apple: NetworkSet
+    microsoft_protection: NetworkSet
+    azure: NetworkSet = NetworkSet()
+    gateways: dict = field(default_factory=dict)  # source -> NetworkSet
+    scanners: NetworkSet = NetworkSet()
+
+    @classmethod
+    def default(cls):
+        """The built-in ranges only (a fresh install)."""
+        return cls.load(None)
+
+    @classmethod
+    def load(cls, data_dir):
+        """The built-in ranges, Apple's egress list from `openreceipt ranges update`, and the
+        operator's own list of scanners (scanner-ranges.txt in the data dir)."""
+        return cls(
+            apple=apple_networks(data_dir),
+            microsoft_protection=NetworkSet(builtin_networks("microsoft-protection")),
+            azure=NetworkSet(builtin_networks("azure")),
+            gateways={
+                source: NetworkSet(builtin_networks(name)) for source, name in GATEWAYS.items()
+            },
+            scanners=scanner_networks(data_dir),
+        )
+
+    def gateway(self, ip):
+        """The source of the mail security gateway whose published ranges hold `ip`, if any."""
+        for source, networks in self.gateways.items():
+            if networks.meets(ip):
+                return source
+        return None

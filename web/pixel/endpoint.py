@@ -1,5 +1,5 @@
 """The pixel endpoint, the hot path: always a 200 GIF at once, an event only for a genuine
-pixel; when the database cannot take the event, it waits in the spool (web/spool.py)."""
+pixel; when the database cannot take the event, it waits in the spool (spool.py)."""
 
 import base64
 import threading
@@ -10,16 +10,16 @@ from dataclasses import replace
 from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError, DataError, IntegrityError
 
-from . import receipts, spool
-from .models import PIXEL_WAIT_MS, utcnow
-from .privacy import anonymize, fingerprint
+from ..judgement.classify import Fetch
+from ..privacy import MAX_USER_AGENT, anonymize, fingerprint
+from ..storage.engine import PIXEL_WAIT_MS, utcnow
+from . import spool
 
 bp = Blueprint("pixel", __name__)
 
 GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 # Gmail's proxy honours no-cache since 2014; "private" keeps shared caches from answering for us.
 CACHE_CONTROL = "no-cache, no-store, must-revalidate, private"
-MAX_USER_AGENT = 1024
 PREFETCH_HEADERS = ("HTTP_PURPOSE", "HTTP_SEC_PURPOSE", "HTTP_X_PURPOSE", "HTTP_X_MOZ")
 MB = 1024 * 1024
 # While the full spool turns fetches away, the host's first drop is logged, then one line a
@@ -43,7 +43,7 @@ def gif(outcome):
         "Pragma": "no-cache",
         "Expires": "0",
     }
-    if current_app.config.get("DEBUG_HEADERS"):
+    if current_app.config["DEBUG_HEADERS"]:
         headers["X-Openreceipt"] = outcome
     return Response(GIF, 200, headers)
 
@@ -66,10 +66,9 @@ def record_fetch(token):
     public_id = services.signer.unsign(token.removesuffix(".gif"))
     if public_id is None:
         return "not recorded: invalid signature"
-    fetched = observe(public_id, services)
-    app = current_app._get_current_object()
+    fetch = observe(public_id, services)
     try:
-        return receipts.record(fetched, app, short_waits=True)
+        return services.recorder.record(fetch, short_waits=True)
     except (DataError, IntegrityError):
         raise  # the fetch itself is at fault: replaying it later would fail the same way
     except DatabaseError as error:
@@ -80,7 +79,7 @@ def record_fetch(token):
         try:
             written = spool.append(
                 config["DATA_DIR"],
-                replace(fetched, key=uuid.uuid4().hex),
+                replace(fetch, key=uuid.uuid4().hex),
                 max_bytes=config["SPOOL_MAX_MB"] * MB,
                 fold_repeats=True,
             )
@@ -123,7 +122,7 @@ def observe(public_id, services):
     ip = anonymize(request.remote_addr)
     user_agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
     location = services.geolocator.locate(ip)
-    return receipts.Fetched(
+    return Fetch(
         public_id=public_id,
         at=utcnow(),
         user_agent=user_agent,

@@ -8,7 +8,7 @@ import geoip2.database
 import geoip2.errors
 import maxminddb
 
-from .config import ConfigError
+from ..config import ConfigError
 
 
 @dataclass(frozen=True)

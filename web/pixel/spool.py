@@ -2,9 +2,9 @@
 pixel's short wait, disk full), so that the mail client still gets its GIF at once and no event
 is lost.
 
-A spooled fetch is a Fetched (web/receipts.py) as one JSON line: already masked, with the keyed
-browser fingerprint instead of anything raw. It is judged when it is replayed, with the pixel's
-facts as they were at the time of the fetch, exactly as it would have been judged live.
+A spooled fetch is a Fetch (judgement/classify.py) as one JSON line: already masked, with the
+keyed browser fingerprint instead of anything raw. It is judged when it is replayed, with the
+pixel's facts as they were at the time of the fetch, exactly as it would have been judged live.
 
 Files, in `<DATA_DIR>/spool/`:
 - `active.jsonl`: appended to by every worker of this host; each append holds an flock on the
@@ -21,7 +21,10 @@ Bounded: the active file and the batches together hold OPENRECEIPT_SPOOL_MAX_MB 
 that does not fit is dropped and counted, and the oldest are kept: a message's first fetches
 (its delivery, its first open) say the most, and the replay goes in order. A repeat (rule 15:
 the same fetcher's fetch of the same pixel within the repeat window) of a fetch this process
-spooled takes no room at all: the replay would not record it either."""
+spooled takes no room at all: the replay would not record it either.
+
+A little over 300 lines, in one file on purpose: appending, counting and replaying share the
+files' locking protocol, which is only safe to change with all of it in view."""
 
 import collections
 import datetime
@@ -30,12 +33,14 @@ import json
 import os
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from peewee import DataError, IntegrityError
 
-from . import background, receipts
-from .hotpath import REPEAT_WINDOW
+from .. import background
+from ..judgement.classify import Fetch
+from .recording import REPEAT_WINDOW
 
 ACTIVE = "active.jsonl"
 REJECTED = "rejected.jsonl"
@@ -60,6 +65,15 @@ class SpoolFull(SpoolError):
         self.dropped = dropped
 
 
+def to_json(fetch):
+    """A spool line's data: the Fetch, its time as ISO text."""
+    return {**asdict(fetch), "at": fetch.at.isoformat()}
+
+
+def from_json(data):
+    return Fetch(**{**data, "at": datetime.datetime.fromisoformat(data["at"])})
+
+
 def directory(data_dir):
     return Path(data_dir) / "spool"
 
@@ -72,7 +86,7 @@ def append(data_dir, fetched, max_bytes=None, fold_repeats=False):
     if fold_repeats and _twin_spooled(fetched):
         return False
     folder = directory(data_dir)
-    line = (json.dumps(fetched.to_json(), ensure_ascii=True) + "\n").encode()
+    line = (json.dumps(to_json(fetched), ensure_ascii=True) + "\n").encode()
     path = folder / ACTIVE
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -233,10 +247,11 @@ def replay(app, wait=False):
 def _replay_batch(app, batch, counts):
     """Replay one batch file; True when it is done (and removed)."""
     lines = [line for line in batch.read_text(encoding="ascii").splitlines() if line.strip()]
+    recorder = app.extensions["openreceipt"].recorder
     done = 0
     for line in lines:
         try:
-            fetched = receipts.Fetched.from_json(json.loads(line))
+            fetched = from_json(json.loads(line))
         except (ValueError, TypeError, KeyError):
             _reject(batch.parent, line, "unreadable line")
             counts["rejected"] += 1
@@ -245,7 +260,7 @@ def _replay_batch(app, batch, counts):
         if stopping(app):
             break
         try:
-            outcome = receipts.record(fetched, app)
+            outcome = recorder.record(fetched)
         except REFUSED as error:
             _reject(batch.parent, line, f"{type(error).__name__}: {error}")
             counts["rejected"] += 1
@@ -281,7 +296,7 @@ def init_app(app):
             if counts and (counts["recorded"] or counts["not_recorded"]):
                 app.logger.info("spool: replayed %s", counts)
 
-    in_workers = app.config.get("SPOOL_AUTO", True)
+    in_workers = app.config["SPOOL_AUTO"]
     background.register(app, background.Job("spool", step, CHECK_SECONDS, in_workers))
 
 

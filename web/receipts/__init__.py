@@ -1,1 +1,2 @@
-"""The rules every entry point shares: minting, corrections and recounts, do-not-track, retention, export."""
+"""The rules every entry point shares: minting (minting.py), a receipt's counters and state
+kept exact (ledger.py), do-not-track, retention and export."""

@@ -8,7 +8,8 @@ import re
 
 from peewee import IntegrityError, chunked
 
-from .models import DoNotTrack, Pixel, db, utcnow
+from ..storage.engine import db, utcnow
+from ..storage.models import DoNotTrack, Pixel
 
 MAX_ENTRY = 320
 # A domain's labels: letters, digits and hyphens (internationalised names in their xn-- form

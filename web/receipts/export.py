@@ -6,7 +6,8 @@ import json
 
 from peewee import chunked, fn
 
-from .models import ApiToken, DoNotTrack, Event, NotifyChannel, Pixel, db, iso
+from ..storage.engine import db, iso
+from ..storage.models import ApiToken, DoNotTrack, Event, NotifyChannel, Pixel
 
 PIXEL_FIELDS = (
     "id",

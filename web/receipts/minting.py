@@ -9,14 +9,15 @@ check, because there is no second copy of them.
 """
 
 import datetime
+import secrets
 from email.utils import getaddresses, parseaddr, quote
 
 from flask import current_app
 
-from . import donottrack, receipts
-from .models import Pixel, utcnow
-from .pixel import MAX_USER_AGENT
-from .privacy import anonymize, fingerprint, kept_recipients
+from ..privacy import MAX_USER_AGENT, anonymize, fingerprint, kept_recipients
+from ..storage.engine import utcnow
+from ..storage.models import Pixel
+from . import donottrack
 
 MAX_SUBJECT = 998  # the longest line RFC 5322 allows
 MAX_LABEL = 200
@@ -24,8 +25,6 @@ MAX_RECIPIENTS = 100
 MAX_ADDRESS = 320
 # How a receipt was made (Pixel.made_with): a manual receipt cannot know by itself when it was
 # sent or which fetch was the sender's, so its page offers to say so.
-API, BOOKMARKLET, FORM = "api", "bookmarklet", "form"
-MADE_WITH = (API, BOOKMARKLET, FORM)
 
 
 class Refused(ValueError):
@@ -76,7 +75,7 @@ def make_receipt(
     if listed and not force:
         raise DoNotTrack(listed)
     config = current_app.config
-    pixel = receipts.mint(
+    pixel = mint(
         user,
         subject=subject,
         recipients=kept_recipients(addresses, config["STORE_RECIPIENTS"]),
@@ -87,6 +86,24 @@ def make_receipt(
         ),
     )
     return pixel, note_mail_hosting(pixel, addresses)
+
+
+def new_public_id():
+    """A random, non-sequential id: 96 bits, URL-safe, nothing to enumerate."""
+    return secrets.token_urlsafe(12)
+
+
+def mint(owner, subject=None, recipients=(), label=None, mint_fingerprint=None, made_with=None):
+    """Create a waiting pixel for a message (checked values: see minting.make_receipt)."""
+    return Pixel.create(
+        public_id=new_public_id(),
+        owner=owner,
+        subject=subject,
+        recipients=list(recipients),
+        label=label,
+        mint_fingerprint=mint_fingerprint,
+        made_with=made_with,
+    )
 
 
 def check_mint_rate(user):

@@ -14,8 +14,9 @@ import json
 
 from peewee import fn
 
-from . import background
-from .models import Event, Pixel, Setting, db, locked, utcnow, write_transaction
+from .. import background
+from ..storage.engine import db, locked, utcnow, write_transaction
+from ..storage.models import Event, Pixel, Setting
 
 LAST_RUN = "retention_last_run"
 EVERY = datetime.timedelta(days=1)
@@ -124,6 +125,6 @@ def init_app(app):
                 )
         return False
 
-    in_workers = bool(days) and app.config.get("RETENTION_AUTO", True)
+    in_workers = bool(days) and app.config["RETENTION_AUTO"]
     job = background.Job("retention", step, CHECK_SECONDS, in_workers, first_after=FIRST_CHECK)
     background.register(app, job)

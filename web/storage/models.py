@@ -1,49 +1,21 @@
-"""Storage: the deferred database, the models, and per-request connections."""
+"""The schema: one Peewee model per table, all on the engine's deferred database. A change to
+it is a new numbered file in migrations/ as well."""
 
-import datetime
 import json
-import os
-import time
-import weakref
-from urllib.parse import urlsplit
 
 from peewee import (
     BooleanField,
     CharField,
     CompositeKey,
-    DatabaseProxy,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
     Model,
-    OperationalError,
-    PostgresqlDatabase,
-    SqliteDatabase,
     TextField,
 )
-from playhouse.db_url import parse as parse_database_url
-from playhouse.migrations import Runner
-from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-db = DatabaseProxy()
-
-MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
-# Any constant will do: it names the lock that serialises migrations across hosts.
-MIGRATION_LOCK = 0x6F70656E72637074
-SQLITE_BUSY_TIMEOUT_MS = 5000
-
-STATES = ("waiting", "inserted", "delivered", "opened")
-MAX_ID = 2**63 - 1  # the largest row id either database takes in a query
-
-
-def utcnow():
-    """Now, in UTC, as the naive datetime the database stores."""
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-
-
-def iso(moment):
-    """A stored UTC moment as ISO 8601 text with its Z, for the API and exports; None stays."""
-    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+from ..vocabulary import NoticeState, Opens, Scope, State
+from .engine import db, utcnow
 
 
 class JSONListField(TextField):
@@ -66,10 +38,10 @@ class User(BaseModel):
     email = CharField(max_length=320, unique=True)
     password_hash = CharField(max_length=255)
     created_at = DateTimeField(default=utcnow)
-    # Which events send a notice (web/notify.py): opens "first", "every" or "off"; deliveries
+    # Which events send a notice (notifications/): opens "first", "every" or "off"; deliveries
     # (the first prefetch) or not; and no second notice of one kind for one receipt on one
     # channel within the quiet period.
-    notify_opens = CharField(max_length=8, default="first")
+    notify_opens = CharField(max_length=8, default=Opens.FIRST)
     notify_delivered = BooleanField(default=False)
     notify_quiet_minutes = IntegerField(default=30)
 
@@ -80,7 +52,7 @@ class ApiToken(BaseModel):
     user = ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
     name = CharField(max_length=100)
     token_hash = CharField(max_length=64, unique=True)
-    scope = CharField(max_length=16, default="full")  # accounts.SCOPES
+    scope = CharField(max_length=16, default=Scope.FULL)
     created_at = DateTimeField(default=utcnow)
     last_used_at = DateTimeField(null=True)
     revoked_at = DateTimeField(null=True)
@@ -96,7 +68,7 @@ class Pixel(BaseModel):
     recipients = JSONListField(default=list)
     created_at = DateTimeField(default=utcnow)
     sent_at = DateTimeField(null=True)
-    state = CharField(max_length=16, default="waiting")
+    state = CharField(max_length=16, default=State.WAITING)
     open_count = IntegerField(default=0)
     prefetch_count = IntegerField(default=0)
     preview_count = IntegerField(default=0)
@@ -113,7 +85,7 @@ class Pixel(BaseModel):
     mail_hosting = CharField(max_length=16, null=True)
     # The mail providers hosting the recipients, comma-separated (mailhosts.PROVIDERS keys).
     mail_providers = CharField(max_length=200, null=True)
-    # How the receipt was made: "api", "bookmarklet" or "form" (by hand); minting.MADE_WITH.
+    # How the receipt was made: a vocabulary.MadeWith.
     made_with = CharField(max_length=16, null=True)
     last_self_view_at = DateTimeField(null=True)
     # The latest of created_at and last_event_at: the status page lists by it.
@@ -145,7 +117,7 @@ class Event(BaseModel):
     country = CharField(max_length=2, null=True)
     city = CharField(max_length=100, null=True)
     client = CharField(max_length=100, null=True)
-    # The spool's key for a fetch that waited in the spool (web/spool.py): stored once only.
+    # The spool's key for a fetch that waited in the spool (pixel/spool.py): stored once only.
     spool_key = CharField(max_length=32, null=True, unique=True)
 
     class Meta:
@@ -181,7 +153,7 @@ class LoginSession(BaseModel):
 
 
 class LoginThrottle(BaseModel):
-    """Sign-in attempts for one account from one network (web/auth.py), each keyed by a hash:
+    """Sign-in attempts for one account from one network (ui/signin.py), each keyed by a hash:
     of the email, and of the masked address. Counted per pair, so an attacker's network can
     throttle only itself."""
 
@@ -215,17 +187,17 @@ class NotifyChannel(BaseModel):
 
 class Notice(BaseModel):
     """The outbox: one notice for one channel, written in the same transaction as the event it
-    tells of, and sent later by the delivery loop (web/notify.py). It holds no text of its own:
+    tells of, and sent later by the delivery loop (notifications/). It holds no text of its own:
     the event and the receipt give it when it is sent."""
 
     channel = ForeignKeyField(NotifyChannel, backref="notices", on_delete="CASCADE")
     pixel = ForeignKeyField(Pixel, on_delete="CASCADE")
     event = ForeignKeyField(Event, null=True, on_delete="CASCADE")
-    reason = CharField(max_length=16)  # "open" or "delivered"
+    reason = CharField(max_length=16)  # a vocabulary.Reason
     created_at = DateTimeField(default=utcnow)
     # When it may next be tried; while a delivery loop holds it, when that claim runs out.
     due_at = DateTimeField(default=utcnow)
-    state = CharField(max_length=16, default="pending")  # pending, sent, failed, skipped
+    state = CharField(max_length=16, default=NoticeState.PENDING)
     attempts = IntegerField(default=0)
     claim = CharField(max_length=32, null=True)
     sent_at = DateTimeField(null=True)
@@ -250,163 +222,3 @@ MODELS = (
     NotifyChannel,
     Notice,
 )
-
-
-# A request, CLI command or background thread "closes" its connection at the end, which hands it
-# back to its process's pool: opening a connection costs more than a pixel's whole write. A
-# connection that broke (the database restarted) is dropped, not handed out again.
-POOL = {"max_connections": 32, "stale_timeout": 300}
-
-
-class PooledPostgresql(PooledPostgresqlDatabase):
-    """Hands out a pooled connection without first asking the server "SELECT 1" (peewee's
-    check): that round trip would cost as much as the pixel's own work. A connection the server
-    dropped meanwhile fails on first use (the pixel then spools its fetch) and is not pooled
-    again."""
-
-    def _is_closed(self, conn):
-        return conn.closed or conn.broken
-
-
-def open_database(url, pooled=False):
-    """A peewee Database for an OPENRECEIPT_DATABASE_URL (sqlite:///path or postgresql://...);
-    `pooled`: one that keeps its connections for reuse (the app's)."""
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        path = url[len("sqlite:///") :] or ":memory:"
-        options = {
-            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
-            "pragmas": {
-                "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
-                "synchronous": "normal",
-                "foreign_keys": 1,
-            },
-        }
-        if not pooled or path == ":memory:":
-            return SqliteDatabase(path, **options)
-        # check_same_thread: a pooled connection may serve another thread later.
-        return PooledSqliteDatabase(path, check_same_thread=False, **options, **POOL)
-    params = parse_database_url(url, unquote_password=True, unquote_user=True)
-    # A database host that went silent must not hold a request until gunicorn kills the worker:
-    # connecting gives up after 2 s, and a connection whose peer vanished fails within 5 s.
-    # (Either can be set in the URL instead.)
-    params.setdefault("connect_timeout", 2)
-    params.setdefault("tcp_user_timeout", 5000)
-    kind = PooledPostgresql if pooled else PostgresqlDatabase
-    return kind(params.pop("database"), prefer_psycopg3=True, **params, **(POOL if pooled else {}))
-
-
-def migrate(database, directory=MIGRATIONS):
-    """Create or upgrade the schema, once, even when several processes or hosts start together.
-    Returns the names of the migrations applied."""
-    runner = Runner(database, directory=directory, table_name="schema_migration")
-    sqlite = isinstance(database, SqliteDatabase)
-    if sqlite:
-        enable_wal(database)
-    with database.connection_context():
-        if sqlite:
-            # SQLite changes some columns by copying a table and dropping the old one; with
-            # foreign keys on, that drop would cascade to every event of every pixel.
-            database.execute_sql("PRAGMA foreign_keys = OFF")
-        try:
-            with write_transaction(database):
-                if not sqlite:
-                    database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                return runner.up()
-        finally:
-            if sqlite:
-                database.execute_sql("PRAGMA foreign_keys = ON")
-
-
-def enable_wal(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
-    """Put a SQLite file in WAL mode (it stays so). SQLite refuses the switch at once, without
-    waiting, while another connection holds a lock, as happens when several workers open a new
-    database together: retry until the busy timeout."""
-    deadline = time.monotonic() + timeout
-    with database.connection_context():
-        while True:
-            try:
-                database.execute_sql("PRAGMA journal_mode=wal")
-                return
-            except OperationalError as error:
-                if "locked" not in str(error) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-
-def init_app(app):
-    """Bind the models to the configured database, migrate it, and close the connection at the
-    end of every request (and every CLI command or other app context)."""
-    database = open_database(app.config["DATABASE_URL"], pooled=True)
-    db.initialize(database)
-    app.extensions["openreceipt.database"] = database
-    # When an app is done with (tests and tools make many), its pooled connections are closed.
-    if hasattr(database, "close_all"):
-        weakref.finalize(app, database.close_all)
-    migrate(database)
-
-    @app.teardown_appcontext
-    def close_connection(_exc):
-        if not database.is_closed():
-            database.close()
-
-
-PIXEL_WAIT_MS = 45  # the longest the pixel waits for another writer before it spools the fetch
-RETRY_SLEEP = 0.0005
-
-
-def with_short_lock_waits(work, database=db):
-    """work(), retried while another writer holds the database for PIXEL_WAIT_MS at most; then
-    the last error is raised (and the pixel spools its fetch). On SQLite the connection's busy
-    timeout is cut to 1 ms meanwhile: SQLite's own busy handler sleeps ever longer between tries
-    (1, 2, 5, 10, 15 ms...), which under steady load keeps missing the lock's short free moments;
-    trying every half millisecond does not."""
-    if not isinstance(_real(database), SqliteDatabase):
-        return work()  # PostgreSQL: the transaction sets its own lock_timeout (web/hotpath.py)
-    deadline = time.monotonic() + PIXEL_WAIT_MS / 1000
-    database.execute_sql("PRAGMA busy_timeout = 1")
-    try:
-        while True:
-            try:
-                return work()
-            except OperationalError as error:
-                message = str(error)
-                if ("locked" not in message and "busy" not in message) or (
-                    time.monotonic() > deadline
-                ):
-                    raise
-            time.sleep(RETRY_SLEEP)
-    finally:
-        if not database.is_closed():
-            database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-
-
-def close_pool(app):
-    """Close every idle pooled connection of this process (before gunicorn forks, and when an
-    app is done with)."""
-    database = app.extensions["openreceipt.database"]
-    if not database.is_closed():
-        database.close()
-    if hasattr(database, "close_idle"):
-        database.close_idle()
-
-
-def write_transaction(database=db):
-    """A transaction that holds the write lock from its first statement. On SQLite, BEGIN
-    IMMEDIATE: a read-then-write then never fails half-way on a busy database. PostgreSQL locks
-    rows as they are selected FOR UPDATE (see locked())."""
-    if isinstance(_real(database), SqliteDatabase):
-        return database.atomic(lock_type="IMMEDIATE")
-    return database.atomic()
-
-
-def locked(query, database=db):
-    """The query with its rows locked until the end of the transaction (a no-op on SQLite,
-    whose write_transaction() already holds the whole database)."""
-    if isinstance(_real(database), PostgresqlDatabase):
-        return query.for_update()
-    return query
-
-
-def _real(database):
-    return database.obj if isinstance(database, DatabaseProxy) else database

@@ -1,1 +1,2 @@
-"""The pages people use: status pages, settings, sign-in, the bookmarklet's page, the privacy notice."""
+"""The pages people use: status pages, account settings, sign-in, the bookmarklet's page and
+the privacy notice; their templates are in web/templates/."""

@@ -15,29 +15,14 @@ from flask import (
     request,
     url_for,
 )
-from peewee import fn
 
-from . import donottrack, export, notify, outbound
-from .accounts import (
-    SCOPES,
-    AccountError,
-    authenticate,
-    new_token,
-    normalise_email,
-    set_password,
-)
-from .auth import end_sessions, login_required, start_session
-from .models import (
-    MAX_ID,
-    ApiToken,
-    DoNotTrack,
-    Notice,
-    NotifyChannel,
-    Pixel,
-    User,
-    locked,
-    write_transaction,
-)
+from ..accounts import SCOPES, AccountError, authenticate, new_token, normalise_email, set_password
+from ..notifications import delivery, outbound, outbox
+from ..receipts import donottrack, export
+from ..storage.engine import MAX_ID, locked, write_transaction
+from ..storage.models import ApiToken, DoNotTrack, NotifyChannel, User
+from ..vocabulary import ChannelKind, Opens
+from .signin import end_sessions, login_required, start_session
 
 MAX_CHANNELS = 10
 MAX_QUIET_MINUTES = 24 * 60
@@ -54,62 +39,10 @@ def page(**context):
         scopes=SCOPES,
         own_entries=donottrack.listed(g.user),
         server_entries=donottrack.listed(None),
-        channels=channel_rows(g.user),
-        failures=recent_failures(g.user),
+        channels=outbox.channel_tallies(g.user),
+        failures=outbox.given_up(g.user, FAILURES_SHOWN),
         email_ready=current_app.config["SMTP"] is not None,
         **context,
-    )
-
-
-def channel_rows(user):
-    """The user's channels, each with how its notices fare: (channel, {"counts": {state:
-    count}, "last_sent": when, "error": the last error of a notice still being tried})."""
-    channels = list(
-        NotifyChannel.select().where(NotifyChannel.user == user).order_by(NotifyChannel.id)
-    )
-
-    def tally():
-        return {"counts": {}, "last_sent": None, "error": None}
-
-    tallies = {}
-    rows = (
-        Notice.select(Notice.channel, Notice.state, fn.COUNT(Notice.id), fn.MAX(Notice.sent_at))
-        .join(NotifyChannel)
-        .where(NotifyChannel.user == user)
-        .group_by(Notice.channel, Notice.state)
-        .tuples()
-    )
-    for channel_id, state, count, last_sent in rows:
-        found = tallies.setdefault(channel_id, tally())
-        found["counts"][state] = count
-        if state == "sent":
-            found["last_sent"] = Notice.sent_at.python_value(last_sent)
-    retrying = (
-        Notice.select(Notice.channel, Notice.last_error)
-        .join(NotifyChannel)
-        .where(
-            NotifyChannel.user == user,
-            Notice.state == "pending",
-            Notice.last_error.is_null(False),
-        )
-        .order_by(Notice.id)
-        .tuples()
-    )
-    for channel_id, error in retrying:
-        tallies[channel_id]["error"] = error
-    return [(channel, tallies.get(channel.id) or tally()) for channel in channels]
-
-
-def recent_failures(user):
-    """The user's latest notices that were given up, with their receipts and channels."""
-    return list(
-        Notice.select(Notice, NotifyChannel, Pixel)
-        .join(NotifyChannel)
-        .switch(Notice)
-        .join(Pixel)
-        .where(NotifyChannel.user == user, Notice.state == "failed")
-        .order_by(Notice.id.desc())
-        .limit(FAILURES_SHOWN)
     )
 
 
@@ -161,7 +94,7 @@ def to_notifications():
 def notify_choices():
     opens = request.form.get("opens", "")
     quiet = request.form.get("quiet", "").strip()
-    if opens not in notify.OPENS:
+    if opens not in tuple(Opens):
         flash("Choose when to be told of opens: the first one, every one, or never.")
     elif not quiet.isdigit() or int(quiet) > MAX_QUIET_MINUTES:
         flash(f"The quiet period is a number of minutes from 0 to {MAX_QUIET_MINUTES}.")
@@ -181,7 +114,7 @@ def channel_target(kind, target):
     if any(not c.isprintable() for c in target):
         # NUL above all: PostgreSQL refuses to store it, and the page would fail.
         raise ValueError("the address may not contain control characters")
-    if kind == "email":
+    if kind == ChannelKind.EMAIL:
         # Only to the account's own address: the operator's mail server must not become a way
         # to send mail (with a subject of one's choosing) to anybody.
         try:
@@ -191,7 +124,7 @@ def channel_target(kind, target):
         if address != g.user.email:
             raise ValueError(f"email notices go to your own address, {g.user.email}")
         return address
-    example = "https://ntfy.sh/a-long-secret-topic" if kind == "push" else "https://..."
+    example = "https://ntfy.sh/a-long-secret-topic" if kind == ChannelKind.PUSH else "https://..."
     problem = outbound.url_problem(target, example)
     if problem:
         raise ValueError(problem)
@@ -228,18 +161,18 @@ def create_channel(user, kind, target, secret):
 @login_required
 def add_channel():
     kind = request.form.get("kind", "")
-    if kind not in notify.CHANNEL_KINDS:
+    if kind not in tuple(ChannelKind):
         abort(400)
-    if kind == "email" and current_app.config["SMTP"] is None:
+    if kind == ChannelKind.EMAIL and current_app.config["SMTP"] is None:
         flash("Email notices need the operator to set OPENRECEIPT_SMTP_URL; nothing was added.")
         return to_notifications()
     try:
         target = channel_target(kind, request.form.get("target", ""))
-        secret = push_token(request.form.get("token", "")) if kind == "push" else None
+        secret = push_token(request.form.get("token", "")) if kind == ChannelKind.PUSH else None
     except ValueError as error:
         flash(f"Nothing was added: {error}.")
         return to_notifications()
-    if kind == "webhook":
+    if kind == ChannelKind.WEBHOOK:
         secret = "whsec_" + secrets.token_urlsafe(24)
     problem = create_channel(g.user, kind, target, secret)
     if problem:
@@ -263,11 +196,11 @@ def own_channel_or_404(channel_id):
 def test_channel(channel_id):
     """Send a test notice at once and say how it went."""
     channel = own_channel_or_404(channel_id)
-    if not notify.take_test_turn(g.user):
-        seconds = int(notify.TEST_EVERY.total_seconds())
+    if not delivery.take_test_turn(g.user):
+        seconds = int(delivery.TEST_EVERY.total_seconds())
         flash(f"One test notification every {seconds} seconds: wait a moment, then try again.")
         return to_notifications()
-    problem = notify.send_test(channel, current_app.config)
+    problem = delivery.send_test(channel, current_app.config)
     if problem:
         flash(f"The test notification to {channel.target} failed: {problem}")
     else:

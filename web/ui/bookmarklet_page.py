@@ -3,21 +3,16 @@ the bookmarklet cannot run."""
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 
-from . import minting
-from .accounts import (
-    BOOKMARKLET,
-    AccountError,
-    new_token,
-    rename_token,
-    revoke_token,
-    token_name,
-)
-from .api import pixel_html, pixel_url, providers_json
-from .auth import login_required
-from .bookmarklet import bookmarklet_token_name, build_bookmarklet
-from .classify import client_name
-from .models import MAX_ID, ApiToken
-from .security import public_origin
+from ..accounts import AccountError, new_token, rename_token, revoke_token, token_name
+from ..bookmarklet import bookmarklet_token_name, build_bookmarklet
+from ..judgement.clients import client_name
+from ..receipts import minting
+from ..receipts.display import pixel_html, pixel_url, providers_json
+from ..security import public_origin
+from ..storage.engine import MAX_ID
+from ..storage.models import ApiToken
+from ..vocabulary import MadeWith, Scope
+from .signin import login_required
 
 bp = Blueprint("install", __name__)
 
@@ -25,11 +20,13 @@ bp = Blueprint("install", __name__)
 def page(status=200, **context):
     tokens = (
         ApiToken.select()
-        .where(ApiToken.user == g.user, ApiToken.scope == BOOKMARKLET)
+        .where(ApiToken.user == g.user, ApiToken.scope == Scope.BOOKMARKLET)
         .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
     )
     browser = client_name(
-        request.headers.get("User-Agent", ""), None, current_app.extensions["openreceipt"].ua_parser
+        request.headers.get("User-Agent", ""),
+        None,
+        current_app.extensions["openreceipt"].judge.parser,
     )
     context.setdefault("default_name", bookmarklet_token_name(browser))
     return render_template(
@@ -47,7 +44,7 @@ def show():
 @login_required
 def create():
     name = token_name(request.form.get("name", "")) or bookmarklet_token_name()
-    row, secret = new_token(g.user, name, BOOKMARKLET)
+    row, secret = new_token(g.user, name, Scope.BOOKMARKLET)
     return page(bookmarklet=build_bookmarklet(public_origin(), secret), created=row)
 
 
@@ -85,7 +82,7 @@ def manual_pixel():
             subject=form.get("subject"),
             label=None,
             recipients=minting.split_addresses(form.get("recipients", "")),
-            made_with=minting.FORM,
+            made_with=MadeWith.FORM,
             user_agent=request.headers.get("User-Agent"),
             remote_addr=request.remote_addr,
         )

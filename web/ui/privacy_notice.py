@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, render_template
 
-from .security import public_origin
+from ..security import public_origin
 
 bp = Blueprint("notice", __name__)
 

@@ -21,9 +21,10 @@ from flask import (
 from itsdangerous import BadSignature, Signer
 from peewee import Case
 
-from .accounts import AccountError, authenticate, create_user, hash_token, normalise_email
-from .models import LoginSession, LoginThrottle, Setting, User, db, utcnow
-from .privacy import anonymize
+from ..accounts import AccountError, authenticate, create_user, hash_token, normalise_email
+from ..privacy import anonymize
+from ..storage.engine import db, utcnow
+from ..storage.models import LoginSession, LoginThrottle, Setting, User
 
 bp = Blueprint("auth", __name__)
 

@@ -1,51 +1,55 @@
 """The status pages: every receipt at a glance, one receipt's story, and their live updates."""
 
 from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
-from peewee import Cast, SqliteDatabase, fn
+from peewee import SqliteDatabase
 from werkzeug.exceptions import BadRequest
 
-from . import minting, receipts
-from .api import mail_providers, pixel_html, pixel_url, providers_json
-from .auth import login_required
-from .classify import KINDS
-from .models import MAX_ID, STATES, Event, Pixel, db, utcnow
-from .notice import render_notice
-from .timeline import BUCKET, draw, scale_of
+from ..receipts import ledger, listing
+from ..receipts.display import mail_providers, pixel_html, pixel_url, providers_json
+from ..storage.engine import MAX_ID, db, utcnow
+from ..storage.models import Event, Pixel
+from ..vocabulary import KINDS, STATES, Kind, MadeWith, State
+from .privacy_notice import render_notice
+from .signin import login_required
+from .timeline_chart import BUCKET, draw, scale_of
 
 bp = Blueprint("pages", __name__)
 
-PER_PAGE = 25
 DETAIL_EVENTS = 50  # fetches a page of the detail table; older ones are a link away
 TIMELINE_EVENTS = 5000  # the picture shows a busy receipt's latest 5000 fetches
 
 MARKS = {
-    "waiting": ("○", "waiting", "Nothing has fetched the receipt yet."),
-    "inserted": ("◔", "in the message", "Your draft showed it: the receipt is in the message."),
-    "delivered": (
+    State.WAITING: ("○", "waiting", "Nothing has fetched the receipt yet."),
+    State.INSERTED: ("◔", "in the message", "Your draft showed it: the receipt is in the message."),
+    State.DELIVERED: (
         "✓",
         "delivered",
         "A mail server fetched it on delivery; nobody has opened it yet.",
     ),
-    "opened": ("✓✓", "opened", "Someone opened the message."),
+    State.OPENED: ("✓✓", "opened", "Someone opened the message."),
 }
 KIND_EXPLANATIONS = {
-    "open": "A person most likely opened the message.",
-    "prefetch": "A machine fetched it on delivery: proof of delivery, not of reading.",
-    "preview": "Your own browser showed it while you were writing.",
-    "self": "You, looking at your own sent message.",
-    "bot": "Automated and meaningless: a crawler, a link checker, a script.",
-    "unknown": "An unrecognised program fetched it: nobody can vouch it was a person, so it is "
+    Kind.OPEN: "A person most likely opened the message.",
+    Kind.PREFETCH: "A machine fetched it on delivery: proof of delivery, not of reading.",
+    Kind.PREVIEW: "Your own browser showed it while you were writing.",
+    Kind.SELF: "You, looking at your own sent message.",
+    Kind.BOT: "Automated and meaningless: a crawler, a link checker, a script.",
+    Kind.UNKNOWN: "An unrecognised program fetched it: nobody can vouch it was a person, so it is "
     "not counted as an open.",
 }
 
 # What the sender can say of an event of each kind, as (the kind it becomes, the button).
 CORRECTIONS = {
-    "open": (("self", "That was me"), ("bot", "A machine")),
-    "self": (("open", "Not me"),),
-    "unknown": (("open", "A reader"), ("self", "That was me"), ("bot", "A machine")),
-    "bot": (("open", "Not a machine"),),
+    Kind.OPEN: ((Kind.SELF, "That was me"), (Kind.BOT, "A machine")),
+    Kind.SELF: ((Kind.OPEN, "Not me"),),
+    Kind.UNKNOWN: ((Kind.OPEN, "A reader"), (Kind.SELF, "That was me"), (Kind.BOT, "A machine")),
+    Kind.BOT: ((Kind.OPEN, "Not a machine"),),
 }
-CORRECTED = {"self": "Marked as you.", "bot": "Marked as a machine.", "open": "Counted as open."}
+CORRECTED = {
+    Kind.SELF: "Marked as you.",
+    Kind.BOT: "Marked as a machine.",
+    Kind.OPEN: "Counted as open.",
+}
 
 
 def ago(moment, now=None):
@@ -93,37 +97,6 @@ def list_arguments():
     return q, state, page
 
 
-def receipts_page(user, q, state, page):
-    """One page of a user's receipts, most recent activity first, with each one's last open."""
-    query = Pixel.select().where(Pixel.owner == user)
-    if q:
-        # Recipients are JSON text: compare the raw column, not a JSON-encoded search.
-        recipients = Cast(Pixel.recipients, "TEXT")
-        query = query.where(
-            Pixel.subject.contains(q) | Pixel.label.contains(q) | recipients.contains(q)
-        )
-    if state:
-        query = query.where(Pixel.state == state)
-    total = query.count()
-    pixels = list(
-        query.order_by(Pixel.activity_at.desc(), Pixel.id.desc()).paginate(page, PER_PAGE)
-    )
-    return pixels, last_opens(pixels), total
-
-
-def last_opens(pixels):
-    """The latest open event of each pixel, in one query."""
-    ids = [pixel.id for pixel in pixels if pixel.open_count]
-    if not ids:
-        return {}
-    latest = (
-        Event.select(fn.MAX(Event.id))
-        .where(Event.pixel.in_(ids), Event.kind == "open")
-        .group_by(Event.pixel)
-    )
-    return {event.pixel_id: event for event in Event.select().where(Event.id.in_(latest))}
-
-
 def row_json(pixel, last_open):
     symbol, word, _ = MARKS[pixel.state]
     return {
@@ -152,9 +125,9 @@ def index():
     if g.user is None:
         return render_notice()  # the page a recipient finds on the pixel's domain
     q, state, page = list_arguments()
-    pixels, opens, total = receipts_page(g.user, q, state, page)
+    pixels, opens, total = listing.receipts_page(g.user, q, state, page)
     rows = [row_json(pixel, opens.get(pixel.id)) for pixel in pixels]
-    pages = max((total + PER_PAGE - 1) // PER_PAGE, 1)
+    pages = max((total + listing.PER_PAGE - 1) // listing.PER_PAGE, 1)
     return render_template(
         "index.html", rows=rows, q=q, state=state, page=page, pages=pages, total=total
     )
@@ -165,7 +138,7 @@ def index():
 def live_receipts():
     """The list page's rows as JSON, for its polling script; 304 when nothing changed."""
     q, state, page = list_arguments()
-    pixels, opens, total = receipts_page(g.user, q, state, page)
+    pixels, opens, total = listing.receipts_page(g.user, q, state, page)
     rows = [row_json(pixel, opens.get(pixel.id)) for pixel in pixels]
     response = jsonify(rows=rows, total=total)
     response.add_etag()
@@ -173,7 +146,7 @@ def live_receipts():
 
 
 def own_pixel_or_404(public_id):
-    pixel = receipts.owned_pixel(g.user, public_id)
+    pixel = ledger.owned_pixel(g.user, public_id)
     if pixel is None:
         abort(404)
     return pixel
@@ -199,8 +172,8 @@ def events_page(pixel, before=None):
 
 def timeline(pixel):
     """The picture of the pixel's latest TIMELINE_EVENTS events. The database groups them into
-    the picture's marks (web/timeline.py's buckets), so a busy receipt sends a few hundred rows
-    to Python rather than thousands."""
+    the picture's marks (timeline_chart.py's buckets), so a busy receipt sends a few hundred rows to
+    Python rather than thousands."""
     start, now = pixel.created_at, utcnow()
     end = max(now, pixel.last_event_at or now)
     scale = scale_of(start, end)
@@ -241,7 +214,7 @@ def detail(public_id):
         older=older,
         latest=before is None,
         providers=providers_json(mail_providers(pixel)),
-        by_hand=pixel.made_with == minting.FORM,
+        by_hand=pixel.made_with == MadeWith.FORM,
     )
 
 
@@ -289,7 +262,7 @@ def correct(public_id, event_id):
     kind = request.form.get("kind")
     if event is None or kind not in KINDS:
         abort(404 if event is None else 400)
-    receipts.correct(event, kind)
+    ledger.correct(event, kind)
     flash(CORRECTED.get(kind, f"Counted as {kind}."))
     return redirect(url_for("pages.detail", public_id=public_id) + f"#event-{event_id}")
 

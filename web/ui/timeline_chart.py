@@ -2,24 +2,33 @@
 
 from markupsafe import Markup, escape
 
+from ..vocabulary import Kind
+
 KIND_COLOURS = {
-    "open": "#17773b",
-    "prefetch": "#8a5a00",
-    "preview": "#5a6473",
-    "self": "#1f5fbf",
-    "bot": "#a3a9b3",
-    "unknown": "#7d6a9a",
+    Kind.OPEN: "#17773b",
+    Kind.PREFETCH: "#8a5a00",
+    Kind.PREVIEW: "#5a6473",
+    Kind.SELF: "#1f5fbf",
+    Kind.BOT: "#a3a9b3",
+    Kind.UNKNOWN: "#7d6a9a",
 }
 KIND_LABELS = {
-    "open": "opened",
-    "prefetch": "delivered (machine)",
-    "preview": "your draft",
-    "self": "you",
-    "bot": "bot",
-    "unknown": "unrecognised",
+    Kind.OPEN: "opened",
+    Kind.PREFETCH: "delivered (machine)",
+    Kind.PREVIEW: "your draft",
+    Kind.SELF: "you",
+    Kind.BOT: "bot",
+    Kind.UNKNOWN: "unrecognised",
 }
 WIDTH, HEIGHT, MARGIN, LEFT = 720, 136, 16, 130  # LEFT: room for the row labels
-ROWS = {"open": 30, "self": 46, "prefetch": 62, "preview": 78, "unknown": 94, "bot": 110}
+ROWS = {
+    Kind.OPEN: 30,
+    Kind.SELF: 46,
+    Kind.PREFETCH: 62,
+    Kind.PREVIEW: 78,
+    Kind.UNKNOWN: 94,
+    Kind.BOT: 110,
+}
 
 
 BUCKET = 10  # events of one kind within a mark's width (this many units on the axis) share it

@@ -1,0 +1,49 @@
+"""What deserves a notice: which events tell of what, whom they reach, and when they are due.
+Asked by the pixel's transaction as it queues a notice (outbox.queue) and by the delivery loop
+before it sends one."""
+
+import datetime
+
+from ..judgement.classify import SELF_VIEW_BEFORE
+from ..vocabulary import Kind, Opens, Reason
+
+# What kind of event tells of what: an open, or a delivery (a machine fetched it on delivery).
+# Previews, the sender's own views and bots never notify.
+REASONS = {Kind.OPEN: Reason.OPEN, Kind.PREFETCH: Reason.DELIVERED}
+EVENT_KIND = {reason: kind for kind, reason in REASONS.items()}
+# A Gmail-proxy open is held this long before it is sent: the sender's own Gmail tab announces
+# itself up to SELF_VIEW_BEFORE after such a fetch, and the open then becomes `self`.
+GMAIL_HOLD = SELF_VIEW_BEFORE + datetime.timedelta(seconds=3)
+
+
+def wanted(reason, opens, delivered, open_count, was_delivered):
+    """Whether a user whose choices are `opens` and `delivered` gets a notice of this event;
+    `open_count` and `was_delivered` are the pixel's before it."""
+    if reason == Reason.OPEN:
+        return opens == Opens.EVERY or (opens == Opens.FIRST and open_count == 0)
+    return bool(delivered) and not was_delivered
+
+
+def past_quiet(last, quiet_minutes, now):
+    """Whether the last notice of the same kind for the same receipt and channel (or None) is
+    longer ago than the quiet period: one reading session sends one notice."""
+    return last is None or now - last >= datetime.timedelta(minutes=quiet_minutes or 0)
+
+
+def hold(source, at, now):
+    """How long a new notice waits before it is due."""
+    if source != "gmail-proxy":
+        return datetime.timedelta(0)
+    return max(datetime.timedelta(0), at + GMAIL_HOLD - now)
+
+
+def no_longer_wanted(notice, event):
+    """Why a queued notice is not to be sent after all (or None)."""
+    if event is None or event.kind != EVENT_KIND.get(notice.reason):
+        return "the fetch was judged otherwise since (e.g. it was the sender's own view)"
+    user = notice.pixel.owner
+    if notice.reason == Reason.OPEN and user.notify_opens == Opens.OFF:
+        return "notices of opens were turned off"
+    if notice.reason == Reason.DELIVERED and not user.notify_delivered:
+        return "notices of deliveries were turned off"
+    return None

@@ -1,0 +1,106 @@
+"""A receipt's ledger: its counters, times and state kept exact when what its events meant
+changes — the sender's own views (self_view), the sender's corrections (correct) — by recounting
+them from its events (refresh); and the owner's receipt looked up by its public id."""
+
+import datetime
+import re
+
+from peewee import Case, fn
+
+from ..judgement.classify import SELF_VIEW_REASON, within_self_view
+from ..storage.engine import locked, utcnow, write_transaction
+from ..storage.models import Event, Pixel
+from ..vocabulary import STATE_REACHED, STATES, Kind, State
+from .retention import archived_rows
+
+COUNTERS = {
+    Kind.OPEN: Pixel.open_count,
+    Kind.PREFETCH: Pixel.prefetch_count,
+    Kind.PREVIEW: Pixel.preview_count,
+    Kind.SELF: Pixel.self_count,
+    Kind.BOT: Pixel.bot_count,
+    Kind.UNKNOWN: Pixel.unknown_count,
+}
+
+
+# What a public id can be (new_public_id makes 16 of these characters); anything else is no pixel.
+PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def owned_pixel(owner, public_id):
+    """The owner's pixel with this public id, or None (for a stranger's, too)."""
+    if not PUBLIC_ID.fullmatch(public_id):
+        return None
+    return Pixel.get_or_none(Pixel.public_id == public_id, Pixel.owner == owner)
+
+
+def refresh(pixel_id):
+    """Recount a pixel's counters, times and state from its events (after a correction), and
+    from the tallies of its events that retention deleted."""
+    counts = dict.fromkeys(COUNTERS, 0)
+    firsts, lasts = {}, {}
+    rows = (
+        Event.select(Event.kind, fn.COUNT(Event.id), fn.MIN(Event.at), fn.MAX(Event.at))
+        .where(Event.pixel == pixel_id)
+        .group_by(Event.kind)
+        .tuples()
+    )
+    archived = archived_rows(Pixel.select(Pixel.archived).where(Pixel.id == pixel_id).get())
+    for kind, count, first_at, last_at in [*rows, *archived]:
+        counts[kind] += count
+        firsts[kind] = min(firsts.get(kind, first_at), first_at)
+        lasts[kind] = max(lasts.get(kind, last_at), last_at)
+    last = max(lasts.values(), default=None)
+    opened = (firsts[Kind.OPEN], lasts[Kind.OPEN]) if Kind.OPEN in firsts else None
+    delivered = min((firsts[k] for k in (Kind.OPEN, Kind.PREFETCH) if k in firsts), default=None)
+    state = State.WAITING
+    for kind, reached in STATE_REACHED.items():
+        if counts[kind]:
+            state = max(state, reached, key=STATES.index)
+    changes = {COUNTERS[kind]: count for kind, count in counts.items()}
+    changes.update(
+        {
+            Pixel.state: state,
+            Pixel.first_open_at: opened[0] if opened else None,
+            Pixel.last_open_at: opened[1] if opened else None,
+            Pixel.delivered_at: delivered,
+            Pixel.last_event_at: last,
+        }
+    )
+    changes[Pixel.activity_at] = last or Pixel.created_at
+    Pixel.update(changes).where(Pixel.id == pixel_id).execute()
+
+
+def self_view(pixel, at=None):
+    """The sender's Gmail tab showed the pixel: Gmail-proxy opens from 5 s before now are the
+    sender's own (later ones are judged so as they arrive). Returns how many were re-classified."""
+    at = at or utcnow()
+    with write_transaction():
+        # Under the pixel's lock, like record_fetch and retention.purge: a recount never sees
+        # events another transaction is moving or archiving.
+        locked(Pixel.select(Pixel.id).where(Pixel.id == pixel.id)).first()
+        # Never backwards: a late beacon does not shorten the window of a later one.
+        column = Pixel.last_self_view_at
+        later = Case(None, [(column.is_null() | (column < at), at)], column)
+        Pixel.update({column: later}).where(Pixel.id == pixel.id).execute()
+        candidates = Event.select(Event.id, Event.at).where(
+            Event.pixel == pixel.id,
+            Event.source == "gmail-proxy",
+            Event.kind == Kind.OPEN,
+            Event.at >= at - datetime.timedelta(seconds=60),
+        )
+        ids = [event.id for event in candidates if within_self_view(event.at, at)]
+        if ids:
+            Event.update(kind=Kind.SELF, reason=SELF_VIEW_REASON).where(Event.id.in_(ids)).execute()
+            refresh(pixel.id)
+    return len(ids)
+
+
+def correct(event, kind):
+    """The sender says what an event really was; the pixel's counters and state follow."""
+    with write_transaction():
+        locked(Pixel.select(Pixel.id).where(Pixel.id == event.pixel_id)).first()
+        if event.kind != kind:
+            reason = f"marked '{kind}' by the sender (judged '{event.kind}': {event.reason})"
+            Event.update(kind=kind, reason=reason[:200]).where(Event.id == event.id).execute()
+        refresh(event.pixel_id)

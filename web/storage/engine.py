@@ -1,0 +1,173 @@
+"""The database engine: the one deferred database every model and query uses (`db`), opening
+it from OPENRECEIPT_DATABASE_URL with a pool of connections per process, SQLite's WAL mode and
+lock waits, the write transaction both databases share, and the few helpers the pixel's SQL
+needs. The schema is in models.py, its changes in migrate.py and migrations/."""
+
+import datetime
+import time
+import weakref
+from urllib.parse import urlsplit
+
+from peewee import DatabaseProxy, OperationalError, PostgresqlDatabase, SqliteDatabase
+from playhouse.db_url import parse as parse_database_url
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+db = DatabaseProxy()
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+MAX_ID = 2**63 - 1  # the largest row id either database takes in a query
+
+
+def utcnow():
+    """Now, in UTC, as the naive datetime the database stores."""
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+def iso(moment):
+    """A stored UTC moment as ISO 8601 text with its Z, for the API and exports; None stays."""
+    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+
+
+# A request, CLI command or background thread "closes" its connection at the end, which hands it
+# back to its process's pool: opening a connection costs more than a pixel's whole write. A
+# connection that broke (the database restarted) is dropped, not handed out again.
+POOL = {"max_connections": 32, "stale_timeout": 300}
+
+
+class PooledPostgresql(PooledPostgresqlDatabase):
+    """Hands out a pooled connection without first asking the server "SELECT 1" (peewee's
+    check): that round trip would cost as much as the pixel's own work. A connection the server
+    dropped meanwhile fails on first use (the pixel then spools its fetch) and is not pooled
+    again."""
+
+    def _is_closed(self, conn):
+        return conn.closed or conn.broken
+
+
+def open_database(url, pooled=False):
+    """A peewee Database for an OPENRECEIPT_DATABASE_URL (sqlite:///path or postgresql://...);
+    `pooled`: one that keeps its connections for reuse (the app's)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = url[len("sqlite:///") :] or ":memory:"
+        options = {
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "pragmas": {
+                "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+                "synchronous": "normal",
+                "foreign_keys": 1,
+            },
+        }
+        if not pooled or path == ":memory:":
+            return SqliteDatabase(path, **options)
+        # check_same_thread: a pooled connection may serve another thread later.
+        return PooledSqliteDatabase(path, check_same_thread=False, **options, **POOL)
+    params = parse_database_url(url, unquote_password=True, unquote_user=True)
+    # A database host that went silent must not hold a request until gunicorn kills the worker:
+    # connecting gives up after 2 s, and a connection whose peer vanished fails within 5 s.
+    # (Either can be set in the URL instead.)
+    params.setdefault("connect_timeout", 2)
+    params.setdefault("tcp_user_timeout", 5000)
+    kind = PooledPostgresql if pooled else PostgresqlDatabase
+    return kind(params.pop("database"), prefer_psycopg3=True, **params, **(POOL if pooled else {}))
+
+
+def enable_wal(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+    """Put a SQLite file in WAL mode (it stays so). SQLite refuses the switch at once, without
+    waiting, while another connection holds a lock, as happens when several workers open a new
+    database together: retry until the busy timeout."""
+    deadline = time.monotonic() + timeout
+    with database.connection_context():
+        while True:
+            try:
+                database.execute_sql("PRAGMA journal_mode=wal")
+                return
+            except OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+
+def close_pool(app):
+    """Close every idle pooled connection of this process (before gunicorn forks, and when an
+    app is done with)."""
+    database = app.extensions["openreceipt.database"]
+    if not database.is_closed():
+        database.close()
+    if hasattr(database, "close_idle"):
+        database.close_idle()
+
+
+PIXEL_WAIT_MS = 45  # the longest the pixel waits for another writer before it spools the fetch
+
+
+RETRY_SLEEP = 0.0005
+
+
+def with_short_lock_waits(work, database=db):
+    """work(), retried while another writer holds the database for PIXEL_WAIT_MS at most; then
+    the last error is raised (and the pixel spools its fetch). On SQLite the connection's busy
+    timeout is cut to 1 ms meanwhile: SQLite's own busy handler sleeps ever longer between tries
+    (1, 2, 5, 10, 15 ms...), which under steady load keeps missing the lock's short free moments;
+    trying every half millisecond does not."""
+    if not isinstance(_real(database), SqliteDatabase):
+        return work()  # PostgreSQL: the transaction sets its own lock_timeout (pixel/recording.py)
+    deadline = time.monotonic() + PIXEL_WAIT_MS / 1000
+    database.execute_sql("PRAGMA busy_timeout = 1")
+    try:
+        while True:
+            try:
+                return work()
+            except OperationalError as error:
+                message = str(error)
+                if ("locked" not in message and "busy" not in message) or (
+                    time.monotonic() > deadline
+                ):
+                    raise
+            time.sleep(RETRY_SLEEP)
+    finally:
+        if not database.is_closed():
+            database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+
+def write_transaction(database=db):
+    """A transaction that holds the write lock from its first statement. On SQLite, BEGIN
+    IMMEDIATE: a read-then-write then never fails half-way on a busy database. PostgreSQL locks
+    rows as they are selected FOR UPDATE (see locked())."""
+    if isinstance(_real(database), SqliteDatabase):
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
+
+
+def locked(query, database=db):
+    """The query with its rows locked until the end of the transaction (a no-op on SQLite,
+    whose write_transaction() already holds the whole database)."""
+    if isinstance(_real(database), PostgresqlDatabase):
+        return query.for_update()
+    return query
+
+
+def _real(database):
+    return database.obj if isinstance(database, DatabaseProxy) else database
+
+
+def dialect_statements(build):
+    """A function that gives `build(database)` for the database in use, built once per
+    database: SQL text written once in that database's dialect, for the pixel's writes."""
+    cache = weakref.WeakKeyDictionary()
+
+    def statements():
+        database = db.obj
+        found = cache.get(database)
+        if found is None:
+            found = cache[database] = build(database)
+        return found
+
+    return statements
+
+
+def sql_time(value, sqlite):
+    """A datetime as the database driver should get it: SQLite stores the text Peewee stores."""
+    return value.isoformat(" ") if sqlite and isinstance(value, datetime.datetime) else value
