@@ -11,6 +11,7 @@ import datetime
 import difflib
 import ipaddress
 import os
+import pwd
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,9 +128,36 @@ def _data_dir(value):
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InvalidValue(f"{data_dir} cannot be created: {error.strerror}") from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise InvalidValue(f"{data_dir} is not writable")
+    problem = write_problem(data_dir)
+    if problem:
+        raise InvalidValue(
+            f"{data_dir} {problem}: let the user openreceipt runs as write to it, or set "
+            "OPENRECEIPT_DATA_DIR to a directory it may write"
+        )
     return str(data_dir)
+
+
+def write_problem(path):
+    """None when this process may write `path` (an existing file or directory); else what
+    stands in the way, to follow the path in a one-line message. A read-only file system is told
+    apart from permissions: it stops root too, and no chmod or chown helps."""
+    path = Path(path)
+    if os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "is on a read-only file system"
+    except OSError:
+        pass
+    return f"is not writable by the user {user_name()}"
+
+
+def user_name():
+    """The name of the user this process runs as (its number when it has no name)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"number {os.geteuid()}"
 
 
 def _database_url(value):
@@ -611,7 +639,13 @@ def stored_secret_key(data_dir):
             pass
         finally:
             temporary.unlink()
-    key = path.read_text().strip()
+    try:
+        key = path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(
+            f"{path} cannot be read ({error.strerror}): let the user openreceipt runs as "
+            f"({user_name()}) read it"
+        ) from None
     if not key:
         raise ConfigError(f"{path} is empty: delete it to generate a new secret key")
     return key

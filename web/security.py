@@ -6,10 +6,18 @@ carries HSTS.
 Proxy trust lives here and nowhere else: OPENRECEIPT_TRUSTED_PROXIES hops of X-Forwarded-For and
 X-Forwarded-Proto are believed, for the client's address and the scheme; X-Forwarded-Host never
 is (OPENRECEIPT_PUBLIC_URL names the public address); gunicorn believes none of them itself
-(gunicorn.conf.py)."""
+(gunicorn.conf.py). When the requests show that the proxy in front and these settings disagree,
+each worker says so in the log, once."""
+
+import ipaddress
+import re
+import threading
+from urllib.parse import urlsplit
 
 from flask import current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .privacy import anonymize
 
 # No inline script or style anywhere: the pages use static/live.js and static/style.css only.
 CONTENT_SECURITY_POLICY = (
@@ -27,6 +35,7 @@ REFERRER_POLICY = "same-origin"
 
 def init_app(app):
     trust_proxies(app)
+    warn_of_proxy_mismatches(app)
 
     @app.after_request
     def page_headers(response):
@@ -53,6 +62,79 @@ def trust_proxies(app):
     hops = app.config["TRUSTED_PROXIES"]
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
+
+
+def warn_of_proxy_mismatches(app):
+    """Log, once per worker, the two signs that the proxy in front and the settings disagree:
+    forwarded headers while OPENRECEIPT_TRUSTED_PROXIES is 0 (every fetch is then stored as the
+    proxy's network), and a request for another host than OPENRECEIPT_PUBLIC_URL's (a proxy
+    that does not pass Host on; forms over HTTPS then fail their referrer check). A request
+    costs a few dictionary look-ups until both have been said, then one; the log line holds no
+    client's address, and no header's value but the Host's name."""
+    public = urlsplit(app.config["PUBLIC_URL"]) if app.config["PUBLIC_URL"] else None
+    # Host headers that need no second look: the public URL's, as proxies pass it on.
+    public_hosts = {public.hostname, public.netloc} if public else set()
+    # What is still to be said in this process; emptied as each is logged.
+    pending = {"forwarded"} if not app.config["TRUSTED_PROXIES"] else set()
+    if public:
+        pending.add("host")
+    lock = threading.Lock()
+
+    def first_time(what):
+        with lock:
+            if what not in pending:
+                return False
+            pending.discard(what)
+            return True
+
+    @app.before_request
+    def notice_proxy_mismatches():
+        if not pending:
+            return
+        environ = request.environ
+        if "forwarded" in pending and (
+            "HTTP_X_FORWARDED_FOR" in environ or "HTTP_X_FORWARDED_PROTO" in environ
+        ):
+            if first_time("forwarded"):
+                app.logger.warning(
+                    "X-Forwarded-For or X-Forwarded-Proto arrives but is not trusted: every fetch "
+                    "is stored as the proxy's network, and HTTPS is not seen; set "
+                    "OPENRECEIPT_TRUSTED_PROXIES=1 (the number of proxies in front). With no "
+                    "proxy in front, a client sent them: nothing to do"
+                )
+        if "host" in pending and environ.get("HTTP_HOST") not in public_hosts:
+            host = host_name(environ.get("HTTP_HOST", ""))
+            if host is not None and host != public.hostname and first_time("host"):
+                app.logger.warning(
+                    "A request arrived for host %s, but OPENRECEIPT_PUBLIC_URL is %s: if it came "
+                    "through your reverse proxy, the proxy does not pass the Host header on "
+                    "(nginx: proxy_set_header Host $host), and forms sent over HTTPS are refused",
+                    shown_host(host),
+                    app.config["PUBLIC_URL"],
+                )
+
+
+def host_name(header):
+    """The host name of a Host header, in lower case and without its port; None when there is
+    none or it cannot be read."""
+    try:
+        return urlsplit(f"//{header}").hostname or None
+    except ValueError:
+        return None
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_.-]{1,253}")
+
+
+def shown_host(host):
+    """A Host header's name as the log may show it: a loopback address (this machine, as a proxy
+    on it names it) as it is, any other address masked like a client's, a name only when it is
+    made of the characters host names have."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host if _HOST_NAME.fullmatch(host) else "(a name that is no host name)"
+    return host if address.is_loopback else anonymize(host)
 
 
 def public_origin():

@@ -4,13 +4,18 @@ lock waits, the write transaction both databases share, and the few helpers the 
 needs. The schema is in models.py, its changes in migrate.py and migrations/."""
 
 import datetime
+import os
+import sqlite3
 import time
 import weakref
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from peewee import DatabaseProxy, OperationalError, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import parse as parse_database_url
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from ..config import ConfigError, user_name, write_problem
 
 db = DatabaseProxy()
 
@@ -88,6 +93,91 @@ def enable_wal(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
                 if "locked" not in str(error) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
+
+
+def sqlite_file(database):
+    """The absolute path of a SQLite database's file; None for PostgreSQL or a memory database."""
+    database = _real(database)
+    if not isinstance(database, SqliteDatabase) or database.database in ("", ":memory:"):
+        return None
+    return Path(database.database).resolve()
+
+
+def create_private(database):
+    """Make a new SQLite database's file readable by its owner only (as the secret key is), before
+    SQLite makes it with the umask's looser mode; its -wal and -shm files take the same mode."""
+    path = sqlite_file(database)
+    if path is None or path.exists() or not path.parent.is_dir():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # made meanwhile by another process, or not ours to make: SQLite will say
+
+
+def probe_write(database):
+    """Try a write to a SQLite database and take it back. SQLite opens a file it may not write
+    read-only without a word: start-up would succeed and the first fetch or sign-in fail. The
+    permission bits cannot tell (root writes whatever they say; a read-only mount stops root
+    too): a write can. Raises the driver's OperationalError; see start_error()."""
+    if sqlite_file(database) is None:
+        return
+    with database.connection_context():
+        version = int(database.execute_sql("PRAGMA user_version").fetchone()[0])
+        database.execute_sql("BEGIN IMMEDIATE")
+        try:
+            database.execute_sql(f"PRAGMA user_version = {version}")
+        finally:
+            database.execute_sql("ROLLBACK")
+
+
+def start_error(database, error):
+    """A ConfigError (one line: the file, what is wrong, what to do) for an OperationalError
+    that says a SQLite file cannot be opened or written; None for any other error."""
+    path = sqlite_file(database)
+    message = str(error)
+    if path is None or not any(
+        words in message for words in ("readonly", "read-only", "unable to open database file")
+    ):
+        return None
+    if path.is_dir():
+        return ConfigError(
+            f"the database {path} is a directory, not a database file: move it away, or point "
+            "OPENRECEIPT_DATABASE_URL at the database"
+        )
+    if not path.parent.exists():
+        return ConfigError(
+            f"cannot make the database {path}: {path.parent} does not exist; make it, or correct "
+            "OPENRECEIPT_DATABASE_URL"
+        )
+    files = [path, *(Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")), path.parent]
+    problems = [f"{name} {why}" for name in files if name.exists() and (why := write_problem(name))]
+    return ConfigError(
+        f"cannot write the database {path}: {problems[0] if problems else message}; let the "
+        f"user openreceipt runs as ({user_name()}) write the file, its -wal and -shm files and "
+        "their directory, on a file system mounted read-write"
+    )
+
+
+def backup_sqlite(database, target):
+    """Copy a SQLite database into the new file `target`, consistently, while the server goes
+    on writing: SQLite's online backup reads one snapshot in a single step (with WAL, writers
+    carry on meanwhile), and the copy holds every transaction committed before it, those still
+    in the write-ahead log too. The copy is checked (quick_check) before it is closed. Returns
+    its size in bytes."""
+    source = sqlite3.connect(sqlite_file(database), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)
+            verdict = "; ".join(row[0] for row in copy.execute("PRAGMA quick_check"))
+        finally:
+            copy.close()
+    finally:
+        source.close()
+    if verdict != "ok":
+        raise sqlite3.DatabaseError(f"the copy in {target} is damaged: {verdict}")
+    return Path(target).stat().st_size
 
 
 def close_pool(app):
