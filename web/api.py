@@ -104,7 +104,8 @@ def event_json(event):
     }
 
 
-def timeline(pixel):
+def events_of(pixel):
+    """The pixel's events, oldest first, as the API lists them with a receipt."""
     return Event.select().where(Event.pixel == pixel).order_by(Event.at, Event.id)
 
 
@@ -207,7 +208,7 @@ def correct_event(event_id):
         raise BadRequest(f"'kind' must be one of {', '.join(KINDS)}")
     ledger.correct(event, kind)
     pixel = Pixel.get_by_id(event.pixel_id)
-    return jsonify(pixel_json(pixel, timeline(pixel)))
+    return jsonify(pixel_json(pixel, events_of(pixel)))
 
 
 @bp.get("/pixels")
@@ -229,7 +230,7 @@ def list_pixels():
 @token_required()
 def show_pixel(public_id):
     pixel = own_pixel(public_id)
-    return jsonify(pixel_json(pixel, timeline(pixel)))
+    return jsonify(pixel_json(pixel, events_of(pixel)))
 
 
 @bp.delete("/pixels/<public_id>")
