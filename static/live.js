@@ -85,6 +85,10 @@
     var tr = el("tr", null, { "data-id": row.id, "data-opens": String(row.opens) });
     var title = el("td");
     title.appendChild(el("a", row.title, { href: row.href }));
+    if (row.subtitle) {
+      title.appendChild(el("br"));
+      title.appendChild(el("small", row.subtitle, { class: "subject" }));
+    }
     tr.appendChild(title);
     tr.appendChild(el("td", row.recipients));
     var created = el("td", row.created);
@@ -94,7 +98,7 @@
     }
     tr.appendChild(created);
     var mark = el("td");
-    mark.appendChild(el("span", row.mark, { class: "mark state-" + row.state }));
+    mark.appendChild(el("span", row.mark, { class: "mark state-" + row.status }));
     if (row.opens) mark.appendChild(el("span", " ×" + row.opens, { class: "count" }));
     tr.appendChild(mark);
     var last = el("td", null, { "data-label": "Last open" });
@@ -114,7 +118,7 @@
     poll(summary.dataset.live, function (data) {
       var mark = document.getElementById("mark");
       mark.textContent = data.mark;
-      mark.className = "mark big state-" + data.state;
+      mark.className = "mark big state-" + data.status;
       document.getElementById("explanation").textContent = data.explanation;
       Object.keys(data.counts).forEach(function (kind) {
         document.getElementById("count-" + kind).textContent = data.counts[kind];
@@ -146,12 +150,19 @@
     var tr = el("tr", null, { id: "event-" + event.id });
     tr.appendChild(el("td", event.at));
     var what = el("td");
-    what.appendChild(el("span", event.kind, { class: "kind kind-" + event.kind }));
+    what.appendChild(el("span", event.label, { class: "kind kind-" + event.kind }));
     what.appendChild(el("br"));
     what.appendChild(el("small", event.explanation));
     tr.appendChild(what);
-    [event.source, event.reason, event.ip, event.place, event.client].forEach(function (text) {
-      tr.appendChild(el("td", text));
+    // The words people read (the same as the page's own rows), each cell labelled for a phone.
+    [
+      ["Who", event.source_name],
+      ["Why", event.reason],
+      ["Network", event.network],
+      ["Where", event.place],
+      ["With", event.client],
+    ].forEach(function (cell) {
+      tr.appendChild(el("td", cell[1], { "data-label": cell[0] }));
     });
     var action = el("td");
     // The server says which corrections an event of this kind offers: [[kind, label], ...].

@@ -64,7 +64,7 @@ STATE = {
     Kind.PREVIEW: "inserted",
     Kind.PREFETCH: "delivered",
     Kind.OPEN: "opened",
-    Kind.SELF: "waiting",
+    Kind.SELF: "inserted",
     Kind.BOT: "waiting",
     Kind.UNKNOWN: "waiting",
 }

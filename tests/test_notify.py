@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import threading
 from contextlib import contextmanager
 
@@ -701,6 +702,70 @@ def test_send_a_test_notification(signed_in, user, receiver, database):
     page = post_form(client, f"/settings/channels/{down.id}/test").get_data(as_text=True)
     assert "The test notification to" in page and "failed: could not connect" in page
     assert Notice.select().count() == 0  # tests are not queued
+
+
+def readme_webhook_example():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return json.loads(re.search(r"```json\n(\{.*?\})\n```", readme, re.S).group(1))
+
+
+def test_a_test_notification_has_the_shape_of_a_real_one(signed_in, user, receiver, database):
+    """A receiver can be written against the test: the same fields as a real notice (the
+    README's example), a receipt whose fields are null, no fetch, signed, and a delivery id of
+    its own, new at every test."""
+    example = readme_webhook_example()
+    hook = add_channel(user, target=receiver.url + "/hook", secret="whsec_t")
+    for _ in range(2):
+        Setting.delete().where(Setting.name.startswith(delivery.TEST_TURN)).execute()
+        post_form(signed_in, f"/settings/channels/{hook.id}/test")
+    first, second = receiver.received
+    body = first.json()
+    assert sorted(body) == sorted(example)
+    assert body["type"] == "test" and body["id"] is None and body["fetch"] is None
+    assert body["title"] == "openreceipt: test notification" and "test" in body["text"]
+    assert sorted(body["receipt"]) == sorted(example["receipt"])
+    assert set(body["receipt"].values()) == {None}
+    deliveries = [request.headers[channels.DELIVERY_HEADER] for request in (first, second)]
+    assert all(delivery_id.startswith("test-") for delivery_id in deliveries)
+    assert deliveries[0] != deliveries[1]
+    timestamp = first.headers["X-Openreceipt-Timestamp"]
+    assert (
+        channels.signature("whsec_t", timestamp, first.body)
+        == (first.headers["X-Openreceipt-Signature"])
+    )
+
+
+def test_a_tests_result_is_shown_where_the_page_lands_and_on_its_channel(
+    signed_in, user, receiver, database
+):
+    client = signed_in
+    hook = add_channel(user, target=receiver.url + "/hook")
+    down = add_channel(user, "push", Receiver().url + "/topic", None)
+    untested = add_channel(user, target=receiver.url + "/other")
+    token = csrf_token(client.get("/settings"))
+    pressed = client.post(f"/settings/channels/{hook.id}/test", data={"csrf_token": token})
+    assert pressed.status_code == 302 and pressed.headers["Location"].endswith("#notifications")
+    page = client.get(pressed.headers["Location"]).get_data(as_text=True)
+    top, section = page.split('id="notifications"')
+    said = f"A test notification went to {receiver.url}/hook."
+    assert said in section and said not in top  # where the page jumps to, not above it
+
+    def row(page, channel):
+        return page.split(f'id="channel-{channel.id}"')[1].split("</tr>")[0]
+
+    assert "Test sent at " in row(page, hook) and "No notice sent yet" not in row(page, hook)
+    assert "No notice sent yet." in row(page, untested) and "Test" not in row(page, untested)
+    Setting.delete().where(Setting.name.startswith(delivery.TEST_TURN)).execute()
+    page = post_form(client, f"/settings/channels/{down.id}/test").get_data(as_text=True)
+    said = r"Test at [\d-]+ [\d:]+ UTC: not delivered \(could not connect\)\."
+    assert re.search(said, row(page, down))
+    # Still said after the page is left and come back to; gone with its channel.
+    assert "Test sent at " in row(client.get("/settings").get_data(as_text=True), hook)
+    post_form(client, f"/settings/channels/{hook.id}/delete")
+    assert not Setting.select().where(Setting.name == f"channel-test:{hook.id}").exists()
 
 
 def test_channels_of_other_users_are_out_of_reach(signed_in, database):

@@ -91,7 +91,7 @@ def test_detail_timeline_and_explanations(signed_in, auth):
         and "<svg" in page
         and "style=" not in page.split("<svg", 1)[1].split("</svg>")[0]
     )
-    assert "81.2.69.0" in page and "81.2.69.160" not in page
+    assert "81.2.69.0/24" in page and "81.2.69.160" not in page
     assert "That was me" in page and pixel["url"] in page
 
 
@@ -124,7 +124,7 @@ def test_detail_pages_through_many_fetches(signed_in, auth, other_auth):
         path = older.group(1).replace("&amp;", "&") if older else None
     assert seen == list(range(120))
     # The picture shows them all on every page; fetches of one second share a mark.
-    marks = re.findall(r"<title>bot(?: ×(\d+))? [^<]+</title></circle>", page)
+    marks = re.findall(r"<title>automated(?: ×(\d+))? [^<]+</title></circle>", page)
     assert len(marks) < 120 and sum(int(n or 1) for n in marks) == 120
 
     live = signed_in.get(f"/live/m/{pixel['id']}").get_json()
@@ -152,7 +152,7 @@ def test_timeline_marks_count_every_event():
     titles = re.findall(r"<title>([^<]+)</title>", svg)
     assert titles == [
         "opened ×5 2026-11-02 09:00:00 – 2026-11-02 09:00:04 UTC",
-        "delivered (machine) 2026-11-02 09:00:02 UTC",
+        "delivered 2026-11-02 09:00:02 UTC",
         "opened 2026-11-05 09:00:00 UTC",
     ]
     assert 'aria-label="7 events between 2026-11-02 09:00 and 2026-11-06 09:00 UTC"' in svg
@@ -395,7 +395,7 @@ def test_settings_do_not_track_list(signed_in, auth, app):
     assert refused.status_code == 409 and refused.get_json()["do_not_track"] == [".de"]
 
     bad = signed_in.post("/settings/dnt", data={"entries": "not an entry!", "csrf_token": token})
-    assert "Nothing was added" in signed_in.get(bad.headers["Location"]).get_data(as_text=True)
+    assert bad.status_code == 200 and "Nothing was added" in bad.get_data(as_text=True)
     no_csrf = signed_in.post("/settings/dnt", data={"entries": "spam.example"})
     assert no_csrf.status_code == 400
 

@@ -116,6 +116,7 @@ MARKS = """() => [...document.querySelectorAll(".mark")].map((mark) => ({
 STATE_WORDS = {
     "waiting": "waiting",
     "inserted": "in the message",
+    "sent": "sent",
     "delivered": "delivered",
     "opened": "opened",
 }
@@ -328,6 +329,13 @@ def test_list_shows_a_new_receipt_and_its_open_without_reloading(tab, receipts):
     expect(row.locator("time")).to_have_text("just now")
     assert row.get_attribute("data-opens") == "1"
     tab.assert_not_reloaded()
+
+    # A receipt with a label shows it as its title, and its subject beneath, live too.
+    labelled = receipts.mint(subject=subject("Invoice 42"), label="Bob's invoice")
+    row = page.locator(f'#receipts tbody tr[data-id="{labelled["id"]}"]')
+    expect(row.locator("a")).to_have_text("Bob's invoice", timeout=LIVE_MS)
+    expect(row.locator(".subject")).to_have_text(re.compile(r"^Invoice 42 "))
+    tab.assert_not_reloaded()
     assert tab.path() == "/"
     assert any("/live/receipts" in url for url in tab.requests)
     tab.check()
@@ -347,8 +355,9 @@ def test_detail_page_corrections_and_live_updates(tab, receipts):
     expect(page.locator("#count-open")).to_have_text("1")
     events = page.locator("#events tbody tr")
     expect(events).to_have_count(1)
-    expect(events.locator(".kind")).to_have_text("open")
-    expect(events).to_contain_text("gmail-proxy")
+    expect(events.locator(".kind")).to_have_text("opened")
+    expect(events.locator('td[data-label="Who"]')).to_have_text("Gmail")
+    expect(events.locator('td[data-label="Network"]')).to_have_text("127.0.0.0/24")
     expect(page.locator("#timeline svg circle")).to_have_count(1)
     expect(page.locator("#timeline svg circle title")).to_contain_text("opened")
 
@@ -358,9 +367,10 @@ def test_detail_page_corrections_and_live_updates(tab, receipts):
     expect(page.locator(".flash")).to_have_text("Marked as you.")
     expect(page.locator("#count-open")).to_have_text("0")
     expect(page.locator("#count-self")).to_have_text("1")
-    expect(events.locator(".kind")).to_have_text("self")
-    # The sender's own view says nothing about the recipient: back to waiting.
-    expect(page.locator("#mark")).to_have_text("○ waiting")
+    expect(events.locator(".kind")).to_have_text("you")
+    # The sender's own view says nothing about the recipient, but the receipt is in the message.
+    expect(page.locator("#mark")).to_have_text("◔ in the message")
+    expect(page.locator("#explanation")).to_contain_text("Only you have seen it so far")
 
     # A machine prefetches it on delivery: the page shows it without a reload.
     tab.mark_page()
@@ -371,8 +381,9 @@ def test_detail_page_corrections_and_live_updates(tab, receipts):
     expect(page.locator("#count-self")).to_have_text("1")
     expect(page.locator("#count-open")).to_have_text("0")
     expect(events).to_have_count(2)
-    expect(events.locator(".kind")).to_have_text(["self", "prefetch"])
-    expect(events.nth(1)).to_contain_text("machine")
+    expect(events.locator(".kind")).to_have_text(["you", "delivered"])
+    expect(events.nth(1).locator('td[data-label="Who"]')).to_have_text("a machine")
+    expect(events.nth(1).locator('td[data-label="Network"]')).to_have_text("127.0.0.0/24")
     expect(page.locator("#timeline svg circle")).to_have_count(2)
     tab.assert_not_reloaded()
     assert any(f"/live/m/{pixel['id']}" in url for url in tab.requests)
@@ -542,6 +553,29 @@ def test_a_long_address_still_fits_a_phone(browser, receipts):
         tab.close()
 
 
+def test_the_timeline_fits_a_phone(browser, receipts):
+    """The picture scales to a 390 px screen: it neither widens the page nor scrolls inside it."""
+    pixel = receipts.mint(subject=subject("Picture"))
+    for user_agent in (MACHINE_UA, GMAIL_PROXY_UA, OUTLOOK_UA):
+        receipts.fetch(pixel, user_agent)
+    tab = Tab(browser, receipts, **PHONE)
+    try:
+        page = tab.log_in(f"/m/{pixel['id']}")
+        width = PHONE["viewport"]["width"]
+        svg = page.locator("#timeline svg").bounding_box()
+        box = page.locator("#timeline").bounding_box()
+        assert svg["x"] >= 0 and svg["x"] + svg["width"] <= box["x"] + box["width"] + 0.5
+        assert svg["width"] <= width
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        assert page.evaluate("document.querySelector('#timeline').scrollWidth") <= box["width"]
+        # Its words are still there to read: larger in the picture's own units on a phone.
+        size = page.evaluate("getComputedStyle(document.querySelector('#timeline text')).fontSize")
+        assert float(size.removesuffix("px")) >= 16
+        tab.check()
+    finally:
+        tab.close()
+
+
 def test_notifications_are_set_up_and_tested_from_settings(browser, receipts):
     """Settings → Notifications in a real browser: choose every open, add a webhook, send a
     test notification; then a real open reaches the receiver through the server's workers."""
@@ -565,8 +599,14 @@ def test_notifications_are_set_up_and_tested_from_settings(browser, receipts):
         expect(row).to_contain_text("Signing secret: whsec_")
         with page.expect_navigation():
             row.get_by_role("button", name="Send a test notification").click()
-        expect(page.locator(".flash")).to_contain_text("A test notification went to")
-        assert receiver.received[0].json()["type"] == "test"
+        # The result is where the page lands, not above it, and the channel says so too.
+        said = page.locator(".flash", has_text="A test notification went to")
+        expect(said).to_be_in_viewport()
+        expect(page.locator("tr", has_text=receiver.url)).to_contain_text("Test sent at")
+        test = receiver.received[0]
+        assert test.json()["type"] == "test" and test.json()["fetch"] is None
+        assert test.json()["receipt"] == {"id": None, "label": None, "subject": None, "url": None}
+        assert test.headers["X-Openreceipt-Delivery"].startswith("test-")
 
         pixel = receipts.mint(subject=subject("Signed lease"))
         assert receipts.fetch(pixel, OUTLOOK_UA) == "recorded: open"

@@ -108,7 +108,7 @@ def test_gmail_proxy_after_a_beacon_is_the_sender(client, auth, minted):
     fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
     body = detail(client, auth, minted)
     assert [(e["kind"], e["source"]) for e in body["events"]] == [("self", "gmail-proxy")]
-    assert (body["state"], body["counts"]["open"], body["counts"]["self"]) == ("waiting", 0, 1)
+    assert (body["state"], body["counts"]["open"], body["counts"]["self"]) == ("inserted", 0, 1)
 
 
 def test_gmail_proxy_just_before_a_beacon_is_reclassified(client, auth, minted):
@@ -118,7 +118,7 @@ def test_gmail_proxy_just_before_a_beacon_is_reclassified(client, auth, minted):
     assert beacon.get_json()["reclassified"] == 1
     body = detail(client, auth, minted)
     assert body["events"][0]["kind"] == "self"
-    assert (body["state"], body["counts"]["open"], body["first_open_at"]) == ("waiting", 0, None)
+    assert (body["state"], body["counts"]["open"], body["first_open_at"]) == ("inserted", 0, None)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, render_template, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from itsdangerous import URLSafeTimedSerializer
@@ -154,10 +154,34 @@ def database_unavailable(error):
     return Response(f"openreceipt: {message}.\n", 503, mimetype="text/plain")
 
 
+# What an error page says, by status: (heading, explanation). Others say the error's own words.
+ERROR_PAGES = {
+    404: (
+        "Not found",
+        "There is nothing here: the address may be mistyped, or the receipt was deleted, or it "
+        "is not yours.",
+    ),
+    500: (
+        "Something went wrong",
+        "The server could not answer this time; the server's log says why. Try again shortly.",
+    ),
+}
+
+
 def http_error(error):
-    """JSON errors for the API, the one GIF for the pixel path, plain pages elsewhere."""
+    """JSON errors for the API, the one GIF for the pixel path, the app's own page elsewhere
+    (its headers kept: a 405 still says which methods are allowed)."""
     if request.path.startswith("/p/") and request.method in ("GET", "HEAD"):
         return endpoint.gif(f"not recorded: {error.code}")
     if request.path.startswith("/api/"):
         return jsonify(error=error.description), error.code
-    return error
+    heading, explanation = ERROR_PAGES.get(error.code, (error.name, error.description))
+    try:
+        page = render_template("error.html", heading=heading, explanation=explanation)
+    except Exception:  # noqa: BLE001 - the page of an error must not fail: Werkzeug's own, then
+        current_app.logger.exception("the error page could not be drawn")
+        return error
+    response = error.get_response()
+    response.set_data(page)
+    response.mimetype = "text/html"
+    return response

@@ -48,6 +48,12 @@ def _js_string_content(value):
     return value
 
 
-def bookmarklet_token_name(browser=None):
-    """A bookmarklet's default name: the browser it was made in (when known) and the day."""
-    return f"{browser or 'bookmarklet'} {datetime.date.today():%Y-%m-%d}"
+def bookmarklet_token_name(browser=None, system=None, now=None):
+    """A bookmarklet's default name, different for each one made: the browser and system it
+    was made in, as far as known, and the minute (UTC): "Firefox on Linux, 30 Nov 14:05 UTC"."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    when = f"{now.day} {now:%b %H:%M} UTC"
+    if not (browser or system):
+        return f"bookmarklet of {when}"  # made on the command line, say
+    made_in = " on ".join(part for part in (browser or "bookmarklet", system) if part)
+    return f"{made_in}, {when}"

@@ -19,6 +19,16 @@ class Kind(StrEnum):
 
 
 KINDS = tuple(Kind)
+# What people read for each kind, everywhere the pages name one: the counts, each fetch's row,
+# the timeline picture. The values above stay what the API, the export and the database say.
+KIND_LABELS = {
+    Kind.OPEN: "opened",
+    Kind.PREFETCH: "delivered",
+    Kind.PREVIEW: "your draft",
+    Kind.SELF: "you",
+    Kind.BOT: "automated",
+    Kind.UNKNOWN: "unrecognised",
+}
 
 
 class State(StrEnum):
@@ -31,9 +41,13 @@ class State(StrEnum):
 
 
 STATES = tuple(State)
-# The state an event of each kind brings its receipt to, at least.
+# The state an event of each kind brings its receipt to, at least: the pixel's UPDATE
+# (pixel/recording.py) and the recount (receipts/ledger.py) both read it. The sender's own view
+# of their sent message shows the receipt is in the message, as their draft's does; it tells
+# nothing of the recipient.
 STATE_REACHED = {
     Kind.PREVIEW: State.INSERTED,
+    Kind.SELF: State.INSERTED,
     Kind.PREFETCH: State.DELIVERED,
     Kind.OPEN: State.OPENED,
 }

@@ -13,6 +13,7 @@ import hmac
 import http.client
 import json
 import logging
+import secrets
 import smtplib
 import socket
 import ssl
@@ -33,6 +34,7 @@ NAME_LENGTH = 120  # of the message's name in a notice
 SIGNATURE_HEADER = "X-Openreceipt-Signature"
 TIMESTAMP_HEADER = "X-Openreceipt-Timestamp"
 DELIVERY_HEADER = "X-Openreceipt-Delivery"
+TEST_DELIVERY = "test-"  # + random characters: a test's delivery id, never a notice's number
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ class Message:
     text: str
     link: str | None
     data: dict  # the webhook's JSON
+    delivery: str | None = None  # the webhook's delivery id; None: the notice's id
+
+    @property
+    def delivery_id(self):
+        if self.delivery is not None:
+            return self.delivery
+        return None if self.notice_id is None else str(self.notice_id)
 
 
 def receipt_link(public_url, pixel):
@@ -53,13 +62,7 @@ def receipt_link(public_url, pixel):
 def compose(reason, pixel, event, public_url, notice_id=None):
     """The Message for a notice of `reason` ("open", "delivered" or "test")."""
     if reason == "test":
-        return Message(
-            notice_id=None,
-            title="openreceipt: test notification",
-            text="This is a test. When one of your messages is opened, the notice comes here.",
-            link=public_url,
-            data={"id": None, "type": "test"},
-        )
+        return test_message(public_url)
     # One line, and not too long: it goes into a mail's Subject and a push's Title header.
     name = " ".join((pixel.label or pixel.subject or "Your message").split())
     if len(name) > NAME_LENGTH:
@@ -100,6 +103,25 @@ def compose(reason, pixel, event, public_url, notice_id=None):
         },
     }
     return Message(notice_id, title, text, link, data)
+
+
+def test_message(public_url):
+    """A test notice: the shape of a real one, so that a receiver can be written against it —
+    its title and text, a receipt whose fields are all null (there is none), no fetch — and a
+    delivery id of its own ("test-…"), new at every test. Its link (push, email) is the
+    server's status page."""
+    title = "openreceipt: test notification"
+    text = "This is a test. When one of your messages is opened, the notice comes here."
+    data = {
+        "id": None,
+        "type": "test",
+        "title": title,
+        "text": text,
+        "receipt": {"id": None, "label": None, "subject": None, "url": None},
+        "fetch": None,
+    }
+    delivery = TEST_DELIVERY + secrets.token_hex(8)
+    return Message(None, title, text, public_url, data, delivery)
 
 
 class DeliveryError(Exception):
@@ -225,8 +247,8 @@ def send_webhook(channel, message, config, timeout):
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: signature(channel.secret or "", timestamp, body),
     }
-    if message.notice_id is not None:
-        headers[DELIVERY_HEADER] = str(message.notice_id)
+    if message.delivery_id is not None:
+        headers[DELIVERY_HEADER] = message.delivery_id
     _post(channel.target, body, headers, config, timeout)
 
 

@@ -1,11 +1,80 @@
 """How a receipt is shown to its owner, the same on the pages and in the API: its pixel's
-public URL and HTML, and the recipients' mail providers with what a receipt can tell of each."""
+public URL and HTML, the recipients' mail providers with what a receipt can tell of each, how
+far it got in the pages' words (status_of), and who fetched it from where in plain names
+(source_name, network)."""
 
 from flask import current_app, url_for
 from markupsafe import escape
 
+from ..judgement.clients import CLIENT_NAMES
 from ..judgement.mailhosts import PROVIDERS
+from ..privacy import IPV4_PREFIX, IPV6_PREFIX
 from ..security import public_origin
+from ..storage.models import Pixel
+from ..vocabulary import Kind, State
+
+# How far a receipt got, as its owner sees it: its State, except that a message marked sent
+# that no recipient's mail server or program has fetched yet is "sent" (not yet delivered),
+# whether or not the sender's own draft or sent mail showed it.
+SENT = "sent"
+STATUSES = (State.WAITING, State.INSERTED, SENT, State.DELIVERED, State.OPENED)
+NOT_YET_DELIVERED = (State.WAITING, State.INSERTED)
+
+
+def status_of(pixel):
+    """The receipt's status (one of STATUSES): what the pages show and filter by."""
+    if pixel.sent_at is not None and pixel.state in NOT_YET_DELIVERED:
+        return SENT
+    return pixel.state
+
+
+def with_status(query, status):
+    """`query` of receipts narrowed to those of that status."""
+    if status == SENT:
+        return query.where(Pixel.sent_at.is_null(False), Pixel.state.in_(NOT_YET_DELIVERED))
+    if status in NOT_YET_DELIVERED:
+        return query.where(Pixel.state == status, Pixel.sent_at.is_null())
+    return query.where(Pixel.state == status)
+
+
+# Who fetched a pixel, by its event's source, in plain names: the mail services by the names
+# the client column uses (judgement/clients.py), the scanners as scanners.
+SOURCE_NAMES = {
+    **CLIENT_NAMES,
+    **{
+        source: f"{name} scanner"
+        for source, name in CLIENT_NAMES.items()
+        if source.startswith("scanner-")
+    },
+    "apple-mpp": "Apple Mail Privacy Protection",
+    "scanner": "a mail security scanner",
+    "outlook": "Outlook",
+    "machine": "a machine",
+    "automated": "an automated program",
+    "no-user-agent": "a script",
+    "unrecognised": "an unrecognised program",
+}
+
+
+def source_name(source, kind=None, reason=None):
+    """Who fetched it, for people: "Gmail", "Apple Mail Privacy Protection", "a browser"…
+    A direct fetch is the reader's own program; its reason says which sort, when it knows."""
+    if source == "direct":
+        reason = reason or ""
+        if kind == Kind.PREVIEW:
+            return "your browser"
+        for sort in ("a mail program", "a browser"):
+            if sort in reason:
+                return sort
+        return "a mail program or browser"
+    return SOURCE_NAMES.get(source, source)
+
+
+def network(ip):
+    """A masked address as the network it stands for: "81.2.69.0/24", "2001:db8:1::/48"."""
+    if not ip:
+        return ""
+    return f"{ip}/{IPV6_PREFIX if ':' in ip else IPV4_PREFIX}"
 
 
 def pixel_url(pixel):

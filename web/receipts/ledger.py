@@ -23,6 +23,16 @@ COUNTERS = {
 }
 
 
+# An event of each kind in the words a corrected event's reason keeps.
+AS_WORDS = {
+    Kind.OPEN: "an open",
+    Kind.PREFETCH: "a machine on delivery",
+    Kind.PREVIEW: "their draft",
+    Kind.SELF: "their own view",
+    Kind.BOT: "a machine",
+    Kind.UNKNOWN: "an unrecognised program",
+}
+
 # What a public id can be (new_public_id makes 16 of these characters); anything else is no pixel.
 PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
@@ -101,6 +111,7 @@ def correct(event, kind):
     with write_transaction():
         locked(Pixel.select(Pixel.id).where(Pixel.id == event.pixel_id)).first()
         if event.kind != kind:
-            reason = f"marked '{kind}' by the sender (judged '{event.kind}': {event.reason})"
+            said, judged = (AS_WORDS.get(k, k) for k in (kind, event.kind))
+            reason = f"marked as {said} by the sender (judged {judged}: {event.reason})"
             Event.update(kind=kind, reason=reason[:200]).where(Event.id == event.id).execute()
         refresh(event.pixel_id)

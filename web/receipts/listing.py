@@ -1,15 +1,17 @@
 """A user's receipts as the status page lists them: most recent activity first, searched by
-subject, label or recipient, filtered by state, a page at a time, with each one's last open."""
+subject, label or recipient, filtered by status (display.STATUSES), a page at a time, with each
+one's last open."""
 
 from peewee import Cast, fn
 
 from ..storage.models import Event, Pixel
 from ..vocabulary import Kind
+from .display import with_status
 
 PER_PAGE = 25
 
 
-def receipts_page(user, q, state, page):
+def receipts_page(user, q, status, page):
     """One page of a user's receipts, most recent activity first, with each one's last open."""
     query = Pixel.select().where(Pixel.owner == user)
     if q:
@@ -18,8 +20,8 @@ def receipts_page(user, q, state, page):
         query = query.where(
             Pixel.subject.contains(q) | Pixel.label.contains(q) | recipients.contains(q)
         )
-    if state:
-        query = query.where(Pixel.state == state)
+    if status:
+        query = with_status(query, status)
     total = query.count()
     pixels = list(
         query.order_by(Pixel.activity_at.desc(), Pixel.id.desc()).paginate(page, PER_PAGE)

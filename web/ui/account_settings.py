@@ -1,6 +1,8 @@
 """Settings: API tokens, the password, notifications, the do-not-track list, and downloading
 one's data."""
 
+import datetime
+import json
 import secrets
 
 from flask import (
@@ -19,29 +21,40 @@ from flask import (
 from ..accounts import SCOPES, AccountError, authenticate, new_token, normalise_email, set_password
 from ..notifications import delivery, outbound, outbox
 from ..receipts import donottrack, export
-from ..storage.engine import MAX_ID, locked, write_transaction
-from ..storage.models import ApiToken, DoNotTrack, NotifyChannel, User
+from ..storage.engine import MAX_ID, locked, utcnow, write_transaction
+from ..storage.models import ApiToken, DoNotTrack, NotifyChannel, Setting, User
 from ..vocabulary import ChannelKind, Opens
 from .signin import end_sessions, login_required, start_session
 
 MAX_CHANNELS = 10
 MAX_QUIET_MINUTES = 24 * 60
 FAILURES_SHOWN = 10
+# The messages of these sections are shown in their section, where the page jumps to, rather
+# than at the top of a long page (flash categories).
+NOTIFICATIONS, DO_NOT_TRACK = "notifications", "do-not-track"
+# + a channel's id: the name of the Setting row that keeps when its last test went, and how.
+TESTED = "channel-test:"
 
 bp = Blueprint("settings", __name__)
 
 
 def page(**context):
+    """The settings page. A form sent back with a mistake comes with `<form>_error` (what is
+    wrong, shown in that form) and `<form>_form` (what was typed, kept in its fields): the
+    page itself, not a redirect that would lose them."""
     tokens = ApiToken.select().where(ApiToken.user == g.user).order_by(ApiToken.id.desc())
+    channels = outbox.channel_tallies(g.user)
     return render_template(
         "settings.html",
         tokens=tokens,
         scopes=SCOPES,
         own_entries=donottrack.listed(g.user),
         server_entries=donottrack.listed(None),
-        channels=outbox.channel_tallies(g.user),
+        channels=channels,
+        tested=last_tests(channel for channel, _ in channels),
         failures=outbox.given_up(g.user, FAILURES_SHOWN),
         email_ready=current_app.config["SMTP"] is not None,
+        inline_flashes=(NOTIFICATIONS, DO_NOT_TRACK),
         **context,
     )
 
@@ -85,8 +98,14 @@ def change_password():
     return redirect(url_for("settings.show"))
 
 
-def to_notifications():
+def to_notifications(message):
+    flash(message, NOTIFICATIONS)
     return redirect(url_for("settings.show") + "#notifications")
+
+
+def typed(*names):
+    """What was typed into a form's fields (to show it again with what is wrong with it)."""
+    return {name: request.form.get(name, "")[:4000] for name in names}
 
 
 @bp.post("/settings/notify")
@@ -94,18 +113,19 @@ def to_notifications():
 def notify_choices():
     opens = request.form.get("opens", "")
     quiet = request.form.get("quiet", "").strip()
+    delivered = request.form.get("delivered") == "on"
+    problem = None
     if opens not in tuple(Opens):
-        flash("Choose when to be told of opens: the first one, every one, or never.")
+        problem = "Choose when to be told of opens: the first one, every one, or never."
     elif not quiet.isdigit() or int(quiet) > MAX_QUIET_MINUTES:
-        flash(f"The quiet period is a number of minutes from 0 to {MAX_QUIET_MINUTES}.")
-    else:
-        User.update(
-            notify_opens=opens,
-            notify_delivered=request.form.get("delivered") == "on",
-            notify_quiet_minutes=int(quiet),
-        ).where(User.id == g.user.id).execute()
-        flash("Notification choices saved.")
-    return to_notifications()
+        problem = f"The quiet period is a number of minutes from 0 to {MAX_QUIET_MINUTES}."
+    if problem:
+        form = {**typed("opens", "quiet"), "delivered": delivered}
+        return page(notify_error=problem, notify_form=form)
+    User.update(
+        notify_opens=opens, notify_delivered=delivered, notify_quiet_minutes=int(quiet)
+    ).where(User.id == g.user.id).execute()
+    return to_notifications("Notification choices saved.")
 
 
 def channel_target(kind, target):
@@ -163,23 +183,27 @@ def add_channel():
     kind = request.form.get("kind", "")
     if kind not in tuple(ChannelKind):
         abort(400)
+    problem = None
     if kind == ChannelKind.EMAIL and current_app.config["SMTP"] is None:
-        flash("Email notices need the operator to set OPENRECEIPT_SMTP_URL; nothing was added.")
-        return to_notifications()
-    try:
-        target = channel_target(kind, request.form.get("target", ""))
-        secret = push_token(request.form.get("token", "")) if kind == ChannelKind.PUSH else None
-    except ValueError as error:
-        flash(f"Nothing was added: {error}.")
-        return to_notifications()
-    if kind == ChannelKind.WEBHOOK:
-        secret = "whsec_" + secrets.token_urlsafe(24)
-    problem = create_channel(g.user, kind, target, secret)
-    if problem:
-        flash(f"Nothing was added: {problem}.")
+        problem = "Email notices need the operator to set OPENRECEIPT_SMTP_URL; nothing was added."
     else:
-        flash(f"Added: {kind} notices to {target}. Send a test notification to check it.")
-    return to_notifications()
+        try:
+            target = channel_target(kind, request.form.get("target", ""))
+            token = request.form.get("token", "")
+            secret = push_token(token) if kind == ChannelKind.PUSH else None
+        except ValueError as error:
+            problem = f"Nothing was added: {error}."
+        else:
+            if kind == ChannelKind.WEBHOOK:
+                secret = "whsec_" + secrets.token_urlsafe(24)
+            refused = create_channel(g.user, kind, target, secret)
+            problem = f"Nothing was added: {refused}." if refused else None
+    if problem:
+        # The kind and the address come back in the form; an access token is typed again.
+        return page(channel_error=problem, channel_form=typed("kind", "target"))
+    return to_notifications(
+        f"Added: {kind} notices to {target}. Send a test notification to check it."
+    )
 
 
 def own_channel_or_404(channel_id):
@@ -194,27 +218,54 @@ def own_channel_or_404(channel_id):
 @bp.post(f"/settings/channels/<int(max={MAX_ID}):channel_id>/test")
 @login_required
 def test_channel(channel_id):
-    """Send a test notice at once and say how it went."""
+    """Send a test notice at once and say how it went: in the notifications section, and on
+    the channel's row from then on."""
     channel = own_channel_or_404(channel_id)
     if not delivery.take_test_turn(g.user):
         seconds = int(delivery.TEST_EVERY.total_seconds())
-        flash(f"One test notification every {seconds} seconds: wait a moment, then try again.")
-        return to_notifications()
+        return to_notifications(
+            f"One test notification every {seconds} seconds: wait a moment, then try again."
+        )
     problem = delivery.send_test(channel, current_app.config)
+    remember_test(channel, problem)
     if problem:
-        flash(f"The test notification to {channel.target} failed: {problem}")
-    else:
-        flash(f"A test notification went to {channel.target}.")
-    return to_notifications()
+        return to_notifications(f"The test notification to {channel.target} failed: {problem}")
+    return to_notifications(f"A test notification went to {channel.target}.")
+
+
+def remember_test(channel, problem):
+    """Keep when the channel's last test went, and what went wrong (None: nothing)."""
+    value = json.dumps({"at": utcnow().isoformat(timespec="seconds"), "problem": problem})
+    Setting.insert(name=f"{TESTED}{channel.id}", value=value).on_conflict(
+        conflict_target=[Setting.name], update={Setting.value: value}
+    ).execute()
+
+
+def last_tests(channels):
+    """{channel id: {"at": when, "problem": None or what went wrong}} of the channels' last
+    tests, in one query."""
+    names = [f"{TESTED}{channel.id}" for channel in channels]
+    if not names:
+        return {}
+    tests = {}
+    for row in Setting.select().where(Setting.name.in_(names)):
+        try:
+            test = json.loads(row.value)
+            at = datetime.datetime.fromisoformat(test["at"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        tests[int(row.name.removeprefix(TESTED))] = {"at": at, "problem": test.get("problem")}
+    return tests
 
 
 @bp.post(f"/settings/channels/<int(max={MAX_ID}):channel_id>/delete")
 @login_required
 def remove_channel(channel_id):
     channel = own_channel_or_404(channel_id)
-    channel.delete_instance(recursive=True)
-    flash(f"Removed: {channel.kind} notices to {channel.target}.")
-    return to_notifications()
+    with write_transaction():
+        channel.delete_instance(recursive=True)
+        Setting.delete().where(Setting.name == f"{TESTED}{channel.id}").execute()
+    return to_notifications(f"Removed: {channel.kind} notices to {channel.target}.")
 
 
 @bp.post("/settings/dnt")
@@ -223,15 +274,13 @@ def add_do_not_track():
     """Add entries (one per line, or separated by commas or spaces)."""
     texts = request.form.get("entries", "").replace(",", " ").split()
     if not texts:
-        flash("Write an address, a domain or a top-level domain to add.")
-        return redirect(url_for("settings.show") + "#do-not-track")
+        return page(dnt_error="Write an address, a domain or a top-level domain to add.")
     try:
         added, stopped = donottrack.add(g.user, texts)
     except donottrack.EntryError as error:
-        flash(f"Nothing was added: {error}.")
-    else:
-        stopped_note = f" {stopped} receipts stopped recording." if stopped else ""
-        flash(f"Added {', '.join(added) or 'nothing new'}.{stopped_note}")
+        return page(dnt_error=f"Nothing was added: {error}.", dnt_form=typed("entries"))
+    stopped_note = f" {stopped} receipts stopped recording." if stopped else ""
+    flash(f"Added {', '.join(added) or 'nothing new'}.{stopped_note}", DO_NOT_TRACK)
     return redirect(url_for("settings.show") + "#do-not-track")
 
 
@@ -241,7 +290,10 @@ def remove_do_not_track(entry_id):
     deleted = (
         DoNotTrack.delete().where(DoNotTrack.id == entry_id, DoNotTrack.user == g.user).execute()
     )
-    flash("Removed from the do-not-track list." if deleted else "That entry was not on your list.")
+    flash(
+        "Removed from the do-not-track list." if deleted else "That entry was not on your list.",
+        DO_NOT_TRACK,
+    )
     return redirect(url_for("settings.show") + "#do-not-track")
 
 

@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, flash, g, redirect, render_template, r
 
 from ..accounts import AccountError, new_token, rename_token, revoke_token, token_name
 from ..bookmarklet import bookmarklet_token_name, build_bookmarklet
-from ..judgement.clients import client_name
+from ..judgement.clients import printable
 from ..receipts import minting
 from ..receipts.display import pixel_html, pixel_url, providers_json
 from ..security import public_origin
@@ -17,18 +17,26 @@ from .signin import login_required
 bp = Blueprint("install", __name__)
 
 
+def default_name():
+    """A new bookmarklet's name, after the browser and system this request comes from and the
+    minute: "Firefox on Linux, 30 Nov 14:05 UTC"."""
+    parser = current_app.extensions["openreceipt"].judge.parser
+    found = parser.parse(request.headers.get("User-Agent", "")[:512])
+
+    def named(part):
+        family = part.family if part else None
+        return printable(family)[:40] if family and family != "Other" else None
+
+    return bookmarklet_token_name(named(found.user_agent), named(found.os))
+
+
 def page(status=200, **context):
     tokens = (
         ApiToken.select()
         .where(ApiToken.user == g.user, ApiToken.scope == Scope.BOOKMARKLET)
         .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
     )
-    browser = client_name(
-        request.headers.get("User-Agent", ""),
-        None,
-        current_app.extensions["openreceipt"].judge.parser,
-    )
-    context.setdefault("default_name", bookmarklet_token_name(browser))
+    context.setdefault("default_name", default_name())
     return render_template(
         "bookmarklet.html", tokens=tokens, origin=public_origin(), **context
     ), status
@@ -43,7 +51,7 @@ def show():
 @bp.post("/bookmarklet")
 @login_required
 def create():
-    name = token_name(request.form.get("name", "")) or bookmarklet_token_name()
+    name = token_name(request.form.get("name", "")) or default_name()
     row, secret = new_token(g.user, name, Scope.BOOKMARKLET)
     return page(bookmarklet=build_bookmarklet(public_origin(), secret), created=row)
 

@@ -103,6 +103,11 @@ def end_sessions(user):
     LoginSession.delete().where(LoginSession.user == user).execute()
 
 
+def typed_email():
+    """The email address as typed into a form, to show it again after a mistake."""
+    return request.form.get("email", "")[:320]
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "POST":
@@ -114,7 +119,7 @@ def login():
                 "Too many failed sign-ins to this account from your network. "
                 "Wait a quarter of an hour, then try again."
             )
-            return render_template("login.html"), 429
+            return render_template("login.html", email=typed_email()), 429
         user = authenticate(email, request.form.get("password"))
         if user is not None:
             clear_attempts(*pair)
@@ -122,6 +127,7 @@ def login():
             return redirect(safe_next(request.args.get("next")))
         forget_old_attempts()
         flash("Wrong email or password.")
+        return render_template("login.html", email=typed_email())
     return render_template("login.html")
 
 
@@ -282,4 +288,5 @@ def setup(token):
             else:
                 start_session(user)
                 return redirect(url_for("pages.index"))
+        return render_template("setup.html", email=typed_email())
     return render_template("setup.html")

@@ -5,10 +5,20 @@ from peewee import SqliteDatabase
 from werkzeug.exceptions import BadRequest
 
 from ..receipts import ledger, listing
-from ..receipts.display import mail_providers, pixel_html, pixel_url, providers_json
+from ..receipts.display import (
+    SENT,
+    STATUSES,
+    mail_providers,
+    network,
+    pixel_html,
+    pixel_url,
+    providers_json,
+    source_name,
+    status_of,
+)
 from ..storage.engine import MAX_ID, db, utcnow
 from ..storage.models import Event, Pixel
-from ..vocabulary import KINDS, STATES, Kind, MadeWith, State
+from ..vocabulary import KIND_LABELS, KINDS, Kind, MadeWith, State
 from .privacy_notice import render_notice
 from .signin import login_required
 from .timeline_chart import BUCKET, draw, scale_of
@@ -18,9 +28,22 @@ bp = Blueprint("pages", __name__)
 DETAIL_EVENTS = 50  # fetches a page of the detail table; older ones are a link away
 TIMELINE_EVENTS = 5000  # the picture shows a busy receipt's latest 5000 fetches
 
+# Each status (display.STATUSES) as (its mark, its word, a sentence). The list's filter, the
+# marks and the live pages all say it in these words.
 MARKS = {
-    State.WAITING: ("○", "waiting", "Nothing has fetched the receipt yet."),
-    State.INSERTED: ("◔", "in the message", "Your draft showed it: the receipt is in the message."),
+    State.WAITING: ("○", "waiting", "No mail server or reader has fetched the receipt yet."),
+    State.INSERTED: (
+        "◔",
+        "in the message",
+        "Only you have seen it so far, in your draft or your own mail: the receipt is in the "
+        "message.",
+    ),
+    SENT: (
+        "◑",
+        "sent",
+        "Sent, not yet delivered: no recipient's mail server or mail program has fetched the "
+        "receipt yet.",
+    ),
     State.DELIVERED: (
         "✓",
         "delivered",
@@ -79,10 +102,22 @@ def vocabulary():
     return {
         "marks": MARKS,
         "explanations": KIND_EXPLANATIONS,
-        "states": STATES,
+        "statuses": STATUSES,
         "kinds": KINDS,
+        "kind_labels": KIND_LABELS,
         "corrections": CORRECTIONS,
+        "source_name": source_name,
+        "network": network,
     }
+
+
+def titles(pixel):
+    """The receipt's title and the line beneath it: its label and its subject, when it has
+    both; else whichever it has, and nothing beneath."""
+    subject = pixel.subject or ""
+    if pixel.label:
+        return pixel.label, subject if subject.strip() != pixel.label.strip() else ""
+    return subject or "(no subject)", ""
 
 
 def list_arguments():
@@ -91,22 +126,26 @@ def list_arguments():
         # Nothing stored holds one: PostgreSQL text cannot, and it refuses to search for one.
         raise BadRequest("A search cannot contain a NUL character.")
     state = request.args.get("state", "")
-    state = state if state in STATES else ""
+    state = state if state in STATUSES else ""
     page = request.args.get("page", "1")
     page = int(page) if page.isascii() and page.isdigit() and 0 < int(page) < 10**6 else 1
     return q, state, page
 
 
 def row_json(pixel, last_open):
-    symbol, word, _ = MARKS[pixel.state]
+    status = status_of(pixel)
+    symbol, word, _ = MARKS[status]
+    title, subtitle = titles(pixel)
     return {
         "id": pixel.public_id,
         "href": url_for("pages.detail", public_id=pixel.public_id),
-        "title": pixel.label or pixel.subject or "(no subject)",
+        "title": title,
+        "subtitle": subtitle,
         "recipients": ", ".join(pixel.recipients),
         "created": f"{pixel.created_at:%Y-%m-%d %H:%M}",
         "sent": f"{pixel.sent_at:%Y-%m-%d %H:%M}" if pixel.sent_at else "",
         "state": pixel.state,
+        "status": status,
         "mark": f"{symbol} {word}",
         "opens": pixel.open_count,
         "last_open": ago(pixel.last_open_at),
@@ -203,11 +242,14 @@ def detail(public_id):
     before = request.args.get("before", type=int)
     events, older = events_page(pixel, before)
     url = pixel_url(pixel)
+    status = status_of(pixel)
     return render_template(
         "detail.html",
         pixel=pixel,
+        titles=titles(pixel),
         events=events,
-        mark=MARKS[pixel.state],
+        status=status,
+        mark=MARKS[status],
         timeline=timeline(pixel),
         url=url,
         html=pixel_html(url),
@@ -224,16 +266,18 @@ def live_detail(public_id):
     """The detail page's changing parts as JSON (counts, state, latest events, the SVG)."""
     pixel = own_pixel_or_404(public_id)
     events, older = events_page(pixel)
-    symbol, word, sentence = MARKS[pixel.state]
+    status = status_of(pixel)
+    symbol, word, sentence = MARKS[status]
     response = jsonify(
         state=pixel.state,
+        status=status,
         mark=f"{symbol} {word}",
         explanation=sentence,
         counts={kind: getattr(pixel, f"{kind}_count") for kind in KINDS},
         events=[event_row(event) for event in events],
         older=older,
         timeline=str(timeline(pixel)),
-        title=pixel.label or pixel.subject or "(no subject)",
+        title=titles(pixel)[0],
     )
     response.add_etag()
     return response.make_conditional(request)
@@ -244,11 +288,14 @@ def event_row(event):
         "id": event.id,
         "at": utc_filter(event.at),
         "kind": event.kind,
+        "label": KIND_LABELS[event.kind],
         "explanation": KIND_EXPLANATIONS[event.kind],
         "corrections": CORRECTIONS.get(event.kind, ()),
         "source": event.source,
+        "source_name": source_name(event.source, event.kind, event.reason),
         "reason": event.reason,
         "ip": event.ip or "",
+        "network": network(event.ip),
         "place": place(event),
         "client": event.client or "",
     }

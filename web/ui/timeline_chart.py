@@ -2,7 +2,7 @@
 
 from markupsafe import Markup, escape
 
-from ..vocabulary import Kind
+from ..vocabulary import KIND_LABELS, Kind
 
 KIND_COLOURS = {
     Kind.OPEN: "#17773b",
@@ -12,22 +12,16 @@ KIND_COLOURS = {
     Kind.BOT: "#a3a9b3",
     Kind.UNKNOWN: "#7d6a9a",
 }
-KIND_LABELS = {
-    Kind.OPEN: "opened",
-    Kind.PREFETCH: "delivered (machine)",
-    Kind.PREVIEW: "your draft",
-    Kind.SELF: "you",
-    Kind.BOT: "bot",
-    Kind.UNKNOWN: "unrecognised",
-}
-WIDTH, HEIGHT, MARGIN, LEFT = 720, 136, 16, 130  # LEFT: room for the row labels
+# Axis units: the picture scales to the page's width (style.css), so a phone draws it at half
+# size, with larger words. LEFT: room for the row labels; rows far enough apart for them.
+WIDTH, HEIGHT, MARGIN, LEFT = 720, 152, 16, 130
 ROWS = {
     Kind.OPEN: 30,
-    Kind.SELF: 46,
-    Kind.PREFETCH: 62,
-    Kind.PREVIEW: 78,
-    Kind.UNKNOWN: 94,
-    Kind.BOT: 110,
+    Kind.SELF: 48,
+    Kind.PREFETCH: 66,
+    Kind.PREVIEW: 84,
+    Kind.UNKNOWN: 102,
+    Kind.BOT: 120,
 }
 
 
