@@ -2,7 +2,6 @@
 pixel; when the database cannot take the event, it waits in the spool (spool.py)."""
 
 import base64
-import threading
 import time
 import uuid
 from dataclasses import replace
@@ -26,11 +25,6 @@ MB = 1024 * 1024
 # minute per worker at most: a line a fetch would make the log grow as fast as the spool would.
 SPOOL_FULL_LOG_SECONDS = 60
 _spool_full_logged_at = None
-# A worker judges and stores one fetch at a time. The work is Python's, which runs one thread at a
-# time anyway; threads taking turns at it would each wait for the others while holding SQLite's
-# write lock, and more fetches would end in the spool. A worker's other threads are for the
-# clients still sending their requests (gunicorn.conf.py).
-_one_fetch_at_a_time = threading.Lock()
 
 
 def gif(outcome):
@@ -51,8 +45,7 @@ def gif(outcome):
 @bp.route("/p/<path:token>", methods=["GET"])
 def pixel(token):
     try:
-        with _one_fetch_at_a_time:
-            outcome = record_fetch(token)
+        outcome = record_fetch(token)
     except Exception as error:  # noqa: BLE001 - a mail client must never see an error
         # The class and message only: neither the request nor its address is in them.
         current_app.logger.error("pixel fetch not recorded: %s: %s", type(error).__name__, error)
@@ -68,7 +61,7 @@ def record_fetch(token):
         return "not recorded: invalid signature"
     fetch = observe(public_id, services)
     try:
-        return services.recorder.record(fetch, short_waits=True)
+        return services.recorder.record_together(fetch)
     except (DataError, IntegrityError):
         raise  # the fetch itself is at fault: replaying it later would fail the same way
     except DatabaseError as error:
