@@ -12,8 +12,7 @@ import pytest
 
 from web import create_app
 from web.accounts import authenticate, token_for
-from web.cli import redacted_url
-from web.storage.engine import close_pool
+from web.storage.engine import close_pool, redacted_url
 from web.storage.migrate import MIGRATIONS
 from web.storage.models import ApiToken, LoginSession, LoginThrottle, NotifyChannel
 from web.ui.signin import THROTTLE_LIMIT, account_key, count_attempt

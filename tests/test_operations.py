@@ -19,7 +19,8 @@ import click
 import pytest
 
 from web import create_app
-from web.cli import _pg_dump_command, cli
+from web.backup import pg_dump_command
+from web.cli import cli
 from web.config import ConfigError
 from web.storage.engine import close_pool
 from web.storage.models import Pixel, User
@@ -433,7 +434,7 @@ def test_backup_with_postgresql_copies_the_keys_and_says_how_to_dump(
     [command] = [
         line.strip() for line in result.stdout.splitlines() if line.strip().startswith("pg_dump ")
     ]
-    assert command == _pg_dump_command(settings["DATABASE_URL"], saved)
+    assert command == pg_dump_command(settings["DATABASE_URL"], saved)
     assert command.startswith(f"pg_dump --format=custom --file={saved}/openreceipt.dump ")
     if shutil.which("pg_dump") is None:
         pytest.skip("no pg_dump here")
@@ -454,7 +455,7 @@ def test_backup_with_postgresql_copies_the_keys_and_says_how_to_dump(
 
 def test_the_pg_dump_command_names_the_database_but_no_password(tmp_path):
     url = "postgresql://receipts:s3cr%40t@db.internal:5432/openreceipt?password=x&sslmode=require"
-    assert _pg_dump_command(url, tmp_path) == (
+    assert pg_dump_command(url, tmp_path) == (
         f"pg_dump --format=custom --file={tmp_path}/openreceipt.dump "
         "'postgresql://receipts@db.internal:5432/openreceipt?sslmode=require'"
     )

@@ -10,35 +10,30 @@ say on standard error which database they wrote to.
 Long, and kept in one file on purpose: every command is a few lines that call into the wings,
 and one file reads as the list of everything an operator can do from the shell."""
 
-import datetime
-import fcntl
 import functools
 import os
-import shlex
-import stat
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, ScriptInfo, with_appcontext
 
-from . import background, create_app
+from . import background, backup, checkup, create_app
 from .accounts import SCOPES, AccountError, find_user, new_token, revoke_token, set_password
 from .accounts import create_user as create_account
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
-from .config import OPTION, ConfigError, local_url, server_bind, write_problem
+from .config import OPTION, ConfigError, local_url, server_bind
 from .judgement.ranges import APPLE_EGRESS_URL, RangesError, update_apple_egress
 from .notifications import delivery
 from .pixel import spool
 from .receipts import donottrack, export, retention
 from .storage import migrate
-from .storage.engine import backup_sqlite, db, sqlite_file
-from .storage.models import ApiToken, LoginSession, NotifyChannel
+from .storage.engine import backup_sqlite, db, redacted_url, sqlite_file
+from .storage.models import ApiToken, LoginSession
 from .ui.signin import account_key, clear_attempts, end_sessions
-from .vocabulary import ChannelKind, Scope
+from .vocabulary import Scope
 
 NO_DATA_HINT = "run commands where the server runs, or set OPENRECEIPT_DATA_DIR"
 
@@ -518,52 +513,6 @@ def db_migrate():
     click.echo(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
 
 
-def redacted_url(url):
-    """A database URL without its password (in the address or as a parameter), a SQLite
-    file's path made absolute."""
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = url[len("sqlite:///") :]
-        return f"sqlite:///{Path(path).resolve()}" if path and path != ":memory:" else url
-    if parts.password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
-    return urlunsplit(parts._replace(query=_without_password(parts.query, "***")))
-
-
-def _without_password(query, mark=None):
-    """A URL's query with its password parameter shown as `mark`, or left out; as it was when
-    it has none."""
-    if "password" not in dict(parse_qsl(query, keep_blank_values=True)):
-        return query
-    pairs = [
-        (key, mark if key == "password" else value)
-        for key, value in parse_qsl(query, keep_blank_values=True)
-        if key != "password" or mark is not None
-    ]
-    return urlencode(pairs, safe="/:=,*") if pairs else ""
-
-
-# `openreceipt check`: the settings in force, where each comes from, and what to fix.
-
-GEOIP_STALE_DAYS = 183  # GeoLite2 and DB-IP Lite come out monthly; half a year is long enough
-
-
-class Findings:
-    """What `check` found: problems (the server does not work as meant: exit status 1) and
-    risks (it works, but something is likely to go wrong or to be missed)."""
-
-    def __init__(self):
-        self.problems = []
-        self.risks = []
-
-    def problem(self, text):
-        self.problems.append(text)
-
-    def risk(self, text):
-        self.risks.append(text)
-
-
 @cli.command(
     "check", with_appcontext=False, short_help="The settings in force; problems and risks."
 )
@@ -571,7 +520,7 @@ class Findings:
 def check(context):
     """Show the settings in force and where each comes from, then every problem and risk
     found. Exit status 1 when there is a problem. Prints no secret."""
-    findings = Findings()
+    findings = checkup.Findings()
     try:
         app = context.ensure_object(ScriptInfo).load_app()
     except NoData:
@@ -581,213 +530,20 @@ def check(context):
         click.echo(f"problem: {error.message}")
         context.exit(1)
     with app.app_context():
-        version = _installed_version()
+        version = checkup.installed_version()
         click.echo(f"openreceipt {version}: the settings in force [and where they come from]")
-        for label, value, origin in _settings_in_force(app, findings):
+        for label, value, origin in checkup.settings_in_force(app, findings):
             click.echo(f"{label:<18}{value}  [{origin}]")
     click.echo()
     for text in findings.problems:
         click.echo(f"problem: {text}")
     for text in findings.risks:
         click.echo(f"risk: {text}")
-    click.echo(f"{_count(findings.problems, 'problem')}, {_count(findings.risks, 'risk')}")
+    click.echo(
+        f"{checkup.count(findings.problems, 'problem')}, {checkup.count(findings.risks, 'risk')}"
+    )
     if findings.problems:
         context.exit(1)
-
-
-def _count(found, word):
-    return f"{len(found) or 'no'} {word}{'' if len(found) == 1 else 's'}"
-
-
-def _installed_version():
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("openreceipt")
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
-def _origin(app, name):
-    """Where the setting NAME's value comes from: its environment variable, the code's default,
-    or the settings the program that built the app gave create_app()."""
-    option = OPTION[name]
-    if option.variable in os.environ:
-        return option.variable
-    value = app.config[name]
-    if name == "DATA_DIR":
-        default = str(Path(option.default).expanduser().resolve())
-        return "default: ./instance where it runs" if value == default else "given to create_app()"
-    if name == "DATABASE_URL":
-        default = f"sqlite:///{Path(app.config['DATA_DIR']) / 'openreceipt.db'}"
-        return "default: in the data dir" if value == default else "given to create_app()"
-    return "default" if option.read(option.default) == value else "given to create_app()"
-
-
-def _settings_in_force(app, findings):
-    """(label, value, origin) of the settings that matter most, adding to `findings`."""
-    config = app.config
-    data_dir = Path(config["DATA_DIR"])
-    yield "data dir", data_dir, _origin(app, "DATA_DIR")
-    problem = write_problem(data_dir)
-    if problem:
-        findings.problem(f"the data dir {data_dir} {problem}: the spool and the key live there")
-    _check_owners(data_dir, findings)
-
-    database = app.extensions["openreceipt.database"]
-    url = config["DATABASE_URL"]
-    origin = _origin(app, "DATABASE_URL")
-    yield (
-        "database",
-        redacted_url(url),
-        "default: in the data dir" if origin == "default" else origin,
-    )
-    path = sqlite_file(database)
-    if path is not None:
-        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            problem = name.exists() and write_problem(name)
-            if problem:
-                findings.problem(f"the database file {name} {problem}")
-        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0
-        if mode & 0o077:
-            findings.risk(
-                f"the database {path} has mode {mode:04o}: other users of this machine can read "
-                f"every receipt; chmod 600 it and its -wal and -shm files"
-            )
-    yield "schema", _schema_state(database), "applied at every start"
-
-    public_url = config["PUBLIC_URL"]
-    yield (
-        "public URL",
-        public_url or "not set: addresses follow each request's Host",
-        _origin(app, "PUBLIC_URL"),
-    )
-    if not public_url:
-        findings.problem(
-            "OPENRECEIPT_PUBLIC_URL is not set: pixel URLs start with the Host each request "
-            "names, and behind a proxy that does not pass Host on they become "
-            f"{local_url(server_bind())}/p/…, which no recipient can fetch; set it to the "
-            "address recipients reach (https://receipts.example.com)"
-        )
-    elif not public_url.startswith("https://"):
-        findings.risk(
-            f"OPENRECEIPT_PUBLIC_URL {public_url} is not https: mail programs may refuse to "
-            "load the images, and the sign-in cookie travels unencrypted"
-        )
-
-    proxies = config["TRUSTED_PROXIES"]
-    yield "trusted proxies", proxies, _origin(app, "TRUSTED_PROXIES")
-    if not proxies:
-        findings.risk(
-            "OPENRECEIPT_TRUSTED_PROXIES is 0, which is right only when nothing stands in front "
-            "of gunicorn. If nginx, Caddy or a load balancer does, every fetch is stored as the "
-            "proxy's network and HTTPS is not seen: set it to the number of proxies (the "
-            "server's log says so when X-Forwarded-For arrives untrusted)"
-        )
-
-    geolocator = app.extensions["openreceipt"].geolocator
-    described = geolocator.describe()
-    if geolocator.built is not None:
-        age = (datetime.date.today() - geolocator.built).days
-        described += f", {age} days old"
-    yield "GeoIP data", described, _geoip_origin(app)
-    if geolocator.built is not None:
-        if age > GEOIP_STALE_DAYS:
-            findings.risk(
-                f"the GeoIP data was built {geolocator.built}, {age // 30} months ago: many "
-                "places are out of date; point OPENRECEIPT_GEOIP_DATABASE at a fresh GeoLite2 or "
-                "DB-IP Lite database"
-            )
-
-    contact = config["OPERATOR_CONTACT"]
-    yield "operator contact", contact or "not set", _origin(app, "OPERATOR_CONTACT")
-    if not contact:
-        findings.risk(
-            "OPENRECEIPT_OPERATOR_CONTACT is not set: the privacy notice at /privacy names no one "
-            "to ask for erasure"
-        )
-
-    smtp = config["SMTP"]
-    shown = f"{smtp.host}:{smtp.port}, {smtp.security}" if smtp else "not set: no email notices"
-    yield "SMTP", shown, _origin(app, "SMTP_URL")
-    if smtp is None:
-        users = (
-            NotifyChannel.select(NotifyChannel.user)
-            .where(NotifyChannel.kind == ChannelKind.EMAIL)
-            .distinct()
-            .count()
-        )
-        if users:
-            findings.problem(
-                f"{users} users have an email channel but OPENRECEIPT_SMTP_URL is not set: their "
-                "email notices are never sent"
-            )
-
-    days = config["RETENTION_DAYS"]
-    kept = f"{days} days" if days else "0: kept until the receipt is deleted"
-    yield "retention", kept, _origin(app, "RETENTION_DAYS")
-
-    yield "secret key", _secret_key_state(app, findings), _secret_key_origin(app)
-
-
-def _schema_state(database):
-    changes = migrate.status(database)
-    pending = [name for name, applied in changes if applied is None]
-    if pending:
-        return f"{len(pending)} of {len(changes)} changes pending: {', '.join(pending)}"
-    return f"all {len(changes)} changes applied, the last {changes[-1][0]}"
-
-
-def _geoip_origin(app):
-    origin = _origin(app, "GEOIP_DATABASE")
-    if app.config["COLLECT_LOCATION"] == "none":
-        return f"OPENRECEIPT_COLLECT_LOCATION is none ({origin})"
-    return "default: the bundled snapshot" if origin == "default" else origin
-
-
-def _secret_key_origin(app):
-    if OPTION["SECRET_KEY"].variable in os.environ:
-        return OPTION["SECRET_KEY"].variable
-    path = Path(app.config["DATA_DIR"]) / "secret_key"
-    if path.is_file() and os.access(path, os.R_OK) and path.read_text().strip() == app.secret_key:
-        return "generated into the data dir"
-    return "given to create_app()"
-
-
-def _secret_key_state(app, findings):
-    """How the secret key is kept: the file's presence and mode, never the key."""
-    fallbacks = len(app.config["SECRET_KEY_FALLBACKS"])
-    retired = f"; {fallbacks} retired keys still accepted for pixels" if fallbacks else ""
-    path = Path(app.config["DATA_DIR"]) / "secret_key"
-    if _secret_key_origin(app) != "generated into the data dir":
-        unused = f" ({path} is not used)" if path.exists() else ""
-        return f"set, not from a file{unused}{retired}"
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        findings.risk(
-            f"{path} has mode {mode:04o}: other users of this machine can read the key that "
-            f"signs every pixel and sign-in; chmod 600 {shlex.quote(str(path))}"
-        )
-    return f"{path}: present, readable, mode {mode:04o}{retired}"
-
-
-def _check_owners(data_dir, findings):
-    """A risk when files in the data dir belong to another user than the data dir itself: a
-    command run as root makes root's files, which a server run as its own user cannot write."""
-    owner = data_dir.stat().st_uid
-    strangers = [
-        path
-        for path in sorted([*data_dir.iterdir(), *spool.directory(data_dir).glob("*")])
-        if path.stat(follow_symlinks=False).st_uid != owner
-    ]
-    if strangers:
-        names = ", ".join(str(path.relative_to(data_dir)) for path in strangers[:3])
-        more = f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
-        findings.risk(
-            f"{names}{more} in the data dir belong to another user than the data dir itself: a "
-            "server running as the data dir's owner may not write them; run commands as the "
-            "server's user"
-        )
 
 
 # `openreceipt backup`: the database and what a restore needs besides it.
@@ -817,7 +573,7 @@ def backup_command(path):
     leave_out = set()
     if sqlite is not None and sqlite.parent == data_dir:
         leave_out = {f"{sqlite.name}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")}
-    for name in _copy_data_dir(data_dir, target, leave_out):
+    for name in backup.copy_data_dir(data_dir, target, leave_out):
         click.echo(f"copied {name}")
     if sqlite is not None:
         size = backup_sqlite(database, target / "openreceipt.db")
@@ -828,95 +584,13 @@ def backup_command(path):
             "the database is PostgreSQL: save it with pg_dump (the password from ~/.pgpass or "
             "PGPASSWORD):"
         )
-        click.echo(f"  {_pg_dump_command(app.config['DATABASE_URL'], target)}")
+        click.echo(f"  {backup.pg_dump_command(app.config['DATABASE_URL'], target)}")
     if OPTION["SECRET_KEY"].variable in os.environ:
         click.echo(
             "the secret key comes from OPENRECEIPT_SECRET_KEY (and its fallbacks), not from a "
             "file: keep it with this backup, or pixels already sent stop working after a restore"
         )
     click.echo(f"backup in {target}")
-
-
-# Not copied: files SQLite or the spool keep while they work, and half-written ones.
-TRANSIENT = (".lock", ".tmp")
-
-
-def _copy_data_dir(data_dir, target, leave_out):
-    """Copy the data dir into `target`, files readable by their owner only, but for the names
-    in `leave_out` and TRANSIENT files. The spool is copied while no replay moves its files,
-    each of them up to its last whole line. Returns the names copied, relative to the data
-    dir."""
-    copied = []
-    spool_dir = spool.directory(data_dir)
-    for source in sorted(data_dir.rglob("*")):
-        name = source.relative_to(data_dir)
-        if str(name) in leave_out or source.name.startswith(".") or source.suffix in TRANSIENT:
-            continue
-        if source.is_dir():
-            (target / name).mkdir(mode=0o700, exist_ok=True)
-        elif source.is_file() and source.parent != spool_dir:
-            _copy_file(source, target / name)
-            copied.append(str(name))
-    if spool_dir.is_dir():
-        copied.extend(str(path.relative_to(target)) for path in _copy_spool(spool_dir, target))
-    return copied
-
-
-def _copy_spool(folder, target):
-    """Copy the spool's files under the replay lock (web/pixel/spool.py), which every replay
-    takes before it moves or removes a file; appends go on meanwhile. Returns the copies."""
-    copies = []
-    (target / folder.name).mkdir(mode=0o700, exist_ok=True)
-    lock = os.open(folder / spool.LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for source in sorted(folder.iterdir()):
-            if source.is_file() and source.suffix not in TRANSIENT:
-                copy = target / folder.name / source.name
-                _copy_file(source, copy, whole_lines=source.suffix == ".jsonl")
-                copies.append(copy)
-    finally:
-        os.close(lock)
-    return copies
-
-
-def _copy_file(source, copy, whole_lines=False):
-    """Copy a file, readable by its owner only; with `whole_lines`, up to its last newline (a
-    line still being appended is left for the next backup)."""
-    descriptor = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with source.open("rb") as reading, os.fdopen(descriptor, "wb") as writing:
-        while chunk := reading.read(1 << 20):
-            writing.write(chunk)
-        if whole_lines:
-            size = writing.tell()
-            writing.flush()
-            writing.truncate(_end_of_last_line(copy, size))
-
-
-def _end_of_last_line(path, size):
-    with path.open("rb") as handle:
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            handle.seek(start)
-            found = handle.read(end - start).rfind(b"\n")
-            if found >= 0:
-                return start + found + 1
-            end = start
-    return 0
-
-
-def _pg_dump_command(url, target):
-    """The pg_dump command line that saves the PostgreSQL database of `url` into `target`,
-    with the URL's password left out."""
-    parts = urlsplit(url)
-    login, _, host = parts.netloc.rpartition("@")
-    user = login.partition(":")[0]
-    parts = parts._replace(
-        netloc=f"{user}@{host}" if user else host, query=_without_password(parts.query)
-    )
-    dump = target / "openreceipt.dump"
-    return shlex.join(["pg_dump", "--format=custom", f"--file={dump}", urlunsplit(parts)])
 
 
 def main():

@@ -5,7 +5,10 @@ A notice says which message (label or subject), when, where (city and country, a
 and with what (the mail client): never an address of any kind. What the user sees of a failure
 is a plain category ("could not connect", "refused: HTTP 404"), never what the receiver said: a
 URL of the user's choosing must not make the server read out what answers on some port. The
-details go to the server's log."""
+details go to the server's log.
+
+A little over 300 lines, in one file on purpose: the three channels share the message and the
+sorting of failures."""
 
 import email.utils
 import hashlib

@@ -9,7 +9,7 @@ import sqlite3
 import time
 import weakref
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from peewee import DatabaseProxy, OperationalError, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import parse as parse_database_url
@@ -261,3 +261,29 @@ def dialect_statements(build):
 def sql_time(value, sqlite):
     """A datetime as the database driver should get it: SQLite stores the text Peewee stores."""
     return value.isoformat(" ") if sqlite and isinstance(value, datetime.datetime) else value
+
+
+def redacted_url(url):
+    """A database URL without its password (in the address or as a parameter), a SQLite
+    file's path made absolute."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url[len("sqlite:///") :]
+        return f"sqlite:///{Path(path).resolve()}" if path and path != ":memory:" else url
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    return urlunsplit(parts._replace(query=without_password(parts.query, "***")))
+
+
+def without_password(query, mark=None):
+    """A URL's query with its password parameter shown as `mark`, or left out; as it was when
+    it has none."""
+    if "password" not in dict(parse_qsl(query, keep_blank_values=True)):
+        return query
+    pairs = [
+        (key, mark if key == "password" else value)
+        for key, value in parse_qsl(query, keep_blank_values=True)
+        if key != "password" or mark is not None
+    ]
+    return urlencode(pairs, safe="/:=,*") if pairs else ""

@@ -1,5 +1,7 @@
 """Settings: API tokens, the password, notifications, the do-not-track list, and downloading
-one's data."""
+one's data.
+
+A little over 300 lines, in one file on purpose: one page, whose forms all answer with it."""
 
 import datetime
 import json
