@@ -209,6 +209,21 @@ def app(settings):
 
 
 @pytest.fixture
+def app_with(settings):
+    """create_app() with the test settings and overrides of the test's own; each app made is
+    closed at the end."""
+    made = []
+
+    def make(**overrides):
+        made.append(create_app({**settings, **overrides}))
+        return made[-1]
+
+    yield make
+    for app in made:
+        close_pool(app)
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -287,20 +287,6 @@ def test_options_are_not_read_from_flask_variables(runner, user, monkeypatch):
 # check
 
 
-@pytest.fixture
-def app_with(settings):
-    """create_app() with the test settings and overrides of the test's own."""
-    made = []
-
-    def make(**overrides):
-        made.append(create_app({**settings, **overrides}))
-        return made[-1]
-
-    yield make
-    for app in made:
-        close_pool(app)
-
-
 def check_lines(result):
     return result.stdout.splitlines()
 

@@ -464,19 +464,6 @@ def test_the_pg_dump_command_names_the_database_but_no_password(tmp_path):
 # What the workers say when the proxy in front and the settings disagree.
 
 
-@pytest.fixture
-def app_with(settings):
-    made = []
-
-    def make(**overrides):
-        made.append(create_app({**settings, **overrides}))
-        return made[-1]
-
-    yield make
-    for app in made:
-        close_pool(app)
-
-
 def warnings_logged(caplog):
     """The warnings logged since the test's app started (its start-up lines left out)."""
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

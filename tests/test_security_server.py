@@ -17,10 +17,9 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from peewee import SqliteDatabase
 
-from web import create_app
 from web.config import public_binds
 from web.pixel import spool
-from web.storage.engine import close_pool, utcnow
+from web.storage.engine import utcnow
 from web.storage.models import Event, Pixel
 
 from .helpers import csrf_token, mint, pixel_path, sign_in
@@ -197,23 +196,9 @@ def csrf(page):
 
 
 @pytest.fixture
-def make_app(settings):
-    """create_app() with the test settings and overrides of the test's own."""
-    made = []
-
-    def make(**overrides):
-        made.append(create_app({**settings, **overrides}))
-        return made[-1]
-
-    yield make
-    for app in made:
-        close_pool(app)
-
-
-@pytest.fixture
-def proxied(make_app, user, token):
+def proxied(app_with, user, token):
     """An app behind one trusted proxy, PUBLIC_URL https://receipts.example.com."""
-    app = make_app(TRUSTED_PROXIES=1)
+    app = app_with(TRUSTED_PROXIES=1)
     return app, {"Authorization": f"Bearer {token}"}
 
 
@@ -276,9 +261,9 @@ def test_the_access_log_keeps_little_of_huge_user_agents(gunicorn):
 
 
 @pytest.fixture
-def small_spool(make_app, user, token):
+def small_spool(app_with, user, token):
     """An app whose spool holds 1 MB at most, with a pixel, and its database gone away."""
-    app = make_app(SPOOL_MAX_MB=1)
+    app = app_with(SPOOL_MAX_MB=1)
     client = app.test_client()
     pixel = mint(client, {"Authorization": f"Bearer {token}"})
     with app.app_context():
@@ -347,8 +332,8 @@ def test_repeats_take_no_room_in_the_spool(small_spool):
     assert spool.pending(app.config["DATA_DIR"]) == 3
 
 
-def test_minting_is_limited_per_user(make_app, user, token, other_auth):
-    app = make_app(MINTS_PER_MINUTE=3)
+def test_minting_is_limited_per_user(app_with, user, token, other_auth):
+    app = app_with(MINTS_PER_MINUTE=3)
     client, auth = app.test_client(), {"Authorization": f"Bearer {token}"}
     for _ in range(3):
         mint(client, auth)
@@ -375,8 +360,8 @@ def test_minting_is_limited_per_user(make_app, user, token, other_auth):
 # -- 10. Small leaks ----------------------------------------------------------------------------
 
 
-def test_the_pixel_tells_a_fetcher_nothing_by_default(make_app, user, token):
-    app = make_app(DEBUG_HEADERS=False)
+def test_the_pixel_tells_a_fetcher_nothing_by_default(app_with, user, token):
+    app = app_with(DEBUG_HEADERS=False)
     client = app.test_client()
     pixel = mint(client, {"Authorization": f"Bearer {token}"})
     answers = [
