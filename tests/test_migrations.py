@@ -106,7 +106,17 @@ def snapshot(database):
 def fill(database):
     """A user with a pixel and two of its events, written through the application's models."""
     with database.bind_ctx(MODELS), database.connection_context():
-        owner = User.create(email="ada@example.com", password_hash="pbkdf2:sha256:1000$x$y")
+        # The user's columns as this schema has them: fill() serves older schemas too.
+        columns = {column.name for column in database.get_columns("user")}
+        row = {
+            field.column_name: field.default() if callable(field.default) else field.default
+            for field in User._meta.sorted_fields
+            if field.default is not None and field.column_name in columns
+        }
+        row.update(email="ada@example.com", password_hash="pbkdf2:sha256:1000$x$y")
+        user = Table("user", tuple(row)).bind(database)
+        user.insert({getattr(user, name): value for name, value in row.items()}).execute()
+        owner = User.select(User.id).where(User.email == "ada@example.com").scalar()
         pixel = Pixel.create(
             public_id="kept-across-upgrades", owner=owner, subject="Invoice #42", state="opened"
         )
@@ -546,3 +556,38 @@ def test_scopes_migration_makes_keys_named_bookmarklet_bookmarklet_keys(empty_da
     assert query(empty_database, "SELECT public_id, made_with FROM pixel") == [
         ("kept-across-upgrades", None)
     ]
+
+
+RECEIPT_COUNT = "0010_receipt_count"
+
+
+def test_receipt_count_migration_counts_the_receipts_there_are(empty_database, tmp_path):
+    """0010 fills user.receipt_count from the rows there are; from then on the database keeps it."""
+    directory = tmp_path / "before-receipt-count"
+    directory.mkdir()
+    for path in Path(MIGRATIONS).glob("*.py"):
+        if path.stem < RECEIPT_COUNT:
+            shutil.copy(path, directory)
+    migrate(empty_database, directory=str(directory))
+    fill(empty_database)
+    with empty_database.connection_context():
+        empty_database.execute_sql(
+            'INSERT INTO "user" (email, password_hash, created_at, notify_opens, '
+            "notify_delivered, notify_quiet_minutes) VALUES ('grace@example.com', 'x', "
+            "'2026-01-05 09:30:00', 'first', false, 30)"
+        )
+
+    assert migrate(empty_database) == SHIPPED[SHIPPED.index(RECEIPT_COUNT) :]
+
+    counts = 'SELECT email, receipt_count FROM "user" ORDER BY email'
+    assert query(empty_database, counts) == [("ada@example.com", 1), ("grace@example.com", 0)]
+    with empty_database.connection_context():
+        empty_database.execute_sql(
+            "INSERT INTO pixel (public_id, owner_id, subject, recipients, created_at, state, "
+            "open_count, prefetch_count, self_count, bot_count, preview_count, unknown_count) "
+            "SELECT 'second', id, 's', '[]', '2026-01-05 09:30:00', 'waiting', 0, 0, 0, 0, 0, 0 "
+            "FROM \"user\" WHERE email = 'grace@example.com'"
+        )
+        empty_database.execute_sql("DELETE FROM event")
+        empty_database.execute_sql("DELETE FROM pixel WHERE public_id = 'kept-across-upgrades'")
+    assert query(empty_database, counts) == [("ada@example.com", 0), ("grace@example.com", 1)]

@@ -7,8 +7,9 @@ from collections import namedtuple
 
 import pytest
 
+from web.receipts.export import forget
 from web.storage.engine import utcnow
-from web.storage.models import Event, LoginThrottle, Pixel
+from web.storage.models import Event, LoginThrottle, Pixel, User
 from web.ui.signin import THROTTLE_WINDOW
 from web.ui.timeline_chart import timeline_svg
 
@@ -249,6 +250,39 @@ def test_delete_removes_the_receipt(signed_in, auth, app):
     assert "Deleted Old" in signed_in.get("/").get_data(as_text=True)
     with app.app_context():
         assert Pixel.select().count() == 0 and Event.select().count() == 0
+
+
+def test_receipt_count_follows_every_way_a_receipt_comes_and_goes(signed_in, auth, other_auth, app):
+    """The lists' total is the user's receipt_count, which the database keeps (migration 0010):
+    it must follow mints, deletions through the API and the page, an erasure by address and a
+    deleted account, on both databases."""
+
+    def counts():
+        with app.app_context():
+            return {
+                user.email: (user.receipt_count, Pixel.select().where(Pixel.owner == user).count())
+                for user in User.select()
+            }
+
+    pixels = [mint(signed_in, auth, subject=f"s{n}") for n in range(4)]
+    mint(signed_in, auth, subject="erin", recipients=["erin@example.org"])
+    mint(signed_in, other_auth, subject="theirs", recipients=["erin@example.org"])
+    assert counts() == {"ada@example.com": (5, 5), "grace@example.com": (1, 1)}
+    assert signed_in.delete(f"/api/pixels/{pixels[0]['id']}", headers=auth).status_code == 204
+    token = csrf_token(signed_in.get("/"))
+    deleted = signed_in.post(f"/m/{pixels[1]['id']}/delete", data={"csrf_token": token})
+    assert deleted.status_code == 302
+    with app.app_context():
+        assert len(forget("erin@example.org")) == 2
+    assert counts() == {"ada@example.com": (2, 2), "grace@example.com": (0, 0)}
+    assert signed_in.get("/live/receipts").get_json()["total"] == 2
+    assert signed_in.get("/api/pixels", headers=auth).get_json()["total"] == 2
+    # A search or a filter still counts what it finds.
+    assert signed_in.get("/live/receipts?q=s3").get_json()["total"] == 1
+    with app.app_context():
+        User.get(User.email == "grace@example.com").delete_instance(recursive=True)
+        Pixel.delete().where(Pixel.id == Pixel.get(Pixel.subject == "s2").id).execute()
+    assert counts() == {"ada@example.com": (1, 1)}
 
 
 def test_live_list_json_with_etag(signed_in, auth):

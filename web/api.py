@@ -10,7 +10,7 @@ from werkzeug.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 from .accounts import token_for
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .privacy import kept_recipients
-from .receipts import ledger, minting
+from .receipts import ledger, listing, minting
 from .receipts.display import mail_providers, pixel_html, pixel_url, providers_json
 from .security import public_origin
 from .storage.engine import MAX_ID, iso, utcnow
@@ -222,7 +222,7 @@ def list_pixels():
         pixels=[pixel_json(pixel) for pixel in pixels],
         page=page,
         per_page=per_page,
-        total=query.count(),
+        total=listing.receipt_count(g.user),
     )
 
 

@@ -44,6 +44,9 @@ class User(BaseModel):
     notify_opens = CharField(max_length=8, default=Opens.FIRST)
     notify_delivered = BooleanField(default=False)
     notify_quiet_minutes = IntegerField(default=30)
+    # How many receipts the user has: kept by triggers on pixel (migration 0010), read by the
+    # lists instead of counting the user's receipts on every page.
+    receipt_count = IntegerField(default=0)
 
 
 class ApiToken(BaseModel):
