@@ -1,10 +1,10 @@
 """The outbox: the one place that writes `Notice` rows.
 
-A notice is queued by the pixel's own transaction (`queue`, called from pixel/recording.py):
-when an open or a delivery is stored whose owner wants to hear of it, a row per channel of
-theirs goes in with the event, so either both are stored or neither is; a fetch that waited in
-the spool queues its notice when it is replayed. Both statements are SQL written once, like the
-rest of the pixel's writes.
+A notice is queued by the pixel's own transaction (pixel/recording.py asks `to_notify` before it
+stores the event, then `queue` with the event's id): when an open or a delivery is stored whose
+owner wants to hear of it, a row per channel of theirs goes in with the event, so either both are
+stored or neither is; a fetch that waited in the spool queues its notice when it is replayed.
+Both statements are SQL written once, like the rest of the pixel's writes.
 
 The delivery loop (delivery.py) takes notices out with `claim`: one conditional UPDATE that
 moves a notice's due time a lease ahead and stamps it with a claim token; only the worker or
@@ -44,7 +44,8 @@ def statements(database):
     sqlite = isinstance(database, SqliteDatabase)
     p = database.param
     return Statements(
-        # Before the pixel's UPDATE: its counters still say whether this is the first open.
+        # Before the event is counted: the pixel's counters still say whether it is the first
+        # open.
         channels=(
             "SELECT c.id, u.notify_opens, u.notify_delivered, u.notify_quiet_minutes, "
             "p.open_count, p.delivered_at, (SELECT MAX(n.created_at) FROM notice n "
@@ -75,22 +76,31 @@ def statements(database):
 _sql = dialect_statements(statements)
 
 
-def queue(pixel_id, event_id, reason, source, at):
-    """In the pixel's transaction: a notice of `reason` about the event stored just now (from
-    `source`, at `at`) for each channel of the pixel's owner that wants one (their choices, the
-    quiet period)."""
+def to_notify(pixel_id, reason, source, at):
+    """In the pixel's transaction, before the event is stored: the notices of `reason` that an
+    event from `source` at `at` is to put in the outbox, one for each channel of the pixel's
+    owner that wants one (their choices, the quiet period). Handed to queue() with the event's
+    id once it is stored."""
     sql = _sql()
     rows = db.execute_sql(sql.channels, (reason, pixel_id)).fetchall()
     if not rows:
-        return
+        return []
     now = utcnow()
     due = now + hold(source, at, now)
-    for channel_id, opens, delivered, quiet, open_count, delivered_at, last in rows:
-        if not wanted(reason, opens, delivered, open_count, delivered_at is not None):
-            continue
-        if past_quiet(Notice.created_at.python_value(last), quiet, now):
-            values = (channel_id, pixel_id, event_id, reason, now, due)
-            db.execute_sql(sql.queue, [sql_time(value, sql.sqlite) for value in values])
+    return [
+        (channel_id, pixel_id, reason, now, due)
+        for channel_id, opens, delivered, quiet, open_count, delivered_at, last in rows
+        if wanted(reason, opens, delivered, open_count, delivered_at is not None)
+        and past_quiet(Notice.created_at.python_value(last), quiet, now)
+    ]
+
+
+def queue(notices, event_id):
+    """Put the notices to_notify() chose in the outbox, each telling of the event `event_id`."""
+    sql = _sql()
+    for channel_id, pixel_id, reason, now, due in notices:
+        values = (channel_id, pixel_id, event_id, reason, now, due)
+        db.execute_sql(sql.queue, [sql_time(value, sql.sqlite) for value in values])
 
 
 def any_due(moment):

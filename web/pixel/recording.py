@@ -56,8 +56,9 @@ class Statements:
     facts: str
     lock: str | None
     replayed: str
-    insert: str
-    update: dict  # kind -> (sql, number of time parameters)
+    # kind -> the statements that store an event of that kind and count it on its pixel (SQLite:
+    # the INSERT and the UPDATE; PostgreSQL: one statement), and the UPDATE's number of times
+    store: dict
     sqlite: bool
 
 
@@ -90,24 +91,37 @@ def statements(database):
     sqlite = isinstance(database, SqliteDatabase)
     p = database.param
     same = "IS" if sqlite else "IS NOT DISTINCT FROM"  # equal, NULL included
-    # The pixel's facts, and who fetched it from the same network within the repeat window:
-    # one row per such event (source, client), or one row of NULLs after the facts.
+    # The pixel's facts, whether its owner has a channel to notify, and who fetched it from the
+    # same network within the repeat window: one row per such event (source, client), or one
+    # row of NULLs after the facts.
     facts = (
         f"SELECT p.id, {', '.join('p.' + name for name in FACT_COLUMNS)}, p.tracking_stopped_at, "
+        "EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id), "
         "e.source, e.client FROM pixel p LEFT JOIN event e ON e.pixel_id = p.id "
         f"AND e.at BETWEEN {p} AND {p} AND e.ip {same} {p} WHERE p.public_id = {p}"
     )
+    insert = (
+        "INSERT INTO event (pixel_id, at, kind, source, reason, ip, country, city, client, "
+        f"spool_key) VALUES ({', '.join([p] * 10)})"
+    )
+    counters = {kind: _update(kind, p) for kind in KINDS}
     return Statements(
         facts=facts,
-        # PostgreSQL: lock the pixel's row first, then read in a statement of its own, whose
-        # snapshot (READ COMMITTED) sees the event a concurrent twin committed while we waited.
-        lock=None if sqlite else f"SELECT 1 FROM pixel WHERE public_id = {p} FOR UPDATE",
+        # PostgreSQL: lock the pixels' rows first, all in one order (two hosts' batches never
+        # wait for each other in a circle), then read in a statement of its own, whose snapshot
+        # (READ COMMITTED) sees the event a concurrent twin committed while we waited.
+        lock=None
+        if sqlite
+        else f"SELECT 1 FROM pixel WHERE public_id = ANY({p}) ORDER BY public_id FOR UPDATE",
         replayed=f"SELECT 1 FROM event WHERE spool_key = {p}",
-        insert=(
-            "INSERT INTO event (pixel_id, at, kind, source, reason, ip, country, city, client, "
-            f"spool_key) VALUES ({', '.join([p] * 10)})" + ("" if sqlite else " RETURNING id")
-        ),
-        update={kind: _update(kind, p) for kind in KINDS},
+        # SQLite: the event, then its pixel's counters; PostgreSQL: both in one statement, one
+        # round trip, which returns the event's id.
+        store={
+            kind: (insert, sql, times)
+            if sqlite
+            else (f"WITH e AS ({insert} RETURNING id) {sql} RETURNING (SELECT id FROM e)", times)
+            for kind, (sql, times) in counters.items()
+        },
         sqlite=sqlite,
     )
 
@@ -116,8 +130,8 @@ _sql = dialect_statements(statements)
 
 
 def _facts(row):
-    """{fact: value} from a facts row, with "id" and "tracking_stopped_at"."""
-    values = dict(zip(("id", *FACT_COLUMNS, "tracking_stopped_at"), row, strict=False))
+    """{fact: value} from a facts row, with "id", "tracking_stopped_at" and "notified"."""
+    values = dict(zip(("id", *FACT_COLUMNS, "tracking_stopped_at", "notified"), row, strict=False))
     for name in TIME_COLUMNS:
         values[name] = Pixel._meta.fields[name].python_value(values[name])
     return values
@@ -239,7 +253,7 @@ class Recorder:
         verdict, client = verdicts[known]
         if any(row[-2:] == (verdict.source, client) for row in rows):
             return "not recorded: repeat of a fetch seconds ago", None
-        return None, (facts["id"], verdict, client)
+        return None, (facts, verdict, client)
 
     def _write(self, fetches, short_waits):
         """Store (fetch, verdicts) pairs in one transaction, in order; their outcomes."""
@@ -254,10 +268,7 @@ class Recorder:
                     for statement in PIXEL_TIMEOUTS:
                         db.execute_sql(statement)
                 if sql.lock:
-                    # Every pixel of the batch at once, in one order: two hosts' batches never
-                    # wait for each other in a circle.
-                    for public_id in sorted({fetch.public_id for fetch, _ in fetches}):
-                        db.execute_sql(sql.lock, (public_id,))
+                    db.execute_sql(sql.lock, (sorted({fetch.public_id for fetch, _ in fetches}),))
                 for fetch, verdicts in fetches:
                     if fetch.key is not None:
                         if db.execute_sql(sql.replayed, (fetch.key,)).fetchone() is not None:
@@ -272,27 +283,32 @@ class Recorder:
 
         return with_short_lock_waits(write) if short_waits else write()
 
-    def _store(self, sql, fetch, pixel_id, verdict, client):
+    def _store(self, sql, fetch, facts, verdict, client):
         """The event, its notices, and the pixel's counters, state and times."""
-        stamp = sql_time(fetch.at, sql.sqlite)
-        cursor = db.execute_sql(
-            sql.insert,
-            (
-                pixel_id,
-                stamp,
-                verdict.kind,
-                verdict.source,
-                verdict.reason[:200],
-                fetch.ip,
-                fetch.country,
-                fetch.city,
-                client,
-                fetch.key,
-            ),
-        )
+        pixel_id = facts["id"]
         reason = REASONS.get(verdict.kind)
-        if reason:
-            event_id = cursor.lastrowid if sql.sqlite else cursor.fetchone()[0]
-            outbox.queue(pixel_id, event_id, reason, verdict.source, fetch.at)
-        update, times = sql.update[verdict.kind]
-        db.execute_sql(update, (*[stamp] * times, pixel_id))
+        notices = []
+        if reason and facts["notified"]:
+            notices = outbox.to_notify(pixel_id, reason, verdict.source, fetch.at)
+        stamp = sql_time(fetch.at, sql.sqlite)
+        event = (
+            pixel_id,
+            stamp,
+            verdict.kind,
+            verdict.source,
+            verdict.reason[:200],
+            fetch.ip,
+            fetch.country,
+            fetch.city,
+            client,
+            fetch.key,
+        )
+        *statements, times = sql.store[verdict.kind]
+        counters = (*[stamp] * times, pixel_id)
+        if sql.sqlite:
+            insert, update = statements
+            event_id = db.execute_sql(insert, event).lastrowid
+            db.execute_sql(update, counters)
+        else:
+            event_id = db.execute_sql(statements[0], (*event, *counters)).fetchone()[0]
+        outbox.queue(notices, event_id)
