@@ -26,15 +26,27 @@
   var GMAIL = "https://mail.google.com";
 
   // Gmail's class names and attributes that do not change with the interface language.
-  // A compose: gmail.js's div.M9 (popup and inline); InboxSDK's [role=dialog] (popup, full
-  // screen) and .ip.adB (inline reply or forward) where a page has no div.M9.
-  var COMPOSE = 'div.M9, [role="dialog"], .ip.adB';
-  var BODY = '[g_editable="true"], div[contenteditable="true"][role="textbox"]';
-  var SUBJECT = 'input[name="subjectbox"], input[name="subject"]';
+  // A compose: gmail.js's div.M9 (popup and inline) and .AD (its compose accepts either);
+  // InboxSDK's [role=dialog] (popup, full screen) and .ip.adB (inline reply or forward). Of
+  // those around a body, the innermost is the compose (composeOf).
+  var COMPOSE = 'div.M9, [role="dialog"], .ip.adB, .AD';
+  // The body: InboxSDK's [g_editable=true], the classes Gmail gives it, or a textbox.
+  var BODY =
+    '[g_editable="true"], .Am.Al.editable[contenteditable="true"], div[contenteditable="true"][role="textbox"]';
+  // gmail.js's body: any editable div but a subject. Wider, so used only in a compose where
+  // BODY finds nothing.
+  var EDITABLE_DIV = 'div[contenteditable="true"]:not([id="subject"])';
+  var PLAIN_TEXT_BODY = '[contenteditable="plaintext-only"]';
+  var ANY_BODY = [BODY, EDITABLE_DIV, PLAIN_TEXT_BODY].join(", ");
+  // In this order, as gmail.js's subject() reads them: the visible subject, else the hidden one
+  // of older layouts and inline replies.
+  var SUBJECTS = ['input[name="subjectbox"]', 'input[name="subject"]'];
   var RECIPIENT_FIELDS = ["to", "cc", "bcc"];
   var SIGNATURE = '.gmail_signature, [data-smartmail="gmail_signature"]';
   var SIGNATURE_PREFIX = ".gmail_signature_prefix"; // the "-- " line before a signature
   var QUOTE = ".gmail_quote, .gmail_extra";
+  // What follows the user's own text: the signature, its "-- " line and the quoted history.
+  var NOT_OWN_TEXT = [SIGNATURE_PREFIX, SIGNATURE, QUOTE].join(", ");
   // InboxSDK's Send button (not its schedule-send menu), and gmail.js's.
   var SEND_BUTTON =
     '.IZ .Up div > div[role="button"]:not([aria-haspopup="true"]), div[role="button"].T-I-atl';
@@ -142,7 +154,7 @@
   function composeOf(node) {
     var element = node && (node.nodeType === 1 ? node : node.parentElement);
     var compose = element ? element.closest(COMPOSE) : null;
-    while (compose && !compose.querySelector(BODY + ', [contenteditable="plaintext-only"]')) {
+    while (compose && !compose.querySelector(ANY_BODY)) {
       compose = compose.parentElement ? compose.parentElement.closest(COMPOSE) : null;
     }
     return compose;
@@ -151,7 +163,7 @@
   // Every open compose, each once: found from the bodies being written in.
   function allComposes() {
     var found = [];
-    var bodies = document.querySelectorAll(BODY + ', [contenteditable="plaintext-only"]');
+    var bodies = document.querySelectorAll(ANY_BODY);
     for (var i = 0; i < bodies.length; i++) {
       var compose = composeOf(bodies[i]);
       if (compose && found.indexOf(compose) < 0) found.push(compose);
@@ -173,7 +185,7 @@
   }
 
   function bodyOf(compose) {
-    return compose.querySelector(BODY);
+    return compose.querySelector(BODY) || compose.querySelector(EDITABLE_DIV);
   }
 
   function isPlainText(compose) {
@@ -182,8 +194,11 @@
   }
 
   function subjectOf(compose) {
-    var input = compose.querySelector(SUBJECT);
-    return input ? input.value.trim() : "";
+    for (var i = 0; i < SUBJECTS.length; i++) {
+      var input = compose.querySelector(SUBJECTS[i]);
+      if (input && input.value.trim()) return input.value.trim();
+    }
+    return "";
   }
 
   // The address in a recipient as Gmail writes it: "Name <address>" or the bare address.
@@ -199,7 +214,8 @@
   // the older interface keeps them in the row of textarea.vO[name=field], each chip a .vR
   // holding a hidden input with "Name <address>"; the interface since 2021 keeps them in the
   // field's own listbox, each an option with the name in data-name and the address in
-  // data-hovercard-id. The autocomplete suggestions are a popup outside the field: never read.
+  // data-hovercard-id (hovercardAddress). The autocomplete suggestions are a popup outside the
+  // field: never read.
   function chipAddresses(compose, field) {
     var found = [];
     var entry = compose.querySelector('textarea.vO[name="' + field + '"], tr input[name="' + field + '"]');
@@ -210,8 +226,15 @@
       return found;
     }
     var options = compose.querySelectorAll('.anm[name="' + field + '"] [role="listbox"] [role="option"]');
-    for (var j = 0; j < options.length; j++) found.push(addressIn(options[j].getAttribute("data-hovercard-id")));
+    for (var j = 0; j < options.length; j++) found.push(hovercardAddress(options[j]));
     return found;
+  }
+
+  // A chip's address: on the option itself, as InboxSDK reads it, or on an element inside it,
+  // as gmail.js reads it (div[data-hovercard-id] under the field).
+  function hovercardAddress(option) {
+    var holder = option.hasAttribute("data-hovercard-id") ? option : option.querySelector("[data-hovercard-id]");
+    return holder ? addressIn(holder.getAttribute("data-hovercard-id")) : null;
   }
 
   // The addresses in To, Cc and Bcc: lower case, each once, without names.
@@ -227,31 +250,53 @@
 
   // -- Putting the pixel in ---------------------------------------------------------------
 
-  // Where the image goes: the caret, if it is in the body outside the quoted history and the
-  // signature; else the end of the user's own text, before the signature and the quote.
+  // Where the image goes: the caret, if it is in the body outside the quoted history, the
+  // signature and its "-- " line; else the end of the user's own text, before those.
   function insertionRange(body) {
     var selection = document.getSelection();
     if (selection && selection.rangeCount) {
       var caret = selection.getRangeAt(0);
       var node = caret.startContainer;
       var element = node.nodeType === 1 ? node : node.parentElement;
-      if (body.contains(node) && !element.closest(QUOTE) && !element.closest(SIGNATURE)) {
+      if (body.contains(node) && !element.closest(NOT_OWN_TEXT)) {
         var range = caret.cloneRange();
         range.collapse(true);
         return range;
       }
     }
-    var stop = body.querySelector(SIGNATURE_PREFIX + ", " + SIGNATURE + ", " + QUOTE);
+    var stop = body.querySelector(NOT_OWN_TEXT);
     var end = document.createRange();
     if (stop) {
-      // The body's child that holds the signature or the quote: the user's text ends before it.
-      while (stop.parentNode !== body) stop = stop.parentNode;
-      end.setStartBefore(stop);
+      end.setStartBefore(blockStart(stop, body));
     } else {
       end.selectNodeContents(body);
       end.collapse(false);
     }
     return end;
+  }
+
+  // Where the signature or quote `node` begins, as the reader sees it. Gmail's draft wraps the
+  // whole message in one <div dir="ltr">, the user's text and the signature or quote alike, and
+  // can wrap a signature alone in a <div> of its own: climb out of wrappers that hold nothing
+  // before it, never out of one that holds the user's text. The line break Gmail puts before a
+  // signature (<br clear="all">) or a quote (<br>) goes with it.
+  function blockStart(node, body) {
+    while (node.parentNode !== body && !contentBefore(node)) node = node.parentNode;
+    var before = contentBefore(node);
+    while (before && before.nodeName === "BR") {
+      node = before;
+      before = contentBefore(node);
+    }
+    return node;
+  }
+
+  // The nearest sibling before `node` that shows something: an element or non-blank text.
+  function contentBefore(node) {
+    var sibling = node.previousSibling;
+    while (sibling && !(sibling.nodeType === 1 || (sibling.nodeType === 3 && sibling.data.trim()))) {
+      sibling = sibling.previousSibling;
+    }
+    return sibling;
   }
 
   function makeImage(url) {
@@ -438,7 +483,9 @@
   // -- Watching the tab: the sender's own views and sending ----------------------------------
 
   function inComposeBody(node) {
-    return !!(node.closest && node.closest(BODY));
+    var compose = composeOf(node);
+    var body = compose && bodyOf(compose);
+    return !!body && body.contains(node);
   }
 
   // Gmail shows one of our pixels in a message the sender is reading: tell the server, so the

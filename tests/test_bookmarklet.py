@@ -38,6 +38,8 @@ GIF = bytes.fromhex(
 )
 
 BODY = '[g_editable="true"][contenteditable][role="textbox"]'
+# Every fixture's message bodies, whatever else marks them, in the order of their composes.
+BODIES = 'div[contenteditable="true"]'
 POPUP_RECIPIENTS = ["bob@example.com", "carol@example.com", "dave@example.org"]
 POPUP_ADDED = "Receipt added — Invoice #42 to bob@example.com, carol@example.com, dave@example.org"
 
@@ -65,10 +67,10 @@ SNAPSHOT = """() => {
   return copy.outerHTML;
 }"""
 
-# Where this server's images are in the body of compose number `index`, and where the only one
+# Where this server's images are in body number `index` (BODIES), and where the only one
 # outside the quoted history sits relative to the text, the signature and the quote.
-PLACEMENT = """async ([index, origin]) => {
-  const body = document.querySelectorAll("div.M9")[index].querySelector('[g_editable="true"]');
+PLACEMENT = """async ([index, origin, bodies]) => {
+  const body = document.querySelectorAll(bodies)[index];
   const ours = [...body.querySelectorAll("img")]
     .filter((img) => (img.getAttribute("src") || "").includes(origin + "/p/"));
   const outside = ours.filter((img) => !img.closest(".gmail_quote"));
@@ -93,7 +95,8 @@ PLACEMENT = """async ([index, origin]) => {
     textBefore: before.toString(),
     textAfter: after.toString(),
     parent: img.parentElement === body ? "body" : img.parentElement.outerHTML,
-    inSignature: !!img.closest(".gmail_signature"),
+    next: img.nextSibling ? img.nextSibling.outerHTML || img.nextSibling.data : null,
+    inSignature: !!img.closest(".gmail_signature, .gmail_signature_prefix"),
     beforeSignature: follows(body.querySelector(".gmail_signature")),
     beforeQuote: follows(body.querySelector(".gmail_quote")),
   });
@@ -265,7 +268,7 @@ class GmailTab:
         return self.page.evaluate(SNAPSHOT)
 
     def placement(self, compose=0):
-        return self.page.evaluate(PLACEMENT, [compose, self.receipts.url])
+        return self.page.evaluate(PLACEMENT, [compose, self.receipts.url, BODIES])
 
     def input_events(self, compose):
         """The input events fired on the body of compose number `compose`."""
@@ -336,13 +339,14 @@ def assert_at_end_of_own_text(placement, own_text, signature=None):
 
 
 def place_caret(page, selector, text_index, offset, compose_index=0):
-    """Focus a body and put a collapsed caret at `offset` in its text node number `text_index`."""
+    """Focus body number `compose_index` and put a collapsed caret at `offset` in text node number
+    `text_index` of its element `selector` (of the body itself if None)."""
     page.evaluate(
-        """([body, selector, textIndex, offset]) => {
-          const compose = document.querySelectorAll("div.M9")[body];
-          compose.querySelector('[g_editable="true"]').focus();
-          const walker = document.createTreeWalker(compose.querySelector(selector),
-                                                   NodeFilter.SHOW_TEXT);
+        """([bodies, index, selector, textIndex, offset]) => {
+          const body = document.querySelectorAll(bodies)[index];
+          body.focus();
+          const walker = document.createTreeWalker(
+            selector ? body.querySelector(selector) : body, NodeFilter.SHOW_TEXT);
           let node = walker.nextNode();
           for (let i = 0; i < textIndex; i++) node = walker.nextNode();
           const range = document.createRange();
@@ -352,7 +356,7 @@ def place_caret(page, selector, text_index, offset, compose_index=0):
           selection.removeAllRanges();
           selection.addRange(range);
         }""",
-        [compose_index, selector, text_index, offset],
+        [BODIES, compose_index, selector, text_index, offset],
     )
 
 
@@ -389,7 +393,7 @@ def test_popup_compose_gets_the_pixel_at_the_end_of_the_text_before_the_signatur
     assert_pixel_image(placement, receipts, pixel)
     assert_at_end_of_own_text(placement, "Kind regards, Ada", signature="Ada Lovelace")
     assert placement["beforeSignature"] is True
-    assert tab.input_events(compose=0), "no input event on the body: Gmail would not save"
+    assert tab.input_events(compose=0), "no input event on the body for its other listeners"
     assert tab.page.evaluate("typeof window.__openreceipt") == "object"
     # The browser showed the draft's image: the server saw the sender's own preview.
     assert receipts.pixel(pixel["id"])["state"] == "inserted"
@@ -399,7 +403,7 @@ def test_popup_compose_gets_the_pixel_at_the_end_of_the_text_before_the_signatur
 def test_caret_in_the_middle_of_a_text_node(tab, receipts):
     before = receipts.pixel_ids()
     page = tab.open("popup.html")
-    place_caret(page, BODY, 0, len("Hello Bob,"))
+    place_caret(page, None, 0, len("Hello Bob,"))
     tab.click_bookmarklet()
     assert tab.notice() == ("added", POPUP_ADDED)
 
@@ -569,17 +573,35 @@ SEND = "div.M9 .IZ .Up div > div[role='button']:not([aria-haspopup])"
 COMPOSE_KINDS = ["popup.html", "popup_old.html", "fullscreen.html", "reply.html", "forward.html"]
 
 
+def send_message(tab, button=SEND):
+    """Press Send; once the bookmarklet's sent marker is answered, what Gmail sent."""
+    with tab.page.expect_response(lambda response: response.url.endswith("/sent")):
+        tab.page.locator(button).click()
+    [sent] = sent_messages(tab.page)
+    return sent
+
+
+def click_with_the_mint_held(tab):
+    """Click the bookmarklet and hold its mint request back; returns the held request's route."""
+    held = []
+    tab.context.route(f"{tab.receipts.url}/api/pixels", lambda route: held.append(route))
+    tab.click_bookmarklet()
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        tab.page.wait_for_timeout(20)
+    assert held, "the mint request never left"
+    return held[0]
+
+
 @pytest.mark.parametrize("fixture", COMPOSE_KINDS)
 def test_the_sent_message_carries_exactly_one_pixel(tab, receipts, fixtures, fixture):
     old_urls = quoted_pixels(receipts, fixtures)
     before = receipts.pixel_ids()
-    page = tab.open(fixture)
+    tab.open(fixture)
     tab.click_bookmarklet()
     assert tab.notice().kind == "added"
     [pixel] = receipts.new_pixels(before)
-    with page.expect_response(lambda response: response.url.endswith("/sent")):
-        page.locator(SEND).click()
-    [sent] = sent_messages(page)
+    sent = send_message(tab)
     assert our_pixels_in(sent["html"], receipts) == [pixel["url"]], sent["html"]
     assert not set(old_urls) & set(our_pixels_in(sent["html"], receipts))
     assert receipts.pixel(pixel["id"])["sent_at"] is not None
@@ -594,19 +616,13 @@ def test_send_pressed_while_the_receipt_is_on_its_way_waits_for_it(
     message goes out once the receipt is in, with it."""
     quoted_pixels(receipts, fixtures)
     before = receipts.pixel_ids()
-    held = []
-    tab.context.route(f"{receipts.url}/api/pixels", lambda route: held.append(route))
     page = tab.open(fixture)
-    tab.click_bookmarklet()
-    deadline = time.monotonic() + 10
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(20)
-    assert held, "the mint request never left"
+    mint = click_with_the_mint_held(tab)
 
     page.locator(SEND).click()
     assert tab.notice().kind == "waiting"
     assert page.evaluate("window.__gmail.sent") == []  # held, not sent without the receipt
-    held[0].continue_()
+    mint.continue_()
 
     [sent] = sent_messages(page)
     [pixel] = receipts.new_pixels(before)
@@ -618,20 +634,51 @@ def test_send_pressed_while_the_receipt_is_on_its_way_waits_for_it(
     tab.check()
 
 
-def test_a_change_made_through_the_dom_alone_is_not_sent(tab):
-    """The draft model is Gmail's, not the page's: an image put in without the events Gmail's
-    change detection sees does not go out, so the tests above prove the bookmarklet's events."""
+def test_a_change_made_through_the_dom_and_an_input_event_are_not_sent(tab):
+    """The draft model is Gmail's, not the page's: an image put in without the key events Gmail's
+    change detection sees does not go out, even with the input event the bookmarklet also fires
+    (no public source says Gmail saves on one; gmail_fixtures/draft_model.js). So the tests
+    above prove the bookmarklet's key events."""
     page = tab.open("popup.html")
     page.evaluate(
         """() => {
+          const body = document.querySelector('[g_editable="true"]');
           const img = document.createElement("img");
           img.src = "https://ci3.googleusercontent.com/meips/unsaved=s0-d-e1-ft";
-          document.querySelector('[g_editable="true"]').appendChild(img);
+          body.appendChild(img);
+          body.dispatchEvent(new InputEvent("input",
+            {bubbles: true, inputType: "insertReplacementText"}));
         }"""
     )
+    assert page.evaluate("window.__gmail.saves") == 0
     page.locator(SEND).click()
     [sent] = sent_messages(page)
     assert "unsaved" not in sent["html"] and "Kind regards, Ada" in sent["html"]
+    tab.check()
+
+
+@pytest.mark.parametrize("send_at", ["after-the-notice", "while-minting"])
+@pytest.mark.parametrize("key_event", ["keydown", "keypress", "keyup"])
+def test_the_pixel_is_sent_whichever_key_event_gmail_saves_on(tab, receipts, key_event, send_at):
+    """Which of keydown, keypress and keyup Gmail's change detection listens to is not public:
+    with the draft model saving on one of them only, the sent message still has the pixel, when
+    Send comes after the notice and when it comes while the receipt is on its way."""
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    page.evaluate("(type) => { window.__gmail.saveOn = [type]; }", key_event)
+    if send_at == "after-the-notice":
+        tab.click_bookmarklet()
+        assert tab.notice().kind == "added"
+        sent = send_message(tab)
+    else:
+        mint = click_with_the_mint_held(tab)
+        page.locator(SEND).click()
+        assert tab.notice().kind == "waiting"
+        mint.continue_()
+        [sent] = sent_messages(page)
+    [pixel] = receipts.new_pixels(before)
+    assert our_pixels_in(sent["html"], receipts) == [pixel["url"]], sent["html"]
+    assert page.evaluate("window.__gmail.saves") >= 1
     tab.check()
 
 
@@ -661,6 +708,214 @@ def test_the_save_key_comes_after_the_insertion_as_gmail_needs(tab, receipts):
         ["keyup", 190, 0, True],
     ]
     assert page.locator(BODY).inner_text() == text_before
+    tab.check()
+
+
+# -- Gmail's page as the toolkits' sources show it -------------------------------------------------
+
+# Send in a compose that has no div.M9.
+ANY_SEND = ".IZ .Up div > div[role='button']:not([aria-haspopup])"
+REPLY_TEXT = "Thanks Bob, I will pay on Friday."
+REPLY_ADDED = "Receipt added — Re: Invoice #41 to bob@example.com"
+
+
+def test_a_wrapped_draft_gets_the_pixel_after_the_users_text(tab, receipts):
+    """Gmail's own draft HTML: one <div dir="ltr"> around the whole message, the signature in a
+    <div> of its own after <br clear="all"> (popup_wrapped.html). The pixel goes at the end of
+    the user's last line, not at the start of the body."""
+    before = receipts.pixel_ids()
+    tab.open("popup_wrapped.html")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+
+    [pixel] = receipts.new_pixels(before)
+    placement = tab.placement()
+    assert_pixel_image(placement, receipts, pixel)
+    assert placement["textBefore"] == "Hello Bob, the invoice is attached.Kind regards, Ada"
+    assert placement["textAfter"] == "Ada LovelaceAnalytical Engines Ltd"
+    assert placement["beforeSignature"] is True and not placement["inSignature"]
+    assert placement["parent"].startswith('<div dir="ltr"><div>Hello Bob,')
+    assert placement["next"] == '<br clear="all">'
+    assert our_pixels_in(send_message(tab)["html"], receipts) == [pixel["url"]]
+    tab.check()
+
+
+# The signature and its "-- " line taken out of reply_wrapped.html: the body is then exactly the
+# shape of InboxSDK's sync-compose-processor-20220909.test.ts L28, <br> and the quote after the
+# user's text.
+QUOTE_ONLY = """() => {
+  const own = document.querySelector('[gmail_original="1"]');
+  while (!own.nextSibling.matches(".gmail_quote")) own.nextSibling.remove();
+  own.after(document.createElement("br"));
+}"""
+
+
+@pytest.mark.parametrize(
+    ("shape", "text_after"),
+    [("with-signature", "-- Ada Lovelace"), ("quote-only", "On Mon, 3 Mar 2025 at 09:12, Bob")],
+)
+def test_a_wrapped_reply_gets_the_pixel_after_the_users_text(
+    tab, receipts, fixtures, shape, text_after
+):
+    old_urls = quoted_pixels(receipts, fixtures)
+    before = receipts.pixel_ids()
+    page = tab.open("reply_wrapped.html")
+    if shape == "quote-only":
+        page.evaluate(QUOTE_ONLY)
+        assert page.locator(".gmail_signature, .gmail_signature_prefix").count() == 0
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", REPLY_ADDED)
+
+    [pixel] = receipts.new_pixels(before)
+    placement = tab.placement()
+    assert placement["inBody"] == 1, "an old pixel is still in the quoted history"
+    assert_pixel_image(placement, receipts, pixel)
+    assert placement["textBefore"] == REPLY_TEXT
+    assert placement["textAfter"].startswith(text_after), placement["bodyHTML"]
+    assert placement["beforeQuote"] is True and not placement["inSignature"]
+    sent = send_message(tab)
+    assert our_pixels_in(sent["html"], receipts) == [pixel["url"]]
+    assert not set(old_urls) & set(our_pixels_in(sent["html"], receipts))
+    tab.check()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "caret_in", "own_text", "text_after"),
+    [
+        ("popup.html", ".gmail_signature_prefix", "Kind regards, Ada", "-- Ada Lovelace"),
+        ("popup.html", ".gmail_signature", "Kind regards, Ada", "-- Ada Lovelace"),
+        ("popup_wrapped.html", ".gmail_signature", "Kind regards, Ada", "Ada Lovelace"),
+        ("reply_wrapped.html", ".gmail_signature_prefix", REPLY_TEXT, "-- Ada Lovelace"),
+    ],
+)
+def test_a_caret_in_the_signature_or_its_dash_line_is_not_where_the_pixel_goes(
+    tab, receipts, fixtures, fixture, caret_in, own_text, text_after
+):
+    quoted_pixels(receipts, fixtures)
+    page = tab.open(fixture)
+    place_caret(page, caret_in, 0, 1)
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "added"
+
+    placement = tab.placement()
+    assert placement["outsideQuote"] == 1 and not placement["inSignature"]
+    assert placement["textBefore"].endswith(own_text), placement["bodyHTML"]
+    assert placement["textAfter"].startswith(text_after), placement["bodyHTML"]
+    assert placement["beforeSignature"] is True
+    tab.check()
+
+
+def test_the_visible_subject_is_read_before_an_empty_hidden_one(tab, receipts):
+    """gmail.js's subject(): input[name=subjectbox] first, the hidden input[name=subject] only
+    when that is empty (popup_two_subjects.html has the hidden one first, and empty)."""
+    page = tab.open("popup_two_subjects.html")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+    assert mint_request(tab) == {"subject": "Invoice #42", "recipients": POPUP_RECIPIENTS}
+
+    with page.expect_response(lambda response: response.url.endswith("/sent")) as marker:
+        page.locator(SEND).click()
+    assert marker.value.request.post_data_json["subject"] == "Invoice #42"
+    tab.check()
+
+
+@pytest.mark.parametrize("fixture", ["popup_body_classes.html", "popup_body_editable.html"])
+def test_a_body_without_g_editable_is_found(tab, receipts, fixture):
+    """The body as gmail.js selects it (div[contenteditable=true]), with Gmail's classes
+    (div.Am.Al.editable) or without: the pixel goes in, is sent, and is no self-view."""
+    before = receipts.pixel_ids()
+    tab.open(fixture)
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+    assert mint_request(tab) == {"subject": "Invoice #42", "recipients": POPUP_RECIPIENTS}
+
+    [pixel] = receipts.new_pixels(before)
+    placement = tab.placement()
+    assert_pixel_image(placement, receipts, pixel)
+    assert_at_end_of_own_text(placement, "Kind regards, Ada", signature="Ada Lovelace")
+    assert our_pixels_in(send_message(tab)["html"], receipts) == [pixel["url"]]
+    assert tab.requests_to("/self-view") == []  # the draft's own image, in its body
+    tab.check()
+
+
+def test_an_editable_div_outside_any_compose_is_no_body(tab, receipts):
+    """gmail.js's wide body selector counts only inside a compose."""
+    page = tab.open("inbox.html")
+    page.evaluate(
+        """() => {
+          const box = document.createElement("div");
+          box.contentEditable = "true";
+          box.textContent = "a note, not a message";
+          document.querySelector('div.nH[role="main"]').appendChild(box);
+        }"""
+    )
+    page_before = tab.snapshot()
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "no-compose"
+    assert tab.snapshot() == page_before and tab.api_requests == []
+    tab.check()
+
+
+def test_a_compose_known_only_by_its_ad_container(tab, receipts):
+    """No [role=dialog], no div.M9: gmail.js's compose can be the div.AD itself."""
+    before = receipts.pixel_ids()
+    tab.open("popup_ad_only.html")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+    assert mint_request(tab) == {"subject": "Invoice #42", "recipients": POPUP_RECIPIENTS}
+
+    [pixel] = receipts.new_pixels(before)
+    placement = tab.placement()
+    assert_pixel_image(placement, receipts, pixel)
+    assert_at_end_of_own_text(placement, "Kind regards, Ada", signature="Ada Lovelace")
+    assert our_pixels_in(send_message(tab, ANY_SEND)["html"], receipts) == [pixel["url"]]
+    tab.check()
+
+
+@pytest.mark.parametrize(
+    ("click_on", "index", "added"),
+    [(REPLY_TEXT, 0, REPLY_ADDED), ("Kind regards, Ada", 1, POPUP_ADDED)],
+    ids=["inline-reply", "ad-popup"],
+)
+def test_an_inline_reply_and_an_ad_popup_are_told_apart(tab, receipts, click_on, index, added):
+    """reply_and_popup.html: an inline reply (.AO … .ip.adB > div.M9) and a popup known only by
+    its div.AD. The one holding the caret gets the pixel; the other is left as it was."""
+    page = tab.open("reply_and_popup.html")
+    other = page.locator(BODIES).nth(1 - index)
+    other_before = other.evaluate("body => body.outerHTML")
+    page.get_by_text(click_on).click()
+    page.keyboard.press("End")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", added)
+
+    placement = tab.placement(compose=index)
+    assert placement["outsideQuote"] == 1
+    assert placement["textBefore"].endswith(click_on), placement["bodyHTML"]
+    assert other.evaluate("body => body.outerHTML") == other_before
+    tab.check()
+
+
+def test_an_inline_reply_and_an_ad_popup_neither_focused_is_ambiguous(tab, receipts):
+    tab.open("reply_and_popup.html")
+    page_before = tab.snapshot()
+    tab.click_bookmarklet()
+    assert tab.notice().kind == "ambiguous"
+    assert tab.snapshot() == page_before and tab.api_requests == []
+    tab.check()
+
+
+def test_a_chip_address_on_an_element_inside_the_option_is_read(tab, receipts):
+    """gmail.js reads div[data-hovercard-id] under the field: the address can be on an element
+    inside the role=option chip (popup_hovercard_child.html). Still nothing from the
+    suggestions, which carry data-hovercard-id too."""
+    page = tab.open("popup_hovercard_child.html")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+    assert mint_request(tab) == {"subject": "Invoice #42", "recipients": POPUP_RECIPIENTS}
+
+    with page.expect_response(lambda response: response.url.endswith("/sent")) as marker:
+        page.locator(SEND).click()
+    assert marker.value.request.post_data_json["recipients"] == POPUP_RECIPIENTS
     tab.check()
 
 
