@@ -39,9 +39,10 @@ from ..storage.engine import (
 from ..storage.models import Pixel
 from ..vocabulary import KINDS, STATE_REACHED, STATES, Kind
 
+# PostgreSQL: the batch's waits, for this transaction only, in one round trip.
 PIXEL_TIMEOUTS = (
-    f"SET LOCAL lock_timeout = '{PIXEL_WAIT_MS}ms'",
-    "SET LOCAL statement_timeout = '2s'",
+    f"SELECT set_config('lock_timeout', '{PIXEL_WAIT_MS}ms', true), "
+    "set_config('statement_timeout', '2s', true)"
 )
 # Mail clients and proxies often fetch an image twice: the same fetcher within 10 s is one event.
 REPEAT_WINDOW = datetime.timedelta(seconds=10)
@@ -265,8 +266,7 @@ class Recorder:
                 if short_waits and not sql.sqlite:
                     # The pixels' rows may be held by a purge batch or a correction: wait 45 ms
                     # at most, then fail (and the pixel spools the fetches).
-                    for statement in PIXEL_TIMEOUTS:
-                        db.execute_sql(statement)
+                    db.execute_sql(PIXEL_TIMEOUTS)
                 if sql.lock:
                     db.execute_sql(sql.lock, (sorted({fetch.public_id for fetch, _ in fetches}),))
                 for fetch, verdicts in fetches:
