@@ -4,7 +4,7 @@ The status page and the API's list say how many receipts a user has; counting th
 of the user's rows in the pixel index on every page (3.5 ms at 100,000 receipts, a hundred times
 the page's own query). The count now lives in user.receipt_count, and triggers move it with every
 row of pixel inserted or deleted, whichever way: a mint, a deletion, an erasure by address, a
-deleted account's cascade."""
+deleted account's cascade. (A receipt never changes owner.)"""
 
 from peewee import DatabaseProxy, IntegerField, SqliteDatabase
 
@@ -15,28 +15,30 @@ SQLITE_TRIGGERS = (
     """CREATE TRIGGER pixel_uncounted AFTER DELETE ON pixel BEGIN
         UPDATE "user" SET receipt_count = receipt_count - 1 WHERE id = OLD.owner_id;
     END""",
-    """CREATE TRIGGER pixel_moved AFTER UPDATE OF owner_id ON pixel
-        WHEN NEW.owner_id IS NOT OLD.owner_id BEGIN
-        UPDATE "user" SET receipt_count = receipt_count - 1 WHERE id = OLD.owner_id;
-        UPDATE "user" SET receipt_count = receipt_count + 1 WHERE id = NEW.owner_id;
-    END""",
 )
 
+# Once per statement, not per row: PostgreSQL keeps every version of a row updated in one
+# transaction, and a row-level trigger would update the owner's row once for each of thousands
+# of receipts inserted or deleted together, slower with each.
 POSTGRESQL_TRIGGERS = (
-    """CREATE OR REPLACE FUNCTION count_receipts() RETURNS trigger LANGUAGE plpgsql AS $$
+    """CREATE OR REPLACE FUNCTION count_new_receipts() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP IN ('DELETE', 'UPDATE') THEN
-            UPDATE "user" SET receipt_count = receipt_count - 1 WHERE id = OLD.owner_id;
-        END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            UPDATE "user" SET receipt_count = receipt_count + 1 WHERE id = NEW.owner_id;
-        END IF;
+        UPDATE "user" u SET receipt_count = u.receipt_count + n.count
+        FROM (SELECT owner_id, COUNT(*) AS count FROM new_rows GROUP BY owner_id) n
+        WHERE u.id = n.owner_id;
         RETURN NULL;
     END $$""",
-    "CREATE TRIGGER pixel_counted AFTER INSERT OR DELETE ON pixel "
-    "FOR EACH ROW EXECUTE FUNCTION count_receipts()",
-    "CREATE TRIGGER pixel_moved AFTER UPDATE OF owner_id ON pixel FOR EACH ROW "
-    "WHEN (NEW.owner_id IS DISTINCT FROM OLD.owner_id) EXECUTE FUNCTION count_receipts()",
+    """CREATE OR REPLACE FUNCTION count_gone_receipts() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE "user" u SET receipt_count = u.receipt_count - o.count
+        FROM (SELECT owner_id, COUNT(*) AS count FROM old_rows GROUP BY owner_id) o
+        WHERE u.id = o.owner_id;
+        RETURN NULL;
+    END $$""",
+    "CREATE TRIGGER pixel_counted AFTER INSERT ON pixel REFERENCING NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION count_new_receipts()",
+    "CREATE TRIGGER pixel_uncounted AFTER DELETE ON pixel REFERENCING OLD TABLE AS old_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION count_gone_receipts()",
 )
 
 
