@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 KEY = "openreceipt.jobs"
 REPEAT_LOG_SECONDS = 60  # the same failure again within this time is not logged again
+BACKOFF_SECONDS = 10  # the longest wait between two tries of a failing step
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,19 @@ class Loop:
             self._guard.release()
 
     def _run(self):
-        first = self.job.every if self.job.first_after is None else self.job.first_after
-        wait = first
+        wait = self.job.every if self.job.first_after is None else self.job.first_after
+        failures = 0
         while not self.stop_event.wait(wait):
-            wait = self.job.every
-            while self._step() and not self.stop_event.is_set():
-                pass
+            more = self._step()
+            while more and not self.stop_event.is_set():
+                more = self._step()
+            failures = failures + 1 if more is None else 0
+            wait = next_wait(self.job.every, failures)
 
     def _step(self):
+        """True when there is more to do at once, False when not, None when the step failed."""
         try:
-            return self.job.step()
+            return bool(self.job.step())
         except Exception as error:  # noqa: BLE001 - tried again at the next round
             # A database that is away fails every round: say so once a minute, not every time.
             message = f"{type(error).__name__}: {str(error)[:300]}"
@@ -77,12 +81,21 @@ class Loop:
             if message != logged or time.monotonic() - when > REPEAT_LOG_SECONDS:
                 self._last_failure = (message, time.monotonic())
                 self.app.logger.error("%s: %s", self.job.name, message)
-            return False
+            return None
 
     def stop(self, timeout):
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join(timeout)
+
+
+def next_wait(every, failures):
+    """Seconds until a job's next round after `failures` failed rounds in a row: a failing step
+    (the database away) is tried again ever less often, up to BACKOFF_SECONDS apart (or `every`,
+    when that is longer), and at the job's own pace again once it succeeds."""
+    if not failures:
+        return every
+    return min(every * 2**failures, max(every, BACKOFF_SECONDS))
 
 
 def register(app, job):

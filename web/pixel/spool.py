@@ -47,7 +47,9 @@ REJECTED = "rejected.jsonl"
 LOCK = "replay.lock"
 DROPPED = "dropped"
 APPEND_TRIES = 1000  # a replay moves the active file at most once per run; this is plenty
-CHECK_SECONDS = 5  # how often a worker looks for spooled fetches to replay
+# How often a worker looks for spooled fetches to replay (a look is one stat() of the spool):
+# a fetch spooled while the write lock was busy is on the status page within a second.
+CHECK_SECONDS = 0.5
 # What the database says of the line itself: replaying it again would fail the same way. Any
 # other failure (the database away, read-only, upgrading; the worker stopping) keeps the line.
 REFUSED = (DataError, IntegrityError)
@@ -55,6 +57,10 @@ REFUSED = (DataError, IntegrityError)
 
 class SpoolError(OSError):
     """The spool could not be written either (e.g. the disk is full)."""
+
+
+class ReplayPaused(Exception):
+    """The replay stopped with fetches left in the spool: the database is still away."""
 
 
 class SpoolFull(SpoolError):
@@ -286,7 +292,7 @@ def _reject(folder, line, why):
 
 
 def init_app(app):
-    """The job that replays the spool every few seconds while it holds fetches: in each worker,
+    """The job that replays the spool twice a second while it holds fetches: in each worker,
     unless SPOOL_AUTO is off."""
     data_dir = app.config["DATA_DIR"]
 
@@ -295,6 +301,9 @@ def init_app(app):
             counts = replay(app)
             if counts and (counts["recorded"] or counts["not_recorded"]):
                 app.logger.info("spool: replayed %s", counts)
+            if counts and counts["left"]:
+                # The database is still away: a failed step, tried again ever less often.
+                raise ReplayPaused(f"{counts['left']} fetches left")
 
     in_workers = app.config["SPOOL_AUTO"]
     background.register(app, background.Job("spool", step, CHECK_SECONDS, in_workers))
