@@ -1,13 +1,17 @@
 """How fast the pixel path answers under load, next to the framework's floor: one gunicorn serving
 `wsgi:app` on a fresh database and one serving `bench.floor:app` (the same GIF and headers, and
 nothing else), both with gunicorn.conf.py as it is, driven alike by wrk (or, without wrk, a Python
-load generator) through freshly minted pixels and a mix of mail clients. Then checks that every
-fetch answered "recorded" (or "spooled", once replayed) is one event in the database. Not a
-timed test: run it by hand (see bench/README.md). Exits 1 on an answer other than 2xx, a socket
-error, or events that do not add up; the ratio to the floor is reported, never fatal.
+load generator) through freshly minted pixels and a mix of mail clients. During the pixel's
+rounds a probe fetches a fresh pixel every 100 ms and times how long its event (and notice) takes
+to appear in the database. Then checks that every fetch answered "recorded" (or "spooled", once
+replayed) is one event in the database. With --kill, kills a worker and then the whole server
+with kill -9 under load and checks that no answered fetch was lost. Not a timed test: run it by
+hand (see bench/README.md). Exits 1 on an answer other than 2xx, a socket error, or events that
+do not add up (or, with --kill, an answered fetch lost); the ratio to the floor and the delays
+are reported, never fatal.
 
     .venv/bin/python bench/pixel_load.py [--database-url URL] [--duration 15] [--connections 64]
-        [--networks one|many] [--notify first|every]
+        [--networks one|many] [--notify first|every] [--kill]
 """
 
 import argparse
@@ -16,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import select
 import shutil
 import signal
 import socket
@@ -24,11 +29,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,7 +45,10 @@ from scratch import add_database_url_argument, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TARGET_RATIO = 0.6  # the issue's target, on SQLite
+# The ingest targets, pixel / floor: 0.9 with mostly repeats (--networks one, either database);
+# with every fetch a new event (--networks many), 0.8 on SQLite and 0.6 on PostgreSQL.
+TARGET_REPEATS, TARGET_NEW_SQLITE, TARGET_NEW_POSTGRESQL = 0.9, 0.8, 0.6
+LOAD_NAMES = {"one": "repeat-heavy", "many": "every-fetch-new"}
 EMAIL = "ada@example.com"
 PASSWORD = "bench password, not a secret"
 # wrk stops at the end of --duration whatever is in flight, and the server would store the
@@ -48,7 +57,14 @@ PASSWORD = "bench password, not a secret"
 QUIET_SECONDS = 2
 # Compared on both servers before the load; refused on its signature, it stores nothing.
 UNSIGNED_PATH = "/p/bench-unsigned.gif"
+# The fetch-to-visible probe: a fresh pixel fetched every PROBE_INTERVAL seconds during the
+# pixel's rounds, its rows looked for every PROBE_POLL seconds; the issue's bound is
+# PROBE_TARGET, and a probe not seen within PROBE_GIVE_UP is counted as never seen.
+PROBE_INTERVAL = 0.1
+PROBE_POLL = 0.002
+PROBE_TARGET = 1.0
 SOCKET_TIMEOUT = 10  # seconds; a fetch slower than this is an error (wrk's --timeout)
+PROBE_GIVE_UP = SOCKET_TIMEOUT
 COMPARED_HEADERS = ("Content-Type", "Content-Length", "Cache-Control", "Pragma", "Expires")
 
 GMAIL_PROXY = (
@@ -64,6 +80,8 @@ CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0.0.0 Safari/537.36"
 )
+# The probes show the message, as a mail program and a browser do: each fetch is an open.
+PROBE_AGENTS = (IPHONE_MAIL, CHROME)
 # Who fetches, out of 10: Apple's privacy proxy and Gmail's image proxy make most fetches.
 CLIENT_MIX = (
     ("Apple Mail Privacy Protection", APPLE_MPP, 3),
@@ -102,6 +120,7 @@ end
 
 function init(args)
   local duration, quiet, thread_count = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local shift = tonumber(args[4])  -- the server's round: where the walk starts (see request())
   prepared = {}
   for round = 0, #mix - 1 do
     for i, path in ipairs(paths) do
@@ -109,7 +128,7 @@ function init(args)
       table.insert(prepared, wrk.format("GET", path, {["User-Agent"] = agent}))
     end
   end
-  position = math.floor(#prepared * thread_index / thread_count)
+  position = math.floor(#prepared * thread_index / thread_count) + shift
   quiet_from = now() + duration - quiet
   hold = (duration + 60) * 1000  -- milliseconds: past the end of the run
   sent, answered, not_ok = 0, 0, 0
@@ -131,7 +150,9 @@ function request()
   if not many then
     return prepared[position]
   end
-  local n = sent * 4 + thread_index  -- threads never share a network
+  -- Threads never share a network; each round starts from network 0 again, shifted onto
+  -- another pixel than in the round before (init).
+  local n = sent * 4 + thread_index
   local round = math.floor((position - 1) / #paths)
   local path = paths[(position - 1) %% #paths + 1]
   local agent = agents[mix[((position - 1) %% #paths + 1 + round) %% #mix + 1]]
@@ -239,8 +260,287 @@ class Stored:
     replayed: int | None  # events that came from the spool (Event.spool_key), if the column exists
 
 
+@dataclass
+class Visibility:
+    """Fetch to visible: for each probe answered 'recorded' or 'spooled', the seconds from
+    sending its fetch to seeing its rows in the database."""
+
+    delays: list = field(default_factory=list)
+    recorded: list = field(default_factory=list)  # the delays of those answered 'recorded'
+    unseen: int = 0  # answered 'recorded' or 'spooled', no row within PROBE_GIVE_UP
+    late_spooled: int = 0  # of the late ones (or never seen), those answered 'spooled'
+    answered_otherwise: Counter = field(default_factory=Counter)  # no row to wait for
+    ran_out: bool = False  # every probe pixel was used before the rounds ended
+
+    @property
+    def late(self):
+        """Probes not visible within PROBE_TARGET (those never seen included)."""
+        return sum(1 for delay in self.delays if delay > PROBE_TARGET) + self.unseen
+
+    def percentile_ms(self, percent, delays=None):
+        return percentile(sorted(self.delays if delays is None else delays), percent) * 1000
+
+    def describe(self, notices):
+        rows = "its event and its notice" if notices else "its event"
+        count = len(self.delays) + self.unseen
+        if not count:
+            text = "fetch to visible: no probe was answered 'recorded' or 'spooled'"
+        else:
+            text = (
+                f"fetch to visible ({rows} in the database; a fresh pixel fetched every "
+                f"{PROBE_INTERVAL * 1000:.0f} ms during the pixel's rounds):\n"
+                f"  {count:,} probes: p50 {self.percentile_ms(50):.1f} ms, "
+                f"p99 {self.percentile_ms(99):.1f} ms, max "
+                + (f"{max(self.delays) * 1000:.0f} ms" if self.delays else "-")
+                + f"; {self.late} not visible within {PROBE_TARGET:g} s"
+                + (f" ({self.unseen} not within {PROBE_GIVE_UP} s)" if self.unseen else "")
+                + (
+                    f" ({self.late_spooled} of them answered 'spooled', written by a replay)"
+                    if self.late_spooled
+                    else ""
+                )
+                + f": {'met' if not self.late else 'NOT met'}"
+            )
+            if self.recorded and len(self.recorded) < len(self.delays):
+                text += (
+                    f"\n  answered 'recorded' ({len(self.recorded):,} of them): "
+                    f"p50 {self.percentile_ms(50, self.recorded):.1f} ms, "
+                    f"p99 {self.percentile_ms(99, self.recorded):.1f} ms, "
+                    f"max {max(self.recorded) * 1000:.0f} ms"
+                )
+        for outcome, number in self.answered_otherwise.most_common():
+            text += f"\n  {number:,} probes answered {outcome!r}, no row to wait for"
+        if self.ran_out:
+            text += "\n  (the probe pixels ran out before the rounds ended)"
+        return text
+
+
+@dataclass
+class ProbeRound:
+    """The probes of one pixel round: their answers join the round's tally (Load)."""
+
+    outcomes: Counter = field(default_factory=Counter)
+    socket_errors: int = 0
+    cut_off: int = 0  # sent, and never answered: may or may not be stored
+
+    def added_to(self, load):
+        return replace(
+            load,
+            outcomes=load.outcomes + self.outcomes,
+            socket_errors=load.socket_errors + self.socket_errors,
+            cut_off=load.cut_off + self.cut_off,
+        )
+
+
+@dataclass
+class Probe:
+    """One probe fetch on its way: sent, then answered ("" for no answer) and seen."""
+
+    pixel_id: int
+    connection: http.client.HTTPConnection
+    sent: float  # time.perf_counter()
+    outcome: str | None = None
+    seen: float | None = None
+
+    @property
+    def expects_rows(self):
+        return self.outcome is None or self.outcome.startswith(("recorded:", "spooled:"))
+
+    def read_answer(self):
+        try:
+            response = self.connection.getresponse()
+            response.read()
+            self.outcome = response.headers.get("X-Openreceipt", "(no X-Openreceipt header)")
+            if not 200 <= response.status < 300:
+                self.outcome = f"HTTP {response.status}"
+        except (OSError, http.client.HTTPException):
+            self.outcome = ""
+        self.connection.close()
+
+    def done(self, now):
+        if self.outcome is not None and (self.seen is not None or not self.expects_rows):
+            return True
+        if now - self.sent > PROBE_GIVE_UP:
+            if self.outcome is None:  # no answer in time: a socket error, as for wrk
+                self.outcome = ""
+                self.connection.close()
+            return True
+        return False
+
+
+class Prober:
+    """The fetch-to-visible probe: during a pixel round, a thread fetches a pixel nobody has
+    fetched yet every PROBE_INTERVAL, as a mail client that shows the message would (so that it
+    is a new event, an open), and looks in the database every PROBE_POLL until the pixel's event
+    row is there (with --notify, its notice row too): the time from sending the fetch to seeing
+    the rows is how long a fetch takes to reach the status page and the outbox. Probes overlap
+    (a slow one does not hold the next back), and the database is looked at while the answers
+    are on their way, so a row stored before its answer arrives is timed when it is seen."""
+
+    def __init__(self, server, probes, url, sqlite_path, args):
+        self.server, self.url, self.sqlite_path = server, url, sqlite_path
+        self.probes = iter(probes)  # (path, pixel id), each fetched once over all rounds
+        self.many = args.networks == "many"
+        self.notices = args.notify != "off"
+        self.visibility = Visibility()
+        self.sent = 0
+        self.thread = None
+
+    def start(self, seconds):
+        """Send probes for `seconds` from now; join() waits for their rows, or gives up."""
+        self.round = ProbeRound()
+        self.thread = threading.Thread(
+            target=self.run, args=(time.monotonic() + seconds,), daemon=True
+        )
+        self.thread.start()
+
+    def join(self):
+        self.thread.join()
+        return self.round
+
+    def run(self, until):
+        pending = []
+        with probe_lookup(self.url, self.sqlite_path, self.notices) as visible:
+            next_at = time.monotonic()
+            while True:
+                now = time.monotonic()
+                sending = now < until and not self.visibility.ran_out
+                if sending and now >= next_at:
+                    next_at = max(next_at + PROBE_INTERVAL, now)
+                    self.send(pending)
+                if not pending and not sending:
+                    return
+                waiting = [probe for probe in pending if probe.outcome is None]
+                if waiting:
+                    # Wait for an answer PROBE_POLL at most, then look in the database.
+                    sockets = [probe.connection.sock for probe in waiting]
+                    readable = set(select.select(sockets, [], [], PROBE_POLL)[0])
+                    for probe in waiting:
+                        if probe.connection.sock in readable:
+                            probe.read_answer()
+                else:
+                    time.sleep(PROBE_POLL)
+                unseen = {probe.pixel_id for probe in pending if probe.seen is None}
+                if unseen:
+                    found = visible(unseen)
+                    seen = time.perf_counter()
+                    for probe in pending:
+                        if probe.seen is None and probe.pixel_id in found:
+                            probe.seen = seen
+                now = time.perf_counter()
+                for probe in [probe for probe in pending if probe.done(now)]:
+                    pending.remove(probe)
+                    self.file(probe)
+
+    def send(self, pending):
+        try:
+            path, pixel_id = next(self.probes)
+        except StopIteration:
+            self.visibility.ran_out = True
+            return
+        self.sent += 1
+        headers = {"User-Agent": PROBE_AGENTS[self.sent % len(PROBE_AGENTS)]}
+        if self.many:
+            # A network of its own, apart from the load's (10.0-249.x.7).
+            headers["X-Forwarded-For"] = f"10.251.{self.sent // 250 % 250}.{self.sent % 250}"
+        parts = urlsplit(self.server.url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=SOCKET_TIMEOUT)
+        sent = time.perf_counter()
+        try:
+            connection.request("GET", path, headers=headers)
+        except OSError:
+            connection.close()
+            self.file(Probe(pixel_id, connection, sent, outcome=""))
+            return
+        pending.append(Probe(pixel_id, connection, sent))
+
+    def file(self, probe):
+        """Count a finished probe: its answer in the round's tally, its delay."""
+        if not probe.outcome:  # no answer: may or may not be stored
+            self.round.socket_errors += 1
+            self.round.cut_off += 1
+            return
+        self.round.outcomes[probe.outcome] += 1
+        visibility = self.visibility
+        if not probe.expects_rows:
+            visibility.answered_otherwise[probe.outcome] += 1
+            return
+        if probe.seen is None:
+            visibility.unseen += 1
+        else:
+            visibility.delays.append(probe.seen - probe.sent)
+            if probe.outcome.startswith("recorded:"):
+                visibility.recorded.append(probe.seen - probe.sent)
+        late = probe.seen is None or probe.seen - probe.sent > PROBE_TARGET
+        if late and probe.outcome.startswith("spooled:"):
+            visibility.late_spooled += 1
+
+
+class probe_lookup:
+    """visible(pixel ids) -> those of them that have an event (and, with `notices`, a notice),
+    on a connection of the probe's own that sees every commit at once (autocommit)."""
+
+    def __init__(self, url, sqlite_path, notices):
+        self.url, self.sqlite_path = url, sqlite_path
+        self.mark = "?" if sqlite_path is not None else "%s"
+        self.tables = ("event", "notice") if notices else ("event",)
+
+    def __enter__(self):
+        if self.sqlite_path is not None:
+            self.connection = sqlite3.connect(
+                f"file:{self.sqlite_path}?mode=ro", uri=True, isolation_level=None, timeout=5
+            )
+        else:
+            self.connection = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+
+        def visible(pixel_ids):
+            found = set(pixel_ids)
+            for table in self.tables:
+                marks = ", ".join([self.mark] * len(found))
+                sql = f"SELECT DISTINCT pixel_id FROM {table} WHERE pixel_id IN ({marks})"
+                found = {row[0] for row in self.connection.execute(sql, tuple(found))}
+                if not found:
+                    break
+            return found
+
+        return visible
+
+    def __exit__(self, *exc):
+        self.connection.close()
+
+
+@dataclass
+class Result:
+    """What one run found: its exit status, and the figures of bench/ingest.py's table."""
+
+    status: int
+    database: str  # SQLite or PostgreSQL
+    networks: str  # one or many
+    target: float  # the issue's pixel / floor target for this database and load
+    loads: dict  # "pixel", "floor" -> Load
+    memory: dict  # "pixel", "floor" -> Memory
+    events: tuple  # check_events(): (ok, text, events stored, answered recorded or spooled)
+    visibility: Visibility
+    kills: list = field(default_factory=list)  # Kill, with --kill
+
+    @property
+    def ratio(self):
+        floor = self.loads["floor"].rate
+        return self.loads["pixel"].rate / floor if floor else math.nan
+
+
+def target_ratio(sqlite, networks):
+    if networks == "one":
+        return TARGET_REPEATS
+    return TARGET_NEW_SQLITE if sqlite else TARGET_NEW_POSTGRESQL
+
+
 def main(argv=None):
-    args = parse_args(argv)
+    return run_once(parse_args(argv)).status
+
+
+def run_once(args):
+    """One run on a database and data dir of its own, both removed at the end; a Result."""
     data_dir = Path(tempfile.mkdtemp(prefix="openreceipt-bench-"))
     try:
         with scratch_database(args.database_url) as url:
@@ -293,6 +593,12 @@ def parse_args(argv):
         default="auto",
         help="the load generator: wrk when installed (auto), or the Python one",
     )
+    parser.add_argument(
+        "--kill",
+        action="store_true",
+        help="after the rounds, kill -9 one worker of the pixel under load, then the whole "
+        "server (master and workers), and count what the answered fetches left in the database",
+    )
     args = parser.parse_args(argv)
     if args.duration <= QUIET_SECONDS + 1:
         parser.error(f"--duration must be more than {QUIET_SECONDS + 1} seconds")
@@ -324,6 +630,10 @@ def run(args, url, data_dir):
         env["OPENRECEIPT_DATABASE_URL"] = url
     if args.queue_only:
         env["OPENRECEIPT_NOTIFY_IN_WORKERS"] = "off"
+    if args.notify != "off":
+        # The receiver is this script, on the loopback address, which notices may not reach
+        # unless it is allowed (README: "Where notices may go").
+        env["OPENRECEIPT_NOTIFY_ALLOW"] = "127.0.0.1/32"
     sqlite_path = None if url and not url.startswith("sqlite") else database_file(url, data_dir)
     logs = data_dir / "logs"
     logs.mkdir()
@@ -342,6 +652,11 @@ def run(args, url, data_dir):
             servers.callback(receiver.stop)
             add_webhook(url, sqlite_path, receiver.url, args.notify)
         paths = mint(pixel, token, args.pixels)
+        # The probes' pixels: never in the load's list, each fetched once, by a probe.
+        probes = mint_probes(pixel, token, probes_needed(args), url, sqlite_path)
+        prober = Prober(pixel, probes, url, sqlite_path, args)
+        # --kill: pixels of its own, so that no kill-phase fetch repeats one of the rounds'.
+        kill_paths = mint_pixels(pixel, token, args.pixels, label="kill") if args.kill else []
         compare_answers(pixel, floor)
         before = stored_events(url, sqlite_path)
 
@@ -360,7 +675,9 @@ def run(args, url, data_dir):
             f"load: {args.load}, {args.connections} connections"
             + (f", {args.threads} threads" if args.load == "wrk" else "")
             + f", {args.duration} s a server, {args.pixels} pixels x {len(CLIENT_MIX)} clients "
-            f"({', '.join(f'{name} {weight}' for name, _, weight in CLIENT_MIX)} in 10)",
+            f"({', '.join(f'{name} {weight}' for name, _, weight in CLIENT_MIX)} in 10); "
+            f"during the pixel's rounds a probe fetches a fresh pixel every "
+            f"{PROBE_INTERVAL * 1000:.0f} ms",
             flush=True,
         )
 
@@ -371,10 +688,17 @@ def run(args, url, data_dir):
             order = (floor, pixel) if number % 2 == 0 else (pixel, floor)
             for server in order:
                 print(f"round {number + 1}: loading {server.name} ({server.app})...", flush=True)
+                if server is pixel:
+                    prober.start(args.duration - QUIET_SECONDS)
                 if args.load == "wrk":
-                    rounds[server.name].append(wrk_load(server, paths, args, data_dir))
+                    load = wrk_load(server, paths, args, data_dir, shift=number)
                 else:
-                    rounds[server.name].append(python_load(server, paths, args))
+                    load = python_load(server, paths, args, shift=number)
+                if server is pixel:
+                    # The probes' fetches are answered fetches too: their answers join the
+                    # tally that the stored events are checked against.
+                    load = prober.join().added_to(load)
+                rounds[server.name].append(load)
                 memory[server.name] = worker_memory(server)
         for number, (a, b) in enumerate(zip(rounds["pixel"], rounds["floor"], strict=True)):
             print(
@@ -390,15 +714,36 @@ def run(args, url, data_dir):
     replay = replay_spool(env)
     after = stored_events(url, sqlite_path)
     spool_left, spool_rejected = spool_lines(data_dir)
-    return report(
-        url,
+    sqlite = sqlite_path is not None
+    target = target_ratio(sqlite, args.networks)
+    status = report(
         loads,
         memory,
         (before, after),
         replay,
         (spool_left, spool_rejected),
         (pixel, floor),
+        prober.visibility,
+        target,
+        "SQLite" if sqlite else "PostgreSQL",
+        args,
     )
+    result = Result(
+        status=status,
+        database="SQLite" if sqlite else "PostgreSQL",
+        networks=args.networks,
+        target=target,
+        loads=loads,
+        memory=memory,
+        events=check_events(loads["pixel"], (before, after), replay, (spool_left, spool_rejected)),
+        visibility=prober.visibility,
+    )
+    if args.kill:
+        paths = [path for path, _ in kill_paths]
+        result.kills = kill_phase(args, env, paths, url, sqlite_path, data_dir, logs)
+        if not all(kill.ok for kill in result.kills):
+            result.status = 1
+    return result
 
 
 class NoticeReceiver:
@@ -508,10 +853,10 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def start_server(name, app, env, logs):
+def start_server(name, app, env, logs, port=None):
     """`gunicorn APP` from the repository root, so gunicorn.conf.py applies; it listens where
-    OPENRECEIPT_BIND says, like the README's server."""
-    port = free_port()
+    OPENRECEIPT_BIND says (on `port`, or a free one), like the README's server."""
+    port = port or free_port()
     log = logs / f"{name}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -578,23 +923,42 @@ def request(server, method, path, headers=None, body=None):
 
 def mint(server, token, count):
     """Mint `count` pixels through the API; returns the path of each pixel's URL."""
+    return [path for path, _ in mint_pixels(server, token, count)]
+
+
+def mint_pixels(server, token, count, label="bench"):
+    """Mint `count` pixels through the API; returns (path of its URL, public id) of each."""
     headers = {
         "Authorization": f"Bearer {token}",
         "Content-Type": "application/json",
         "User-Agent": "openreceipt-bench",
     }
-    paths = []
+    minted = []
     for number in range(count):
         body = {
             "subject": f"Invoice 2025-{number:04d}",
             "recipients": [f"reader{number}@example.com"],
-            "label": f"bench-{number}",
+            "label": f"{label}-{number}",
         }
         status, _, answer = request(server, "POST", "/api/pixels", headers, json.dumps(body))
         if status != 201:
             raise SystemExit(f"bench: minting a pixel answered HTTP {status}: {answer[:300]!r}")
-        paths.append(urlsplit(json.loads(answer)["url"]).path)
-    return paths
+        pixel = json.loads(answer)
+        minted.append((urlsplit(pixel["url"]).path, pixel["id"]))
+    return minted
+
+
+def probes_needed(args):
+    """Probe pixels for every round's probes, and a few more."""
+    return math.ceil(args.rounds * (args.duration - QUIET_SECONDS) / PROBE_INTERVAL) + 20
+
+
+def mint_probes(server, token, count, url, sqlite_path):
+    """The probes' pixels: (path, pixel id in the database) of each."""
+    minted = mint_pixels(server, token, count, label="probe")
+    with connect(url, sqlite_path) as (connection, _):
+        ids = dict(connection.execute("SELECT public_id, id FROM pixel").fetchall())
+    return [(path, ids[public_id]) for path, public_id in minted]
 
 
 def compare_answers(pixel, floor):
@@ -635,8 +999,11 @@ def slots():
     return order
 
 
-def wrk_load(server, paths, args, data_dir):
-    """Run wrk against a server with the fetches of `paths`."""
+def wrk_load(server, paths, args, data_dir, shift=0):
+    """Run wrk against a server with the fetches of `paths`, the walk through them shifted by
+    `shift` fetches: with --networks many, each round numbers its networks from 0 again, and
+    the shift puts each network on another pixel than in the round before (a fetch of the same
+    pixel from the same network within 10 s would be a repeat, not a new event)."""
     script = data_dir / "fetches.lua"
     script.write_text(
         WRK_SCRIPT
@@ -659,6 +1026,7 @@ def wrk_load(server, paths, args, data_dir):
         str(args.duration),
         str(QUIET_SECONDS),
         str(args.threads),
+        str(shift),
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=args.duration + 60, check=False
@@ -686,9 +1054,12 @@ def wrk_load(server, paths, args, data_dir):
     )
 
 
-def python_load(server, paths, args):
+PYTHON_NETWORKS = itertools.count()
+
+
+def python_load(server, paths, args, shift=0):
     """The same fetches as the wrk script, from one thread a connection; each thread finishes
-    its fetch in flight when the time is up, so nothing is cut off."""
+    its fetch in flight when the time is up, so nothing is cut off. `shift`: as for wrk_load()."""
     agents = [agent for _, agent, _ in CLIENT_MIX]
     mix = slots()
     fetches = [
@@ -697,7 +1068,8 @@ def python_load(server, paths, args):
         for index, path in enumerate(paths)
     ]
     parts = urlsplit(server.url)
-    sequence, networks = itertools.count(), itertools.count()
+    # The networks go on from round to round: none is used twice (up to 62,500 fetches).
+    sequence, networks = itertools.count(shift), PYTHON_NETWORKS
     lock = threading.Lock()
     latencies, outcomes = [], Counter()
     failures = Counter()
@@ -864,7 +1236,7 @@ def describe_database(url, sqlite_path):
     return f"PostgreSQL {version.split()[0]}, a new schema {schema} (dropped at the end)"
 
 
-def report(url, loads, memory, stored, replay, spool, servers):
+def report(loads, memory, stored, replay, spool, servers, visibility, target, database, args):
     """Print the figures and the check of the events; returns the exit status."""
     floor, pixel = loads["floor"], loads["pixel"]
     print()
@@ -881,10 +1253,11 @@ def report(url, loads, memory, stored, replay, spool, servers):
             f"{load.p99_ms:7.1f} {load.max_ms:7.0f} {load.not_ok:7d} {load.socket_errors:10d}"
         )
     ratio = pixel.rate / floor.rate if floor.rate else math.nan
-    sqlite = url is None or url.startswith("sqlite")
-    met = "met" if ratio >= TARGET_RATIO else "not met"
-    where = "" if sqlite else " (the target is for SQLite)"
-    print(f"\npixel / floor: {ratio:.2f}; target >= {TARGET_RATIO} on SQLite: {met}{where}")
+    met = "met" if ratio >= target else "not met"
+    print(
+        f"\npixel / floor: {ratio:.2f}; target >= {target} for {LOAD_NAMES[args.networks]} on "
+        f"{database} (ingest target): {met}"
+    )
 
     print("\nworkers' memory, MiB: VmRSS each, and the sum of PSS (shared pages counted once)")
     for name in ("floor", "pixel"):
@@ -896,8 +1269,10 @@ def report(url, loads, memory, stored, replay, spool, servers):
             f"({each}); PSS sum {pss:.1f}"
         )
 
+    print(f"\n{visibility.describe(notices=args.notify != 'off')}")
+
     answered = sum(pixel.outcomes.values())
-    print(f"\npixel fetches answered, by X-Openreceipt ({answered:,}):")
+    print(f"\npixel fetches answered, by X-Openreceipt ({answered:,}, the probes' included):")
     for outcome, count in pixel.outcomes.most_common():
         print(f"  {outcome:<50} {count:>8,} {count / max(answered, 1):7.1%}")
 
@@ -921,7 +1296,8 @@ def report(url, loads, memory, stored, replay, spool, servers):
 
 
 def check_events(pixel, stored, replay, spool):
-    """(ok, one paragraph): do the stored events match the answers? Fetches answered "recorded"
+    """(ok, one paragraph, events stored, fetches answered 'recorded' or 'spooled'): do the
+    stored events match the answers? Fetches answered "recorded"
     are events now; fetches answered "spooled" are events once replayed (unless the replay judges
     one a repeat, which a live fetch would have been too). Without a spool_key column the two
     cannot be told apart: then all of them must be there."""
@@ -957,7 +1333,278 @@ def check_events(pixel, stored, replay, spool):
         )
         ok = ok and recorded <= live <= recorded + slack and replayed <= spooled + slack
     lines[0] += f": {'OK' if ok else 'MISMATCH'}"
-    return ok, "\n".join(lines)
+    return ok, "\n".join(lines), total, recorded + spooled
+
+
+# --kill: what a kill -9 under load leaves of the answered fetches.
+KILL_SCENARIOS = (
+    ("worker", "one worker"),
+    ("server", "master and workers"),
+)
+ANSWERED_STORED = ("recorded:", "spooled:")
+
+
+@dataclass
+class Kill:
+    """One kill -9 under load: the fetches answered, by outcome, against the events stored."""
+
+    scenario: str
+    what: str  # what was killed, when, and how the server came back
+    answered: Counter  # "recorded", "spooled", "other"
+    stored: int  # events of the scenario's fetches
+    replayed: int  # of them, written from the spool (Event.spool_key set)
+    lost: int  # answered 'recorded' or 'spooled', and no event: must be 0
+    in_flight: int  # sent, never answered: may or may not be stored
+    in_flight_stored: int
+    refused: int  # no connection (the server was down): never sent
+    twice: int  # events beyond one a fetch: must be 0
+    unexplained: int  # events of fetches answered 'not recorded', or of no fetch sent
+    spool: tuple  # (lines left, lines rejected) after the replay
+
+    @property
+    def ok(self):
+        return not (self.lost or self.twice or self.unexplained)
+
+
+class KillLoad:
+    """The kill phase's load: one Python thread a connection and a new connection a fetch, as
+    python_load(), but each fetch numbered (its X-Forwarded-For network, a /24 of its own, says
+    its number, and so does its event's masked address) and filed under what became of it:
+    answered (with its X-Openreceipt), in flight when the server died (sent, no answer), or
+    refused (no connection: never sent). A thread files its fetch in flight before it stops."""
+
+    def __init__(self, server, paths, connections, numbers):
+        agents = [agent for _, agent, _ in CLIENT_MIX]
+        mix = slots()
+        self.fetches = [
+            (path, agents[mix[(index + 1 + round_) % len(mix)] - 1])
+            for round_ in range(len(mix))
+            for index, path in enumerate(paths)
+        ]
+        self.port = urlsplit(server.url).port
+        self.numbers = numbers  # shared by the scenarios: no network is used twice
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.answered, self.in_flight, self.refused = {}, set(), 0
+        self.threads = [threading.Thread(target=self.fetch) for _ in range(connections)]
+
+    def start(self):
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+    def fetch(self):
+        answered, in_flight, refused = {}, set(), 0
+        while not self.stopping.is_set():
+            number = next(self.numbers)
+            path, agent = self.fetches[number % len(self.fetches)]
+            headers = {"User-Agent": agent, "X-Forwarded-For": kill_network(number)}
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=SOCKET_TIMEOUT)
+            try:
+                connection.connect()
+            except OSError:
+                refused += 1
+                connection.close()
+                self.stopping.wait(0.02)  # the server is down: try again shortly
+                continue
+            try:
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                in_flight.add(number)
+                continue
+            finally:
+                connection.close()
+            outcome = response.headers.get("X-Openreceipt", "(no X-Openreceipt header)")
+            answered[number] = (
+                outcome if 200 <= response.status < 300 else f"HTTP {response.status}"
+            )
+        with self.lock:
+            self.answered.update(answered)
+            self.in_flight |= in_flight
+            self.refused += refused
+
+
+def kill_network(number):
+    """The X-Forwarded-For of the kill phase's fetch `number`: a /24 of its own."""
+    return f"{10 + number // 65536}.{number // 256 % 256}.{number % 256}.7"
+
+
+def kill_number(ip):
+    """The fetch number of an event's masked address (a.b.c.0), or None."""
+    try:
+        first, second, third, _ = (int(part) for part in (ip or "").split("."))
+    except ValueError:
+        return None
+    return (first - 10) * 65536 + second * 256 + third
+
+
+def kill_phase(args, env, paths, url, sqlite_path, data_dir, logs):
+    """kill -9 one worker of the pixel under load, then (on a server started afresh) the master
+    and all its workers at once, starting the server again on the same port, data dir and
+    database; after each, count what the answered fetches left in the database. Returns the
+    Kills, and prints them."""
+    env = {**env, "OPENRECEIPT_TRUSTED_PROXIES": "1"}
+    numbers = itertools.count()
+    print(
+        f"\nkill -9 under load: the pixel alone, a Python load of {args.connections} connections, "
+        f"every fetch a new event (a /24 of its own) on {len(paths)} pixels of their own; "
+        f"{args.duration} s a scenario, the kill at {args.duration / 2:g} s",
+        flush=True,
+    )
+    kills = []
+    for scenario, name in KILL_SCENARIOS:
+        print(f"kill: {name}...", flush=True)
+        kills.append(
+            kill_once(scenario, name, args, env, paths, url, sqlite_path, data_dir, logs, numbers)
+        )
+    report_kills(kills)
+    return kills
+
+
+def kill_once(scenario, name, args, env, paths, url, sqlite_path, data_dir, logs, numbers):
+    server = start_server(f"kill-{scenario}", "wsgi:app", env, logs)
+    first_id = last_event_id(url, sqlite_path)
+    load = KillLoad(server, paths, args.connections, numbers)
+    started = time.monotonic()
+    load.start()
+    try:
+        time.sleep(args.duration / 2)
+        workers = server.workers()
+        if scenario == "worker":
+            victim = workers[len(workers) // 2]
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            while time.monotonic() - killed < 30:
+                now = server.workers()
+                if victim not in now and len(now) >= len(workers):
+                    break
+                time.sleep(0.005)
+            what = (
+                f"killed worker {victim} of {len(workers)} at {killed - started:.1f} s; the "
+                f"master had forked its replacement {time.monotonic() - killed:.2f} s later"
+            )
+        else:
+            for pid in (server.process.pid, *workers):
+                os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            server.process.wait()
+            wait_gone(workers)
+            port = urlsplit(server.url).port
+            server = start_server(f"kill-{scenario}-again", "wsgi:app", env, logs, port=port)
+            what = (
+                f"killed the master and its {len(workers)} workers at {killed - started:.1f} s; "
+                f"started again on the same port, data dir and database, all its workers up "
+                f"{time.monotonic() - killed:.1f} s later"
+            )
+        # The rest of the load, and at least 2 s of it after the kill.
+        time.sleep(max(started + args.duration - time.monotonic(), 2))
+    finally:
+        load.stop()
+        server.stop()
+    replay_spool(env)
+    rows = events_since(url, sqlite_path, first_id)
+    stored = Counter(kill_number(ip) for ip, _ in rows)
+    wanted = {n for n, outcome in load.answered.items() if outcome.startswith(ANSWERED_STORED)}
+    answered = Counter(
+        outcome.split(":")[0] if outcome.startswith(ANSWERED_STORED) else "other"
+        for outcome in load.answered.values()
+    )
+    return Kill(
+        scenario=name,
+        what=what,
+        answered=answered,
+        stored=len(rows),
+        replayed=sum(1 for _, keyed in rows if keyed),
+        lost=len(wanted - stored.keys()),
+        in_flight=len(load.in_flight),
+        in_flight_stored=len(load.in_flight & stored.keys()),
+        refused=load.refused,
+        twice=sum(count - 1 for count in stored.values() if count > 1),
+        unexplained=sum(
+            count
+            for number, count in stored.items()
+            if number not in wanted and number not in load.in_flight
+        ),
+        spool=spool_lines(data_dir),
+    )
+
+
+def wait_gone(pids, timeout=30):
+    """Wait until none of `pids` runs (a zombie waiting for init to reap it is gone enough)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = []
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
+                running.append(pid)
+        if not running:
+            return
+        time.sleep(0.01)
+    raise SystemExit(f"bench: processes {pids} still run {timeout} s after kill -9")
+
+
+def last_event_id(url, sqlite_path):
+    with connect(url, sqlite_path) as (connection, _):
+        return connection.execute("SELECT COALESCE(MAX(id), 0) FROM event").fetchone()[0]
+
+
+def events_since(url, sqlite_path, first_id):
+    """(masked address, from the spool?) of each event after `first_id`."""
+    with connect(url, sqlite_path) as (connection, p):
+        return connection.execute(
+            f"SELECT ip, spool_key IS NOT NULL FROM event WHERE id > {p} ORDER BY id", (first_id,)
+        ).fetchall()
+
+
+def report_kills(kills):
+    print()
+    for kill in kills:
+        print(f"{kill.scenario}: {kill.what}")
+    header = (
+        f"\n{'kill -9 of':<20} {'answered':>8} {'recorded':>8} {'spooled':>8} {'other':>6} "
+        f"{'events':>7} {'spool':>6} {'LOST':>5} {'in flight':>9} {'stored':>7} {'refused':>7} "
+        f"{'twice':>5}"
+    )
+    print(header)
+    print("-" * (len(header) - 1))
+    for kill in kills:
+        answered = kill.answered
+        print(
+            f"{kill.scenario:<20} {sum(answered.values()):8,} {answered['recorded']:8,} "
+            f"{answered['spooled']:8,} {answered['other']:6,} {kill.stored:7,} "
+            f"{kill.replayed:6,} {kill.lost:5,} {kill.in_flight:9,} {kill.in_flight_stored:7,} "
+            f"{kill.refused:7,} {kill.twice:5,}"
+        )
+    note = (
+        "(answered: fetches with an answer, by X-Openreceipt; events: stored for this "
+        "scenario's fetches, 'spool' of them replayed from the spool; LOST: answered 'recorded' "
+        "or 'spooled' and not stored; in flight: sent and never answered, 'stored' of them "
+        "stored anyway; refused: no connection while the server was down, never sent)"
+    )
+    print(textwrap.fill(note, width=100))
+    for kill in kills:
+        left, rejected = kill.spool
+        if left or rejected:
+            print(f"{kill.scenario}: the spool still holds {left} fetches; {rejected} rejected")
+        if kill.unexplained:
+            print(
+                f"{kill.scenario}: {kill.unexplained} events of fetches answered 'not recorded' "
+                "or never sent"
+            )
+    if all(kill.ok for kill in kills):
+        print("OK: every answered fetch 'recorded' or 'spooled' is stored, once, after each kill")
+    else:
+        print("FAIL: answered fetches lost, stored twice, or events that no answer explains")
 
 
 if __name__ == "__main__":
