@@ -6,6 +6,7 @@ import threading
 import time
 
 from web.judgement.classify import Fetch
+from web.pixel import recording
 from web.storage.engine import utcnow
 from web.storage.models import Event, Pixel
 
@@ -30,8 +31,8 @@ def fetch_of(public_id, network, user_agent=THUNDERBIRD, city="London"):
 
 
 def together(app, fetches):
-    """Record `fetches` from threads of their own while the writing is held, so that they all
-    wait and go into one batch; their outcomes (or errors), in order."""
+    """Record `fetches` from threads of their own while another thread seems to be writing, so
+    that they all wait and go into one batch; their outcomes (or errors), in order."""
     recorder = app.extensions["openreceipt"].recorder
     results = [None] * len(fetches)
 
@@ -43,13 +44,17 @@ def together(app, fetches):
                 results[number] = error
 
     threads = [threading.Thread(target=record, args=(n,)) for n in range(len(fetches))]
-    with recorder._writing:
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 10
-        while len(recorder._waiting) < len(fetches):
-            assert time.monotonic() < deadline, "the fetches did not all wait"
-            time.sleep(0.005)
+    with recorder._waiting_lock:
+        recorder._writer = True  # as if another thread were writing: each fetch waits
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(recorder._waiting) < len(fetches):
+        assert time.monotonic() < deadline, "the fetches did not all wait"
+        time.sleep(0.005)
+    # That writer is done: it wakes the first waiting thread, which writes them all.
+    with recorder._waiting_lock:
+        recorder._waiting[0].woken.set()
     for thread in threads:
         thread.join(10)
         assert not thread.is_alive()
@@ -91,3 +96,18 @@ def test_a_fetch_the_database_refuses_fails_alone(app, client, auth, database):
     assert isinstance(outcomes[1], Exception) if refused else outcomes[1] == "recorded: open"
     with app.app_context():
         assert Pixel.get(Pixel.public_id == pixel).open_count == (2 if refused else 3)
+
+
+def test_more_fetches_than_a_batch_are_written_in_turns_and_each_thread_answered(
+    app, client, auth, database, monkeypatch
+):
+    """More fetches at once than a batch holds: the writer writes batches until its own fetch is
+    stored, then hands the writing on; every thread returns, and every fetch is stored once."""
+    monkeypatch.setattr(recording, "MOST_TOGETHER", 4)
+    pixels = [mint(client, auth, subject=f"#{n}")["id"] for n in range(3)]
+    fetches = [fetch_of(pixels[n % 3], n) for n in range(14)]
+    assert together(app, fetches) == ["recorded: open"] * 14
+    recorder = app.extensions["openreceipt"].recorder
+    assert recorder._waiting == [] and recorder._writer is False
+    with app.app_context():
+        assert Event.select().count() == 14

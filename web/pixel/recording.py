@@ -21,7 +21,7 @@ every fetch through here and read the results back through the models."""
 
 import datetime
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from peewee import DataError, IntegrityError, SqliteDatabase
 
@@ -146,13 +146,15 @@ MOST_TOGETHER = 20
 
 @dataclass
 class _Waiting:
-    """A fetch waiting in record_together, and what came of it."""
+    """A fetch waiting in record_together, and what came of it. `woken` is set once it is done,
+    or when its thread is to write the next batches."""
 
     fetch: object
     verdicts: dict
     outcome: str | None = None
     error: BaseException | None = None
     done: bool = False
+    woken: threading.Event = field(default_factory=threading.Event)
 
 
 class Recorder:
@@ -163,8 +165,8 @@ class Recorder:
     def __init__(self, judge):
         self.judge = judge
         self._waiting = []
-        self._waiting_lock = threading.Lock()
-        self._writing = threading.Lock()
+        self._waiting_lock = threading.Lock()  # guards _waiting and _writer
+        self._writer = False  # whether a thread is writing batches
 
     def record(self, fetch, short_waits=False):
         """Store one Fetch. `short_waits`: wait for the write lock PIXEL_WAIT_MS at most (the
@@ -178,10 +180,12 @@ class Recorder:
     def record_together(self, fetch):
         """The pixel's way: store this fetch in one transaction with those this process's
         other threads are storing at the same moment (group commit), and return its outcome
-        once that transaction is committed, as record() does. The first thread to find the
-        writing free writes all that wait (MOST_TOGETHER at most); the others wait for it and
-        return what it found for them. Under load, one transaction and one turn at the write
-        lock serve many fetches; alone, a fetch is written at once."""
+        once that transaction is committed, as record() does. A thread that finds nobody
+        writing becomes the writer: it writes the waiting fetches, MOST_TOGETHER at a time,
+        until its own is stored, then hands the writing to the next waiting thread, if any.
+        Each other thread sleeps until its fetch is stored (or it is handed the writing): it
+        is woken once, not at every batch. Under load, one transaction and one turn at the
+        write lock serve many fetches; alone, a fetch is written at once."""
         verdicts = {}
         outcome = self._screen(fetch, verdicts)
         if outcome is not None:
@@ -189,17 +193,28 @@ class Recorder:
         me = _Waiting(fetch, verdicts)
         with self._waiting_lock:
             self._waiting.append(me)
-        while not me.done:
-            with self._writing:
-                if me.done:
-                    break
-                with self._waiting_lock:
-                    batch = self._waiting[:MOST_TOGETHER]
-                    del self._waiting[:MOST_TOGETHER]
-                self._write_together(batch)
+            writer, self._writer = not self._writer, True
+        if not writer:
+            me.woken.wait()
+        if not me.done:
+            self._write_until_done(me)
         if me.error is not None:
             raise me.error
         return me.outcome
+
+    def _write_until_done(self, me):
+        """Write the waiting fetches in batches until `me` is stored, then wake the next
+        waiting thread to go on writing, or say that nobody is."""
+        while not me.done:
+            with self._waiting_lock:
+                batch = self._waiting[:MOST_TOGETHER]
+                del self._waiting[:MOST_TOGETHER]
+            self._write_together(batch)
+        with self._waiting_lock:
+            if self._waiting:
+                self._waiting[0].woken.set()
+            else:
+                self._writer = False
 
     def _write_together(self, batch):
         try:
@@ -221,6 +236,7 @@ class Recorder:
         finally:
             for waiting in batch:
                 waiting.done = True
+                waiting.woken.set()
 
     def _screen(self, fetch, verdicts):
         """Without the write lock: the outcome when the fetch is not to be stored (most repeats
