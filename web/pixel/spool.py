@@ -301,8 +301,10 @@ def init_app(app):
             counts = replay(app)
             if counts and (counts["recorded"] or counts["not_recorded"]):
                 app.logger.info("spool: replayed %s", counts)
-            if counts and counts["left"]:
-                # The database is still away: a failed step, tried again ever less often.
+            if counts and counts["left"] and not (counts["recorded"] or counts["not_recorded"]):
+                # Nothing went in: the database is away, a failed step, tried again ever less
+                # often. (A replay that paused after some fetches, as under a busy write lock,
+                # goes on at the job's own pace.)
                 raise ReplayPaused(f"{counts['left']} fetches left")
 
     in_workers = app.config["SPOOL_AUTO"]
