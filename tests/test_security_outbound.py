@@ -8,18 +8,21 @@ tests/receivers.py."""
 
 import datetime
 import ipaddress
+import os
+import select
 import socket
 import ssl
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import trustme
 
 from web import create_app
 from web.accounts import create_user
-from web.config import ConfigError
-from web.notifications import delivery, outbound
+from web.config import ConfigError, SmtpServer
+from web.notifications import channels, delivery, outbound
 from web.notifications.delivery import deliver_due
 from web.storage.engine import utcnow
 from web.storage.models import Notice, NotifyChannel, Setting
@@ -263,6 +266,63 @@ def test_a_channel_kind_with_a_nul_is_a_bad_request(signed_in, database):
     assert (
         add_channel(signed_in, "https://hooks.example.com/in", kind="push\x00").status_code == 400
     )
+
+
+@pytest.mark.parametrize(
+    "typed, tidy",
+    [
+        ("HTTPS://Hooks.Example.COM./in", "https://hooks.example.com/in"),
+        ("https://hooks.example.com:443/in", "https://hooks.example.com/in"),
+        ("http://hooks.example.com:80/in", "http://hooks.example.com/in"),
+        ("https://hooks.example.com:8443/in", "https://hooks.example.com:8443/in"),
+        ("https://hooks.example.com:/in", "https://hooks.example.com/in"),
+        ("https://hooks.example.com/in#a", "https://hooks.example.com/in"),
+        ("https://hooks.example.com/in?", "https://hooks.example.com/in"),
+        ("https://hooks.example.com/./in", "https://hooks.example.com/in"),
+        ("https://hooks.example.com/a/../in/.", "https://hooks.example.com/in/"),
+        ("https://hooks.example.com/%69n?t=%7e%2f", "https://hooks.example.com/in?t=~%2F"),
+        ("https://hooks.example.com", "https://hooks.example.com/"),
+        ("https://[2606:2800:021F:0::1]:443/in", "https://[2606:2800:21f::1]/in"),
+        ("http://1572394766/in", "http://93.184.215.14/in"),
+        # Kept: the path is the receiver's to interpret (see outbound.tidy_url).
+        ("https://hooks.example.com//in", "https://hooks.example.com//in"),
+        ("https://hooks.example.com/IN", "https://hooks.example.com/IN"),
+    ],
+)
+def test_a_receivers_url_has_one_spelling(typed, tidy):
+    assert outbound.tidy_url(typed) == tidy
+    assert outbound.tidy_url(tidy) == tidy
+
+
+NEAR_DUPLICATES = [
+    "https://hooks.example.com:443/in",
+    "https://hooks.example.com/in#a",
+    "https://hooks.example.com./in",
+    "https://hooks.example.com/./in",
+    "https://hooks.example.com/x/../in",
+    "https://hooks.example.com/%69n",
+    "HTTPS://HOOKS.example.com.:443/./in#top",
+]
+
+
+def test_near_duplicate_channels_are_refused(signed_in, user, database):
+    """The review added each of these beside https://hooks.example.com/in, and every notice
+    went out once per spelling."""
+    assert "Added: webhook" in add_channel(signed_in, "https://hooks.example.com/in").text
+    for same in NEAR_DUPLICATES:
+        page = add_channel(signed_in, same).get_data(as_text=True)
+        assert "Nothing was added: you have webhook notices to https://hooks.example.com/in" in (
+            page
+        ), same
+    assert [c.target for c in NotifyChannel.select()] == ["https://hooks.example.com/in"]
+    # A channel saved before URLs were tidied this far is the same receiver too.
+    NotifyChannel.create(user=user, kind="push", target="https://ntfy.example.com:443/t#x")
+    page = add_channel(signed_in, "https://ntfy.example.com/t", "push").get_data(as_text=True)
+    assert "Nothing was added: you have push notices to https://ntfy.example.com:443/t#x" in page
+    # What is sent is what is saved: the tidy form.
+    page = add_channel(signed_in, "https://Other.Example.COM.:443/a/./b/../hook#x").text
+    assert "Added: webhook notices to https://other.example.com/a/hook." in page
+    assert NotifyChannel.select().count() == 3
 
 
 def test_duplicate_channels_are_refused(signed_in, database):
@@ -526,3 +586,179 @@ def test_the_test_turns_keep_nothing(user, database):
     assert [row.name for row in Setting.select().where(Setting.name.startswith("notify-"))] == [
         f"notify-test:{other.id}"
     ]
+
+
+# --- a receiver that never finishes answering -------------------------------------------------
+
+
+class Trickler:
+    """A receiver on 127.0.0.1 that never finishes its answer: it sends `opening`, then one
+    byte every `every` seconds (well within a step's timeout), for as long as the connection
+    lasts; with `context` (an ssl.SSLContext), inside TLS. It counts the connections it got,
+    and those the other side ended."""
+
+    def __init__(self, opening, every=0.5, context=None):
+        self.opening, self.every, self.context = opening, every, context
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = self.ended = 0
+        self.stopping = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection):
+        try:
+            if self.context is not None:
+                connection = self.context.wrap_socket(connection, server_side=True)
+            connection.sendall(self.opening)
+            while not self.stopping.is_set():
+                readable, _, _ = select.select([connection], [], [], self.every)
+                if not readable:
+                    connection.sendall(b"a")
+                elif not connection.recv(65536):
+                    break  # the other side ended it
+        except OSError:  # ... or reset it
+            pass
+        finally:
+            connection.close()
+        if not self.stopping.is_set():
+            self.ended += 1
+
+    def stop(self):
+        self.stopping.set()
+        self.listener.close()
+
+
+def sockets_to(port):
+    """This process's open sockets connected to port `port` (of 127.0.0.1): its descriptors
+    that are sockets, looked up in the kernel's table of TCP connections."""
+    mine = set()
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[len("socket:[") : -1])
+    found = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port, inode = int(fields[2].rpartition(":")[2], 16), fields[9]
+                if remote_port == port and inode in mine:
+                    found.append(inode)
+    return found
+
+
+def wait_until(condition, timeout):
+    """Whether `condition()` holds within `timeout` seconds (asked every 50 ms)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def send_threads(monkeypatch):
+    """The threads channels.send() starts, as they are started."""
+    started = []
+
+    class Recorded(threading.Thread):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(channels, "threading", SimpleNamespace(Thread=Recorded))
+    return started
+
+
+def assert_nothing_left(trickler, threads, sends):
+    """Shortly after the deadline: no send thread alive, no socket of ours open to the
+    receiver, and the receiver saw each connection end."""
+    assert len(threads) == sends
+    assert wait_until(lambda: not any(thread.is_alive() for thread in threads), 3)
+    assert [thread for thread in threads if thread.is_alive()] == []
+    assert wait_until(lambda: sockets_to(trickler.port) == [], 3), sockets_to(trickler.port)
+    assert wait_until(lambda: trickler.ended == trickler.connections == sends, 3)
+
+
+LOOPBACK_ALLOWED = (ipaddress.ip_network("127.0.0.0/8"),)
+TRICKLES = {
+    # An HTTP answer whose header never ends, the same over TLS, a body that never ends, and a
+    # mail server's greeting that never ends.
+    "webhook": b"HTTP/1.1 200 OK\r\nX: ",
+    "https": b"HTTP/1.1 200 OK\r\nX: ",
+    "push": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+    "email": b"220-mail.example.com ",
+}
+
+
+@pytest.mark.parametrize("kind", TRICKLES)
+def test_a_trickling_receiver_is_cut_off_at_the_deadline(
+    kind, send_threads, authority, monkeypatch, tmp_path
+):
+    """A receiver that sends a byte every half second resets every step's timeout: the send's
+    thread and socket used to live as long as it liked (one more at every test notification
+    and every retry, until the worker ran out of threads and descriptors). At the deadline the
+    connection is shut down, and the thread ends."""
+    context = None
+    if kind == "https":
+        authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("127.0.0.1").configure_cert(context)
+    trickler = Trickler(TRICKLES[kind], context=context)
+    config = {
+        "NOTIFY_ALLOW": LOOPBACK_ALLOWED,
+        "SMTP": SmtpServer("none", "127.0.0.1", trickler.port, None, None),
+        "SMTP_FROM": "receipts@example.com",
+    }
+    target = {
+        "https": f"https://127.0.0.1:{trickler.port}/hook",
+        "email": "ada@example.com",
+    }.get(kind, f"http://127.0.0.1:{trickler.port}/hook")
+    channel = NotifyChannel(kind="webhook" if kind == "https" else kind, target=target, secret="s")
+    message = channels.compose("test", None, None, None)
+    try:
+        began = time.monotonic()
+        with pytest.raises(channels.DeliveryError, match="^timed out$"):
+            channels.send(channel, message, config, timeout=3, deadline=1.5)
+        assert time.monotonic() - began < 1.5 + channels.CUT_GRACE
+        assert_nothing_left(trickler, send_threads, 1)
+    finally:
+        trickler.stop()
+
+
+@pytest.mark.parametrize("allow", ["127.0.0.0/8"])
+def test_test_notifications_and_retries_leave_nothing_behind(
+    app, signed_in, auth, user, database, monkeypatch, send_threads
+):
+    """Pressing "Send a test notification", and a notice's delivery, at a trickling webhook: each
+    fails as timed out, and neither leaves a thread or a socket behind."""
+
+    def sooner(channel, message, config, timeout=3, deadline=1.5):
+        return channels.send(channel, message, config, min(timeout, 3), min(deadline, 1.5))
+
+    monkeypatch.setattr(delivery, "send", sooner)
+    trickler = Trickler(TRICKLES["webhook"])
+    try:
+        channel = NotifyChannel.create(
+            user=user, kind="webhook", target=f"http://127.0.0.1:{trickler.port}/h", secret="s"
+        )
+        assert "failed: timed out" in press_test(signed_in, channel)
+        assert open_and_deliver(app, signed_in, auth)["retry"] == 1
+        assert Notice.get().last_error == "timed out"
+        assert_nothing_left(trickler, send_threads, 2)
+    finally:
+        trickler.stop()

@@ -1,6 +1,8 @@
-"""gunicorn's logger, made private: it logs "Invalid request from ip=<client>" and, in the default
-access-log format, the client's address. Ours masks every address in every line it writes, and
-keeps the access log's lines short whatever a client sends."""
+"""gunicorn's logger, made private and bounded: it logs "Invalid request from ip=<client>: <what
+was wrong>", quoting what the client sent (a header name of 60 KB, say), and, in the default
+access-log format, the client's address. Ours masks every address in every line it writes (the
+client's in "Invalid request" lines always, even when it is the server's own), and keeps every
+line short whatever a client sends."""
 
 import logging
 import re
@@ -19,6 +21,13 @@ ACCESS_LOG_FORMAT = '%(t)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 # The most an access-log line keeps of the user agent and of the request line: any client chooses
 # both, up to gunicorn's limits (8 KB and 64 KB), and the log must not grow by that much a request.
 ACCESS_LOG_LIMITS = {"a": 256, "r": 1024}
+# The most an error-log message keeps, and each line of a traceback: gunicorn quotes a bad
+# request's header or request line into its "Invalid request" warning, up to 64 KB of it.
+ERROR_LOG_LIMIT = 1024
+# The longest an IP address is written: ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255.
+LONGEST_ADDRESS = 45
+# gunicorn's "Invalid request from ip={ip}: {error}": the client's address, whatever `keep` says.
+_INVALID_REQUEST = re.compile(r"^(Invalid request from ip=)(\S*?)(: )")
 
 
 def redact(text, keep=frozenset()):
@@ -32,6 +41,14 @@ def _mask(text, keep):
     port = _PORT.match(core)
     if port:
         core, suffix = port.group(1), port.group(2)
+    # An address ends in a hex digit, or in "::": more dots and colons after it belong to the
+    # sentence. Set aside at once, not one at a time below: a client's run of 60,000 colons
+    # would otherwise cost 60,000 tries of 60,000 characters each (minutes of a worker's CPU).
+    bare = core.rstrip(":.")
+    if len(core) - len(bare) > 2:
+        core, suffix = core[: len(bare) + 2], core[len(bare) + 2 :] + suffix
+    if len(bare) > LONGEST_ADDRESS:
+        return text
     while core:
         if core in keep:
             return text
@@ -50,12 +67,21 @@ class _Redactor(logging.Filter):
         self.keep = keep
 
     def filter(self, record):
-        record.msg = redact(record.getMessage(), self.keep)
+        message = _INVALID_REQUEST.sub(_mask_client, record.getMessage(), count=1)
+        record.msg = shorten(redact(message, self.keep), ERROR_LOG_LIMIT)
         record.args = ()
         if record.exc_info and not record.exc_text:
-            trace = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(trace, self.keep)
+            trace = redact(logging.Formatter().formatException(record.exc_info), self.keep)
+            record.exc_text = "\n".join(
+                shorten(line, ERROR_LOG_LIMIT) for line in trace.splitlines()
+            )
         return True
+
+
+def _mask_client(match):
+    """The client's address of an "Invalid request" line, masked: a client on the server's own
+    address (on loopback, say) is a client too."""
+    return match.group(1) + (anonymize(match.group(2)) or match.group(2)) + match.group(3)
 
 
 def shorten(text, limit):
@@ -63,8 +89,9 @@ def shorten(text, limit):
 
 
 class PrivateLogger(Logger):
-    """gunicorn's Logger with every error and access line passed through redact(), and the user
-    agent and request line of access lines cut to ACCESS_LOG_LIMITS."""
+    """gunicorn's Logger with every error and access line passed through redact() and cut to
+    ERROR_LOG_LIMIT, and the user agent and request line of access lines cut to
+    ACCESS_LOG_LIMITS."""
 
     keep = frozenset()
 

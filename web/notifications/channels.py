@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 10  # seconds one step of a delivery (connecting, each answer) may take
 SEND_DEADLINE = 30  # seconds a whole delivery may take, however its receiver dawdles
+CUT_GRACE = 2  # seconds a send that was cut off at its deadline is given to end
 NAME_LENGTH = 120  # of the message's name in a notice
 SIGNATURE_HEADER = "X-Openreceipt-Signature"
 TIMESTAMP_HEADER = "X-Openreceipt-Timestamp"
@@ -145,8 +146,10 @@ def send(channel, message, config, timeout=TIMEOUT, deadline=SEND_DEADLINE):
     """Deliver `message` on `channel` within `deadline` seconds, or raise DeliveryError.
 
     The sending runs in a thread of its own that is waited for `deadline` seconds at most:
-    socket timeouts bound each step, not a receiver that answers one byte at a time. A send
-    still running then is left to finish or fail by itself, and the try counts as failed."""
+    socket timeouts bound each step, not a receiver that answers one byte at a time. At the
+    deadline, the connections the send made are shut down (outbound.Deadline): whatever it
+    was waiting for fails at once, its thread closes its socket and ends, and the try counts
+    as failed. Nothing of a send outlives its deadline by more than a moment."""
     senders = {
         ChannelKind.EMAIL: send_email,
         ChannelKind.WEBHOOK: send_webhook,
@@ -155,10 +158,11 @@ def send(channel, message, config, timeout=TIMEOUT, deadline=SEND_DEADLINE):
     if channel.kind not in senders:
         raise DeliveryError(f"unknown channel kind {channel.kind!r}", final=True)
     outcome = {}
+    exchange = outbound.Deadline(deadline)
 
     def attempt():
         try:
-            senders[channel.kind](channel, message, config, timeout)
+            senders[channel.kind](channel, message, config, timeout, exchange)
         except DeliveryError as error:
             outcome["error"] = error
         except Exception as error:  # noqa: BLE001 - whatever it was, it is a failed try, counted
@@ -170,13 +174,38 @@ def send(channel, message, config, timeout=TIMEOUT, deadline=SEND_DEADLINE):
     sender = threading.Thread(target=attempt, name="openreceipt-send", daemon=True)
     sender.start()
     sender.join(deadline)
-    if sender.is_alive():
+    late = sender.is_alive()
+    exchange.cut()  # over, one way or the other: no connection of it stays open
+    if late:
+        sender.join(CUT_GRACE)
+        if sender.is_alive():
+            log.warning("notify: a send on a %s channel still runs after its cut", channel.kind)
         raise DeliveryError("timed out", detail=f"the receiver took more than {deadline} s")
     if "error" in outcome:
         raise outcome["error"]
 
 
-def send_email(channel, message, config, timeout):
+class _SMTP(smtplib.SMTP):
+    """smtplib's SMTP, its connection made within and watched by `deadline` (a Deadline), in
+    TLS from the start with a `context` (smtps://: what smtplib.SMTP_SSL does)."""
+
+    def __init__(self, host, port, timeout, deadline, context=None):
+        self.deadline, self.tls_context = deadline, context
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host, port, timeout):
+        infos = outbound.resolve(host, port, self.deadline.left(timeout))
+        sock = outbound.connect(infos, timeout, self.deadline)
+        if self.tls_context is None:
+            return sock
+        try:
+            return self.tls_context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def send_email(channel, message, config, timeout, deadline):
     server = config["SMTP"]
     if server is None:
         raise DeliveryError("the server has no mail server (OPENRECEIPT_SMTP_URL) set up")
@@ -191,10 +220,8 @@ def send_email(channel, message, config, timeout):
     mail.set_content(message.text + (f"\n\n{message.link}\n" if message.link else "\n"))
     context = ssl.create_default_context()
     try:
-        if server.security == "ssl":
-            smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=timeout, context=context)
-        else:
-            smtp = smtplib.SMTP(server.host, server.port, timeout=timeout)
+        tls = context if server.security == "ssl" else None
+        smtp = _SMTP(server.host, server.port, timeout, deadline, tls)
         with smtp:
             if server.security == "starttls":
                 smtp.ehlo()
@@ -242,7 +269,7 @@ def signature(secret, timestamp, body):
     return "sha256=" + mac.hexdigest()
 
 
-def send_webhook(channel, message, config, timeout):
+def send_webhook(channel, message, config, timeout, deadline):
     body = json.dumps(message.data, ensure_ascii=False).encode()
     timestamp = str(int(time.time()))
     headers = {
@@ -252,10 +279,10 @@ def send_webhook(channel, message, config, timeout):
     }
     if message.delivery_id is not None:
         headers[DELIVERY_HEADER] = message.delivery_id
-    _post(channel.target, body, headers, config, timeout)
+    _post(channel.target, body, headers, config, timeout, deadline)
 
 
-def send_push(channel, message, config, timeout):
+def send_push(channel, message, config, timeout, deadline):
     """An ntfy-style push: the text as the body, the title and a link in headers."""
     headers = {
         "Content-Type": "text/plain; charset=utf-8",
@@ -266,7 +293,7 @@ def send_push(channel, message, config, timeout):
         headers["Click"] = message.link
     if channel.secret:
         headers["Authorization"] = f"Bearer {channel.secret}"
-    _post(channel.target, message.text.encode(), headers, config, timeout)
+    _post(channel.target, message.text.encode(), headers, config, timeout, deadline)
 
 
 def _header_text(text):
@@ -279,12 +306,13 @@ def _header_text(text):
 RETRY_STATUSES = {408, 425, 429}
 
 
-def _post(url, body, headers, config, timeout):
+def _post(url, body, headers, config, timeout, deadline):
     """POST to a webhook or push URL (outbound.py: only where allowed). A redirect is an
     answer like any other: not a delivery, and not followed."""
     headers = {**headers, "User-Agent": "openreceipt-notify"}
+    allowed = config.get("NOTIFY_ALLOW") or ()
     try:
-        status = outbound.post(url, body, headers, timeout, config.get("NOTIFY_ALLOW") or ())
+        status = outbound.post(url, body, headers, timeout, allowed, deadline)
     except outbound.NotAllowed as error:
         raise DeliveryError(f"not allowed: {error}", final=True) from None
     except outbound.BadURL as error:  # saved before URLs were checked as they are now

@@ -16,10 +16,12 @@ packages wrap requests or httpx, neither of which openreceipt otherwise needs.""
 
 import http.client
 import ipaddress
+import re
 import socket
 import ssl
 import threading
-from urllib.parse import urlsplit
+import time
+from urllib.parse import urlsplit, urlunsplit
 
 URL_LENGTH = 2000
 RESOLVE_SECONDS = 3  # for the look-up when a channel is saved; a send has its own deadline
@@ -67,10 +69,74 @@ def url_problem(url, example="https://example.com/hook"):
 
 
 def tidy_url(url):
-    """The URL with its scheme and host in lower case, as they mean the same in any case: one
-    receiver is one channel however it was typed."""
+    """The URL in one spelling of the many that reach the same receiver (RFC 3986, section 6),
+    so that one receiver is one channel however it was typed: the scheme and host in lower
+    case, the host without the trailing dot DNS allows and an IP address in its usual form
+    (127.1 is 127.0.0.1), no default port, no fragment (never sent: it is the browser's), the
+    path without dot-segments and "/" when empty, percent-escapes in upper case and unreserved
+    characters unescaped. Everything else of the path and query is the receiver's to interpret
+    and is kept as typed: `/IN` and `//in` are other paths than `/in` (many servers merge
+    slashes, some do not), and a URL is sent exactly as it is saved."""
     parts = urlsplit(url)
-    return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()).geturl()
+    scheme = parts.scheme.lower()
+    host = _host_form(parts.hostname or "")
+    port = parts.port
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        netloc += f":{port}"
+    path = _without_dot_segments(_escapes(parts.path)) or "/"
+    return urlunsplit((scheme, netloc, path, _escapes(parts.query), ""))
+
+
+def _host_form(host):
+    host = host.lower().rstrip(".")
+    if "%" in host:  # an IPv6 zone (fe80::1%eth0): kept as written
+        return host
+    try:
+        return str(ipaddress.ip_address(host))  # [0:0::1] is [::1]
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9a-fx.]+", host):
+        try:  # what getaddrinfo reads as IPv4 too: 127.1, 2130706433, 0x7f.0.0.1
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            pass
+    return host
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _escapes(text):
+    """%7e is ~ and %2f is %2F; %2F stays escaped (a slash in a segment is not a separator)."""
+
+    def one(match):
+        character = chr(int(match.group(1), 16))
+        return character if character in _UNRESERVED else "%" + match.group(1).upper()
+
+    return _ESCAPE.sub(one, text)
+
+
+def _without_dot_segments(path):
+    """RFC 3986's remove_dot_segments (5.2.4), step by step: /a/./b/../c is /a/c. Empty
+    segments (//) are segments like any other, and stay."""
+    output = ""
+    while path:
+        if path.startswith(("../", "./")):
+            path = path[path.index("/") + 1 :]
+        elif path.startswith("/./") or path == "/.":
+            path = "/" + path[3:]
+        elif path.startswith("/../") or path == "/..":
+            path = "/" + path[4:]
+            output = output[: max(output.rfind("/"), 0)]
+        elif path in (".", ".."):
+            path = ""
+        else:
+            end = path.find("/", 1)
+            end = len(path) if end < 0 else end
+            output, path = output + path[:end], path[end:]
+    return output
 
 
 def embedded_ipv4(address):
@@ -98,6 +164,51 @@ def refusal(address, allowed=()):
         if not each.is_global:  # e.g. 100.64.0.0/10, shared by carriers
             return "a non-public address"
     return None
+
+
+class Deadline:
+    """The hard end of one exchange with a receiver, however it dawdles.
+
+    Socket timeouts bound each step (connecting, each read), and a receiver that answers one
+    byte every few seconds starts each step afresh: it could keep the sending thread, and its
+    socket, for ever. So every connection of the exchange is registered here, as a duplicate
+    of its socket, and cut() shuts them all down from the outside: a read blocked on one
+    returns at once (TLS and SMTP included: shutting a duplicate down shuts the connection
+    itself down), the sending thread fails, closes its socket and ends. Steps begun after
+    the deadline, or after a cut, fail at once with TimeoutError."""
+
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+        self.cut_off = False
+        self._lock = threading.Lock()
+        self._sockets = []
+
+    def left(self, step):
+        """How long the next step may take: `step` seconds, or less when less is left."""
+        left = self.end - time.monotonic()
+        if self.cut_off or left <= 0:
+            raise TimeoutError("the exchange's deadline has passed")
+        return min(step, left)
+
+    def watch(self, sock):
+        """Register a socket of the exchange (before it connects), to be shut down by cut()."""
+        with self._lock:
+            if self.cut_off:
+                raise TimeoutError("the exchange's deadline has passed")
+            self._sockets.append(sock.dup())
+
+    def cut(self):
+        """End the exchange: shut down every connection it made, and let it make no more.
+        Called when the exchange is over, whichever way: its duplicates are closed then."""
+        with self._lock:
+            self.cut_off = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # not connected (any more)
+                pass
+            sock.close()
 
 
 def resolve(host, port, timeout):
@@ -149,14 +260,21 @@ def default_port(parts):
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def connect(infos, timeout):
-    """A TCP connection to the first of `infos` (getaddrinfo's tuples) that answers."""
+def connect(infos, timeout, deadline=None):
+    """A TCP connection to the first of `infos` (getaddrinfo's tuples) that answers, each try
+    within `timeout` seconds and, with a `deadline` (a Deadline), within what is left of it and
+    watched by it."""
     error = None
     for family, kind, protocol, _, sockaddr in infos:
+        step = deadline.left(timeout) if deadline else timeout
         sock = socket.socket(family, kind, protocol)
         try:
-            sock.settimeout(timeout)
+            if deadline:
+                deadline.watch(sock)
+            sock.settimeout(step)
             sock.connect(sockaddr)
+            if deadline:
+                deadline.left(timeout)  # cut while it connected, before the cut could reach it
             return sock
         except OSError as failure:
             sock.close()
@@ -168,14 +286,14 @@ class PinnedConnection(http.client.HTTPConnection):
     """HTTP, or HTTPS with `context`, to addresses resolved and checked beforehand, under the
     URL's host name: in the Host header, as the TLS server name, and in the certificate."""
 
-    def __init__(self, host, port, infos, timeout, context=None):
+    def __init__(self, host, port, infos, timeout, context=None, deadline=None):
         super().__init__(host, port, timeout=timeout)
-        self.infos, self.context = infos, context
+        self.infos, self.context, self.deadline = infos, context, deadline
         if context is not None:
             self.default_port = 443  # the Host header leaves a default port out
 
     def connect(self):
-        sock = connect(self.infos, self.timeout)
+        sock = connect(self.infos, self.timeout, self.deadline)
         if self.context is None:
             self.sock = sock
             return
@@ -186,18 +304,20 @@ class PinnedConnection(http.client.HTTPConnection):
             raise
 
 
-def post(url, body, headers, timeout, allowed=()):
+def post(url, body, headers, timeout, allowed=(), deadline=None):
     """POST `body` to `url`, at an address checked as above; returns the answer's status.
-    Raises BadURL, NotAllowed, OSError (socket.gaierror, TimeoutError, ssl.SSLError, ...) or
+    `timeout` bounds each step; a `deadline` (a Deadline), the whole exchange. Raises BadURL,
+    NotAllowed, OSError (socket.gaierror, TimeoutError, ssl.SSLError, ...) or
     http.client.HTTPException (not an HTTP answer)."""
     problem = url_problem(url)
     if problem:
         raise BadURL(problem)
     parts = urlsplit(url)
     port = default_port(parts)
-    infos = checked_addresses(parts.hostname, port, allowed, timeout)
+    look_up = deadline.left(timeout) if deadline else timeout
+    infos = checked_addresses(parts.hostname, port, allowed, look_up)
     context = ssl.create_default_context() if parts.scheme == "https" else None
-    connection = PinnedConnection(parts.hostname, port, infos, timeout, context)
+    connection = PinnedConnection(parts.hostname, port, infos, timeout, context, deadline)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         connection.request("POST", path, body=body, headers=headers)

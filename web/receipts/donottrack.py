@@ -4,6 +4,7 @@ An entry is an address (`bob@example.de`), a domain (`example.de`, which covers 
 or a top-level domain written with its dot (`.de`). A user's entries hold for their own receipts;
 entries without a user hold for every user of the server (the operator's list)."""
 
+import functools
 import re
 
 from peewee import IntegrityError, chunked
@@ -33,6 +34,7 @@ def normalize(text):
     if (
         not entry
         or len(entry) > MAX_ENTRY
+        or not entry.isprintable()
         or (at and (not local or any(c.isspace() for c in local)))
         or not all(LABEL.match(label) for label in labels)
         or (top_level and len(labels) != 1)
@@ -45,10 +47,34 @@ def normalize(text):
     return entry
 
 
+def canonical_address(text):
+    """An address (or, when only domains are kept, a domain) in the one form it is stored and
+    compared in: without spaces around it, in lower case, its domain without the trailing dot
+    DNS allows (`erin@Erase.Example.` is erin@erase.example). Minting stores this form, and
+    every do-not-track check compares it."""
+    local, at, domain = str(text).strip().lower().rpartition("@")
+    return f"{local}{at}{domain.rstrip('.')}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _comparable(text):
+    """canonical_address(), with an internationalised domain in its ASCII (xn--) form, so that
+    `bücher.example` and `xn--bcher-kva.example` are the same domain to a check. A leading dot
+    (a top-level domain entry) is kept."""
+    local, at, domain = canonical_address(text).rpartition("@")
+    dot, name = ("." if domain.startswith(".") else ""), domain.lstrip(".")
+    if name and not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:  # not a name IDNA can write: compared as it is
+            pass
+    return f"{local}{at}{dot}{name}"
+
+
 def covers(entry, recipient):
-    """Whether `entry` covers a stored recipient (an address, or a domain when only domains
-    are stored)."""
-    recipient = recipient.lower()
+    """Whether `entry` covers a recipient (an address, or a domain when only domains are
+    stored), however either is spelt: case, a trailing dot, a domain's Unicode or xn-- form."""
+    entry, recipient = _comparable(entry), _comparable(recipient)
     if "@" in entry:
         return recipient == entry
     domain = recipient.rpartition("@")[2]

@@ -9,8 +9,9 @@ check, because there is no second copy of them.
 """
 
 import datetime
+import re
 import secrets
-from email.utils import getaddresses, parseaddr, quote
+from email.utils import getaddresses, quote
 
 from flask import current_app
 
@@ -138,8 +139,11 @@ def clean_text(value, name, limit):
 
 
 def clean_recipients(values):
-    """Lower-case addresses, each once, in order, from a list of `address` or `Name <address>`
-    strings. Refuses anything that is not an address."""
+    """Addresses in their stored form (donottrack.canonical_address), each once, in order,
+    from a list of `address` or `Name <address>` strings: one address an item. Refuses
+    anything that is not an address, and an item holding several (`a@x.org, b@y.org`): an
+    item is read as exactly one address or not at all, never as its first one with the rest
+    dropped unchecked."""
     if values is None:
         return []
     if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
@@ -149,7 +153,13 @@ def clean_recipients(values):
     addresses = []
     for item in values:
         check_storable(item, "recipients")
-        address = parseaddr(item.strip())[1].lower()
+        found = _parsed([item])
+        if len(found) > 1:
+            raise Refused(
+                f"'recipients' holds {item[:80]!r}, which is {len(found)} addresses: give each "
+                "address as an item of its own"
+            )
+        address = donottrack.canonical_address(found[0][1]) if found else ""
         local, at, domain = address.rpartition("@")
         if not local or not at or not domain or len(address) > MAX_ADDRESS:
             raise Refused(f"'recipients' holds {item[:80]!r}, which is not an email address")
@@ -159,23 +169,49 @@ def clean_recipients(values):
 
 
 def split_addresses(text):
-    """A form's recipients field (`a@x.org, Name <b@y.org>; c@z.org`) as a list of entries."""
+    """A form's recipients field (`a@x.org, Name <b@y.org>; c@z.org`) as a list of entries,
+    one address each."""
     check_storable(text, "recipients")
-    entries = getaddresses([text.replace(";", ",").replace("\n", ",")])
     # The name quoted again: `"Doe, Jane" <j@x.org>` must not read as two entries.
     return [
-        f'"{quote(name)}" <{address}>' if name else address for name, address in entries if address
+        f'"{quote(name)}" <{address}>' if name else address
+        for name, address in _parsed([text.replace(";", ",").replace("\n", ",")])
     ]
 
 
+def _parsed(texts):
+    """(name, address) of each address in `texts`, by the standard library's parser. Refuses
+    text in which it finds fewer addresses than the text has @ signs outside names (`x@y.org
+    erin@z.org` reads as one broken address): an address it lost would go unchecked."""
+    found = [(name, address) for name, address in getaddresses(texts) if address]
+    signs = sum(text.count("@") for text in texts)
+    if signs > sum(name.count("@") + address.count("@") for name, address in found):
+        shown = ", ".join(texts)[:80]
+        raise Refused(f"'recipients' holds {shown!r}, which is not a list of email addresses")
+    return found
+
+
+# Characters no subject, label or address has any business holding: the control characters
+# (Unicode's Cc: C0, DEL and C1; ESC starts a terminal's escape sequences, in a log or the
+# command line's output), but tab and the line ends a form sends (CR LF).
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def check_storable(value, name):
-    # PostgreSQL text holds neither NUL nor lone surrogates; refuse them for both databases.
+    """Refuse text that either database cannot hold (NUL, lone surrogates: PostgreSQL refuses
+    them, so both do) or that holds control characters, with what is wrong in a few words."""
     if "\x00" in value:
         raise Refused(f"'{name}' contains a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise Refused(f"'{name}' is not valid Unicode") from None
+    control = CONTROL.search(value)
+    if control:
+        raise Refused(
+            f"'{name}' contains a control character (U+{ord(control.group()):04X}); "
+            "only tabs and line breaks are allowed"
+        )
 
 
 def note_mail_hosting(pixel, addresses):

@@ -164,15 +164,28 @@ def push_token(text):
     return token or None
 
 
+def same_receiver(kind, saved):
+    """A saved channel's target in the form a new one is compared in: a URL in its one
+    spelling (outbound.tidy_url), which channels saved before it was tidied that far may lack."""
+    if kind == ChannelKind.EMAIL:
+        return saved
+    try:
+        return outbound.tidy_url(saved)
+    except ValueError:
+        return saved
+
+
 def create_channel(user, kind, target, secret):
-    """Add the channel, unless the user has it already or has MAX_CHANNELS; returns None, or
-    why not. Two forms sent at the same moment must not both pass the checks: the user's row is
-    locked first, which holds the second one's transaction until the first is done."""
+    """Add the channel (its target checked and tidied), unless the user has one to the same
+    receiver already or has MAX_CHANNELS; returns None, or why not. Two forms sent at the same
+    moment must not both pass the checks: the user's row is locked first, which holds the
+    second one's transaction until the first is done."""
     with write_transaction():
         locked(User.select(User.id).where(User.id == user.id)).first()
         theirs = NotifyChannel.select().where(NotifyChannel.user == user)
-        if theirs.where(NotifyChannel.kind == kind, NotifyChannel.target == target).exists():
-            return f"you have {kind} notices to {target} already"
+        for channel in theirs.where(NotifyChannel.kind == kind):
+            if same_receiver(kind, channel.target) == target:
+                return f"you have {kind} notices to {channel.target} already"
         if theirs.count() >= MAX_CHANNELS:
             return f"you have {MAX_CHANNELS} channels already; remove one first"
         NotifyChannel.create(user=user, kind=kind, target=target, secret=secret)
