@@ -202,6 +202,23 @@ def test_a_receipt_stored_with_a_trailing_dot_is_stopped_by_its_entry(app, clien
         assert Pixel.get_by_id(old.id).tracking_stopped_at is not None
 
 
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_an_erasure_finds_the_address_however_either_is_spelt(
+    app, client, user, keys, runner, spelling
+):
+    """`openreceipt forget` deletes a receipt stored before addresses were put in one form
+    (`erin@erase.example.`) and one stored in it, whichever spelling the request names."""
+    with app.app_context():
+        Pixel.create(public_id="old-one", owner=user, recipients=["erin@erase.example."])
+    assert mint_as(client, keys["api"], [LISTED])[0] == 201
+    assert mint_as(client, keys["api"], ["erin@erase.example.org"])[0] == 201
+    result = runner.invoke(args=["forget", spelling.split("<")[-1].rstrip(">")])
+    assert result.exit_code == 0, result.output
+    assert "deleted 2 receipts" in result.output
+    with app.app_context():
+        assert [p.recipients for p in Pixel.select()] == [["erin@erase.example.org"]]
+
+
 # -- Control characters ------------------------------------------------------------------------
 
 CONTROLS = ["\x01", "\x1b[31m", "\x7f", "\x9b"]

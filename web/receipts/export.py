@@ -8,6 +8,7 @@ from peewee import chunked, fn
 
 from ..storage.engine import db, iso
 from ..storage.models import ApiToken, DoNotTrack, Event, NotifyChannel, Pixel
+from .donottrack import covers
 
 PIXEL_FIELDS = (
     "id",
@@ -137,14 +138,18 @@ def _cell(name, value):
 
 
 def forget(address):
-    """Delete every pixel, of any user, whose stored recipients include `address`, with its
-    events. Returns a list of (owner email, pixel id, subject, events deleted)."""
-    address = address.strip().lower()
+    """Delete every pixel, of any user, whose stored recipients include `address`, however
+    either is spelt (case, a trailing dot, a domain's Unicode or xn-- form), with its events.
+    Returns a list of (owner email, pixel id, subject, events deleted)."""
     removed = []
     with db.atomic():
         # Every receipt is looked at: an erasure must not depend on how JSON text escapes.
         candidates = Pixel.select(Pixel.id, Pixel.recipients).iterator()
-        matched = [pixel.id for pixel in candidates if address in pixel.recipients]
+        matched = [
+            pixel.id
+            for pixel in candidates
+            if any(covers(address, recipient) for recipient in pixel.recipients)
+        ]
         pixels = []
         for batch in chunked(matched, 200):
             pixels.extend(Pixel.select().where(Pixel.id.in_(batch)))
