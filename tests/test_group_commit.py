@@ -7,6 +7,7 @@ import time
 
 from web.judgement.classify import Fetch
 from web.pixel import recording
+from web.receipts import donottrack, ledger
 from web.storage.engine import utcnow
 from web.storage.models import Event, Pixel
 
@@ -111,3 +112,60 @@ def test_more_fetches_than_a_batch_are_written_in_turns_and_each_thread_answered
     assert recorder._waiting == [] and recorder._writer is False
     with app.app_context():
         assert Event.select().count() == 14
+
+
+def screened(app, fetch):
+    """The fetch judged as the pixel judges it before the write lock: (verdicts, judgement)."""
+    recorder = app.extensions["openreceipt"].recorder
+    verdicts = {}
+    outcome, judged = recorder._screen(fetch, verdicts)
+    assert outcome is None and judged is not None
+    return verdicts, judged
+
+
+def write_screened(app, fetch, verdicts, judged):
+    return app.extensions["openreceipt"].recorder._write([(fetch, verdicts, judged)], True)[0]
+
+
+def test_a_twin_stored_after_the_judgement_makes_the_fetch_a_repeat(app, client, auth, database):
+    """Judged before the write lock, a fetch finds its twin stored meanwhile (another worker's):
+    the store's own check sees it, and the fetch is a repeat, not a second event."""
+    pixel = mint(client, auth)["id"]
+    fetch = fetch_of(pixel, 7, GMAIL_PROXY)
+    with app.app_context():
+        verdicts, judged = screened(app, fetch)
+        twin = app.extensions["openreceipt"].recorder.record(fetch_of(pixel, 7, GMAIL_PROXY))
+        assert twin == "recorded: open"
+        assert (
+            write_screened(app, fetch, verdicts, judged)
+            == "not recorded: repeat of a fetch seconds ago"
+        )
+        assert Event.select().count() == 1
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 1
+
+
+def test_facts_that_change_after_the_judgement_are_judged_again(app, client, auth, database):
+    """The sender's own Gmail tab shows the message between the judgement and the store: the
+    Gmail-proxy fetch judged an open is the sender's own view after all."""
+    pixel = mint(client, auth)["id"]
+    fetch = fetch_of(pixel, 7, GMAIL_PROXY)
+    with app.app_context():
+        verdicts, judged = screened(app, fetch)
+        assert judged[1].kind == "open"
+        ledger.self_view(Pixel.get(Pixel.public_id == pixel), at=fetch.at)
+        assert write_screened(app, fetch, verdicts, judged) == "recorded: self"
+        stored = Pixel.get(Pixel.public_id == pixel)
+        assert (stored.open_count, stored.self_count) == (0, 1)
+
+
+def test_a_recipient_listed_after_the_judgement_stops_the_fetch(app, client, auth, user, database):
+    pixel = mint(client, auth, recipients=["erin@erase.example"])["id"]
+    fetch = fetch_of(pixel, 7)
+    with app.app_context():
+        verdicts, judged = screened(app, fetch)
+        donottrack.add(user, ["erin@erase.example"])
+        assert (
+            write_screened(app, fetch, verdicts, judged)
+            == "not recorded: a recipient is on the do-not-track list"
+        )
+        assert Event.select().count() == 0

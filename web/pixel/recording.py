@@ -5,9 +5,10 @@ One fetch is judged and stored like this (Recorder.record):
 1. without a lock, read the pixel's facts and judge the fetch; a repeat of a fetch seconds ago
    (most of what mail proxies send) stops here without ever waiting for the write lock;
 2. otherwise, take the write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: the pixel's row, FOR
-   UPDATE), read the facts again (judged again if they changed), check for a repeat again (a
-   concurrent twin may have just been stored), insert the event and move the pixel's counters,
-   state and times in one UPDATE that never loses a concurrent count;
+   UPDATE) and insert the event, in a statement that checks that the facts it was judged on
+   still hold and that no twin was stored meanwhile (by another worker); then move the pixel's
+   counters, state and times in one UPDATE that never loses a concurrent count. When the check
+   fails (rarely), the facts are read again under the lock and the fetch judged again;
 3. in the same transaction, an open or a delivery whose owner wants to hear of it puts a notice
    in the outbox for each of their channels (notifications/outbox.py; sent later).
 
@@ -101,9 +102,17 @@ def statements(database):
         "e.source, e.client FROM pixel p LEFT JOIN event e ON e.pixel_id = p.id "
         f"AND e.at BETWEEN {p} AND {p} AND e.ip {same} {p} WHERE p.public_id = {p}"
     )
+    # The event, only if the facts it was judged on still hold and no twin was stored since:
+    # checked in the statement that stores it, so the judgement made before the write lock
+    # (Recorder._screen) needs no second read under it.
+    unchanged = " AND ".join(f"p.{name} {same} {p}" for name in FACT_COLUMNS)
     insert = (
         "INSERT INTO event (pixel_id, at, kind, source, reason, ip, country, city, client, "
-        f"spool_key) VALUES ({', '.join([p] * 10)})"
+        f"spool_key) SELECT {', '.join([p] * 10)} WHERE EXISTS (SELECT 1 FROM pixel p "
+        f"WHERE p.id = {p} AND {unchanged} AND p.tracking_stopped_at IS NULL AND "
+        f"EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id) = {p}) "
+        f"AND NOT EXISTS (SELECT 1 FROM event e WHERE e.pixel_id = {p} AND e.at BETWEEN {p} "
+        f"AND {p} AND e.ip {same} {p} AND e.source = {p} AND e.client {same} {p})"
     )
     counters = {kind: _update(kind, p) for kind in KINDS}
     return Statements(
@@ -115,12 +124,16 @@ def statements(database):
         if sqlite
         else f"SELECT 1 FROM pixel WHERE public_id = ANY({p}) ORDER BY public_id FOR UPDATE",
         replayed=f"SELECT 1 FROM event WHERE spool_key = {p}",
-        # SQLite: the event, then its pixel's counters; PostgreSQL: both in one statement, one
-        # round trip, which returns the event's id.
+        # SQLite: the event, then (if it was stored) its pixel's counters; PostgreSQL: both in
+        # one statement, one round trip, which returns the event's id (no row if it was not).
         store={
             kind: (insert, sql, times)
             if sqlite
-            else (f"WITH e AS ({insert} RETURNING id) {sql} RETURNING (SELECT id FROM e)", times)
+            else (
+                f"WITH e AS ({insert} RETURNING id) {sql} AND EXISTS (SELECT 1 FROM e) "
+                "RETURNING (SELECT id FROM e)",
+                times,
+            )
             for kind, (sql, times) in counters.items()
         },
         sqlite=sqlite,
@@ -131,8 +144,12 @@ _sql = dialect_statements(statements)
 
 
 def _facts(row):
-    """{fact: value} from a facts row, with "id", "tracking_stopped_at" and "notified"."""
-    values = dict(zip(("id", *FACT_COLUMNS, "tracking_stopped_at", "notified"), row, strict=False))
+    """{fact: value} from a facts row, with "id", "tracking_stopped_at", "notified", and "as_read":
+    the facts the judgement rests on as the database gave them, for the store's check that they
+    still hold."""
+    names = ("id", *FACT_COLUMNS, "tracking_stopped_at", "notified")
+    values = dict(zip(names, row, strict=False))
+    values["as_read"] = (*row[1 : 1 + len(FACT_COLUMNS)], values["notified"])
     for name in TIME_COLUMNS:
         values[name] = Pixel._meta.fields[name].python_value(values[name])
     return values
@@ -151,6 +168,7 @@ class _Waiting:
 
     fetch: object
     verdicts: dict
+    judged: tuple | None
     outcome: str | None = None
     error: BaseException | None = None
     done: bool = False
@@ -172,10 +190,10 @@ class Recorder:
         """Store one Fetch. `short_waits`: wait for the write lock PIXEL_WAIT_MS at most (the
         pixel; then it spools the fetch). Returns the outcome (the X-Openreceipt header)."""
         verdicts = {}
-        outcome = self._screen(fetch, verdicts)
+        outcome, judged = self._screen(fetch, verdicts)
         if outcome is not None:
             return outcome
-        return self._write([(fetch, verdicts)], short_waits)[0]
+        return self._write([(fetch, verdicts, judged)], short_waits)[0]
 
     def record_together(self, fetch):
         """The pixel's way: store this fetch in one transaction with those this process's
@@ -187,10 +205,10 @@ class Recorder:
         is woken once, not at every batch. Under load, one transaction and one turn at the
         write lock serve many fetches; alone, a fetch is written at once."""
         verdicts = {}
-        outcome = self._screen(fetch, verdicts)
+        outcome, judged = self._screen(fetch, verdicts)
         if outcome is not None:
             return outcome
-        me = _Waiting(fetch, verdicts)
+        me = _Waiting(fetch, verdicts, judged)
         with self._waiting_lock:
             self._waiting.append(me)
             writer, self._writer = not self._writer, True
@@ -218,13 +236,14 @@ class Recorder:
 
     def _write_together(self, batch):
         try:
-            outcomes = self._write([(w.fetch, w.verdicts) for w in batch], short_waits=True)
+            outcomes = self._write([(w.fetch, w.verdicts, w.judged) for w in batch], True)
         except (DataError, IntegrityError):
             # One fetch is at fault (the database refuses it): it alone must fail, so each is
             # written on its own.
             for waiting in batch:
                 try:
-                    waiting.outcome = self._write([(waiting.fetch, waiting.verdicts)], True)[0]
+                    one = [(waiting.fetch, waiting.verdicts, waiting.judged)]
+                    waiting.outcome = self._write(one, True)[0]
                 except Exception as error:  # noqa: BLE001 - handed to the fetch's own thread
                     waiting.error = error
         except Exception as error:  # noqa: BLE001 - the database is away: each thread spools
@@ -239,13 +258,12 @@ class Recorder:
                 waiting.woken.set()
 
     def _screen(self, fetch, verdicts):
-        """Without the write lock: the outcome when the fetch is not to be stored (most repeats
-        end here, never waiting for the lock), else None. A replayed fetch is always looked at
-        under the lock."""
+        """Without the write lock: (outcome, None) when the fetch is not to be stored (most
+        repeats end here, never waiting for the lock), else (None, what _assess judged), which
+        the store checks still holds. A replayed fetch is looked at under the lock only."""
         if fetch.key is not None:
-            return None
-        outcome, _ = self._assess(_sql(), fetch, verdicts)
-        return outcome
+            return None, None
+        return self._assess(_sql(), fetch, verdicts)
 
     def _assess(self, sql, fetch, verdicts):
         """(outcome, None) when the fetch is not to be stored, else (None, (pixel id, verdict,
@@ -273,7 +291,8 @@ class Recorder:
         return None, (facts, verdict, client)
 
     def _write(self, fetches, short_waits):
-        """Store (fetch, verdicts) pairs in one transaction, in order; their outcomes."""
+        """Store (fetch, verdicts, judged) triples in one transaction, in order; their
+        outcomes."""
         sql = _sql()
 
         def write():
@@ -284,23 +303,33 @@ class Recorder:
                     # at most, then fail (and the pixel spools the fetches).
                     db.execute_sql(PIXEL_TIMEOUTS)
                 if sql.lock:
-                    db.execute_sql(sql.lock, (sorted({fetch.public_id for fetch, _ in fetches}),))
-                for fetch, verdicts in fetches:
+                    db.execute_sql(sql.lock, (sorted({fetch.public_id for fetch, *_ in fetches}),))
+                for fetch, verdicts, judged in fetches:
                     if fetch.key is not None:
                         if db.execute_sql(sql.replayed, (fetch.key,)).fetchone() is not None:
                             outcomes.append("not recorded: already replayed")
                             continue
-                    outcome, judged = self._assess(sql, fetch, verdicts)
-                    if outcome is None:
-                        self._store(sql, fetch, *judged)
-                        outcome = f"recorded: {judged[1].kind}"
-                    outcomes.append(outcome)
+                    outcomes.append(self._record_one(sql, fetch, verdicts, judged))
             return outcomes
 
         return with_short_lock_waits(write) if short_waits else write()
 
+    def _record_one(self, sql, fetch, verdicts, judged):
+        """Under the write lock: store the fetch as it was judged before the lock, if that
+        judgement still holds; else look at it again (its facts changed, or a twin was stored
+        meanwhile, or it was never judged: a replayed fetch). Its outcome."""
+        if judged is None or not self._store(sql, fetch, *judged):
+            outcome, judged = self._assess(sql, fetch, verdicts)
+            if outcome is not None:
+                return outcome
+            # What the store checks was read just now, under the lock: it holds.
+            self._store(sql, fetch, *judged)
+        return f"recorded: {judged[1].kind}"
+
     def _store(self, sql, fetch, facts, verdict, client):
-        """The event, its notices, and the pixel's counters, state and times."""
+        """The event, its notices, and the pixel's counters, state and times, if the facts
+        `verdict` rests on still hold and no twin of the fetch was stored meanwhile. Whether it
+        was stored."""
         pixel_id = facts["id"]
         reason = REASONS.get(verdict.kind)
         notices = []
@@ -319,12 +348,27 @@ class Recorder:
             client,
             fetch.key,
         )
+        window = (
+            sql_time(fetch.at - REPEAT_WINDOW, sql.sqlite),
+            sql_time(fetch.at + REPEAT_WINDOW, sql.sqlite),
+        )
+        unchanged = (pixel_id, *facts["as_read"])
+        no_twin = (pixel_id, *window, fetch.ip, verdict.source, client)
         *statements, times = sql.store[verdict.kind]
         counters = (*[stamp] * times, pixel_id)
         if sql.sqlite:
             insert, update = statements
-            event_id = db.execute_sql(insert, event).lastrowid
+            cursor = db.execute_sql(insert, (*event, *unchanged, *no_twin))
+            if cursor.rowcount != 1:
+                return False
+            event_id = cursor.lastrowid
             db.execute_sql(update, counters)
         else:
-            event_id = db.execute_sql(statements[0], (*event, *counters)).fetchone()[0]
+            row = db.execute_sql(
+                statements[0], (*event, *unchanged, *no_twin, *counters)
+            ).fetchone()
+            if row is None:
+                return False
+            event_id = row[0]
         outbox.queue(notices, event_id)
+        return True
