@@ -7,6 +7,7 @@ import json
 import ssl
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -67,7 +68,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server = _CountingServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         if self.context is not None:
             self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
@@ -85,6 +86,49 @@ class Receiver:
         while len(self.received) < count and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.received
+
+    def settle(self, timeout=10):
+        """Everything that reached the receiver, once all of it is recorded. Call it when
+        nothing sends any more (the senders have exited): a request of its own, made now, is
+        accepted after every connection before it, and once it is answered and no handler is
+        still at work, nothing else is on its way. Returns the requests, without its own."""
+        request = urllib.request.Request(self.url + SETTLED, data=b"", method="POST")
+        context = ssl._create_unverified_context() if self.context else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            response.read()
+        deadline = time.monotonic() + timeout
+        while self._server.handling:
+            assert time.monotonic() < deadline, "the receiver's handlers did not finish"
+            time.sleep(0.01)
+        with self._lock:
+            self.received[:] = [r for r in self.received if r.path != SETTLED]
+        return self.received
+
+
+# The path of the request that tells a receiver it has recorded all the others (settle).
+SETTLED = "/settled"
+
+
+class _CountingServer(ThreadingHTTPServer):
+    """Counts its connections still being handled: from their acceptance, in the thread that
+    accepts them one after another, until their handler is done."""
+
+    handling = 0
+
+    def process_request(self, request, client_address):
+        with _counting:
+            self.handling += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with _counting:
+                self.handling -= 1
+
+
+_counting = threading.Lock()
 
 
 @dataclass

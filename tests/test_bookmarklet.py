@@ -1061,10 +1061,13 @@ def test_second_click_says_already_and_the_script_installs_once(tab, receipts):
     assert tab.placement()["outsideQuote"] == 1
     assert len(receipts.new_pixels(before)) == 1 and len(tab.requests_to("/api/pixels")) == 1
 
-    # Installed once: one Send, one sent marker.
+    # Installed once: one Send, one sent marker. A second install's listener would send its
+    # marker in the same click; a request the page makes after the click comes after it.
     with page.expect_response(lambda response: response.url.endswith("/sent")):
         page.locator("div.M9 div[role='button'].aoO").click()
-    page.wait_for_timeout(500)
+    after = f"{tab.receipts.url}/p/after-the-click.gif"
+    with page.expect_request(after):
+        page.evaluate("(url) => { fetch(url, { mode: 'no-cors' }); }", after)
     assert len(tab.requests_to("/sent")) == 1
     tab.check()
 

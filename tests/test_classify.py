@@ -12,6 +12,7 @@ from web.judgement.classify import (
     SCANNER_WINDOW,
     Fetch,
     PixelFacts,
+    Verdict,
     classify,
     judge,
 )
@@ -276,6 +277,35 @@ def test_bots(user_agent, ip):
 def test_head_is_a_bot(user_agent, ip, source):
     verdict = verdict_of(user_agent, ip, method="HEAD")
     assert (verdict.kind, verdict.source) == (Kind.BOT, source)
+
+
+@pytest.mark.parametrize(
+    "purpose",
+    [
+        pytest.param("prefetch", id="purpose-prefetch"),
+        pytest.param("prefetch;prerender", id="sec-purpose-prerender"),
+        # The endpoint joins Purpose, Sec-Purpose, X-Purpose and X-Moz with spaces.
+        pytest.param("prefetch prefetch  ", id="purpose-and-sec-purpose"),
+        pytest.param("  preview prefetch", id="x-purpose-and-x-moz"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("user_agent", "ip", "source"),
+    [
+        pytest.param(CHROME_WINDOWS, PLAIN_IP, "direct", id="chrome"),
+        pytest.param(GMAIL_PROXY, "66.102.8.0", "gmail-proxy", id="gmail-proxy"),
+        pytest.param(APPLE_MPP, APPLE_IP, "apple-mpp", id="apple-mpp"),
+    ],
+)
+def test_head_announcing_a_prefetch_is_a_bot_not_a_delivery(user_agent, ip, source, purpose):
+    """The HEAD rule comes before the prefetch-header rule: a HEAD loads no image, whatever it
+    announces, so it is a bot's fetch and never a delivery (nor a "delivered" notice)."""
+    verdict = verdict_of(user_agent, ip, method="HEAD", purpose=purpose)
+    assert verdict == Verdict(Kind.BOT, source, "HEAD request: the image was not loaded")
+    # Control: the same fetch as a GET is the announced prefetch.
+    assert verdict_of(user_agent, ip, purpose=purpose) == Verdict(
+        Kind.PREFETCH, source, "the client announced a prefetch, not a view"
+    )
 
 
 @pytest.mark.parametrize(

@@ -508,6 +508,7 @@ def slow_bodies(port, tls, count):
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
+        assert not any(thread.is_alive() for thread in threads)
 
 
 def only_hsts(headers):

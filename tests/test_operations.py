@@ -323,7 +323,9 @@ def test_backup_of_a_live_sqlite_database_restores_with_a_working_key(
     thread = threading.Thread(target=write)
     thread.start()
     try:
+        deadline = time.monotonic() + 30
         while writer.execute("SELECT count(*) FROM written").fetchone()[0] < 100:
+            assert time.monotonic() < deadline, "the writer did not get going"
             time.sleep(0.01)
         result = CommandLine(app).invoke(args=["backup", str(tmp_path / "saved")])
     finally:

@@ -7,7 +7,7 @@ import pytest
 from peewee import SqliteDatabase
 
 from web.pixel.endpoint import GIF
-from web.storage.models import Event, Pixel
+from web.storage.models import Event, Notice, NotifyChannel, Pixel, User
 
 from .helpers import mint, pixel_path
 
@@ -101,6 +101,39 @@ def test_head_is_answered_but_not_an_open(client, pixel, database):
     assert response.status_code == 200 and response.mimetype == "image/gif"
     assert Event.get().kind == "bot"
     assert Pixel.get(Pixel.public_id == pixel["id"]).open_count == 0
+
+
+def test_head_announcing_a_prefetch_is_a_bot_and_no_delivery(client, pixel, user, database):
+    """A HEAD with Purpose and Sec-Purpose: prefetch loads no image: the HEAD rule's verdict,
+    not the prefetch header's, so the receipt is not delivered and no "delivered" notice goes
+    to an owner who asked for them."""
+    NotifyChannel.create(user=user, kind="webhook", target="https://hooks.example.com/x")
+    User.update(notify_delivered=True).where(User.id == user.id).execute()
+    response = client.head(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": THUNDERBIRD, "Purpose": "prefetch", "Sec-Purpose": "prefetch"},
+    )
+    assert (response.status_code, response.mimetype) == (200, "image/gif")
+    assert response.headers["X-Openreceipt"] == "recorded: bot"
+    event = Event.get()
+    assert (event.kind, event.source, event.reason) == (
+        "bot",
+        "direct",
+        "HEAD request: the image was not loaded",
+    )
+    stored = Pixel.get(Pixel.public_id == pixel["id"])
+    assert (stored.state, stored.bot_count, stored.prefetch_count) == ("waiting", 1, 0)
+    assert stored.delivered_at is None
+    assert Notice.select().count() == 0
+    # Control: the same announcement with a GET (from another network: no repeat) is a
+    # delivery, and its notice is queued.
+    client.get(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": THUNDERBIRD, "Purpose": "prefetch", "Sec-Purpose": "prefetch"},
+        environ_base={"REMOTE_ADDR": "81.2.69.160"},
+    )
+    assert Pixel.get(Pixel.public_id == pixel["id"]).state == "delivered"
+    assert [notice.reason for notice in Notice.select()] == ["delivered"]
 
 
 @pytest.mark.parametrize("header", ["Purpose", "Sec-Purpose"])

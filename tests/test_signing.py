@@ -119,8 +119,8 @@ def _signature(token):
 
 
 FORGERIES = [
-    # The last base64 character of a SHA-256 signature carries 2 padding bits, so only changes
-    # that alter decoded bytes are forgeries; the first and a middle character always do.
+    # The last base64 character of a SHA-256 signature carries 2 spare bits: every one of its
+    # 63 alterations has a test of its own (test_every_other_last_character_...).
     pytest.param(lambda t: _change_at(t, len(PUBLIC_ID) + 1), id="signature-first-char-changed"),
     pytest.param(lambda t: _change_at(t, len(PUBLIC_ID) + 20), id="signature-middle-char-changed"),
     pytest.param(lambda t: t[: len(PUBLIC_ID) + 1] + "A" * 43, id="signature-replaced"),
@@ -193,3 +193,28 @@ def test_itsdangerous_signer_with_the_same_settings_agrees(signer, token):
     same = Signer(KEY, salt=SALT, digest_method=hashlib.sha256).sign(PUBLIC_ID).decode()
     assert same == token
     assert signer.unsign(same) == PUBLIC_ID
+
+
+BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def test_every_other_last_character_of_the_signature_is_refused(signer, token):
+    """The last of the 43 characters carries 4 bits of the digest and 2 spare bits that decode
+    to nothing: four spellings decode to the same bytes. Only the canonical one (spare bits zero,
+    as the signer writes it) is a token; each of the 63 others is refused, whether it changes
+    the digest or only the spare bits."""
+    assert len(BASE64URL) == len(set(BASE64URL)) == 64
+    head, last = token[:-1], token[-1]
+    assert BASE64URL.index(last) % 4 == 0  # the signer leaves the spare bits zero
+    accepted = [char for char in BASE64URL if signer.unsign(head + char) is not None]
+    assert accepted == [last]
+    # Of the refused ones, three decode to the very digest of the token: only the canonical
+    # check refuses them.
+    same_digest = [
+        c for c in BASE64URL if c != last and BASE64URL.index(c) // 4 == BASE64URL.index(last) // 4
+    ]
+    assert len(same_digest) == 3
+    assert all(signer.unsign(head + char) is None for char in same_digest)
+    # itsdangerous itself takes them: they are the forgeries only that check stops.
+    library = Signer(KEY, salt=SALT, digest_method=hashlib.sha256)
+    assert all(library.validate(head + char) for char in same_digest)

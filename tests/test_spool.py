@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from peewee import OperationalError
 
 from web import create_app
 from web.judgement.classify import Fetch
@@ -80,6 +81,106 @@ def test_replay_records_in_order_and_exactly_once(app, client, auth, database):
     assert (row.first_open_at, row.last_open_at) == (events[0].at, events[-1].at)
 
 
+def keys_in(path):
+    return [json.loads(line)["key"] for line in path.read_text().splitlines()]
+
+
+def test_a_line_replayed_again_is_skipped_by_its_key_alone(app, app_with, client, auth, database):
+    """A replay cut short after storing a line replays it again: its key (Event.spool_key) says
+    it is stored already. Not the repeat rule: that one looks for the same fetcher (source and
+    client) within 10 s, and here the judgement changed in between, so only the key can tell."""
+    pixel = mint(client, auth)
+    line = spooled_fetch(pixel["id"], 3, at=utcnow() - datetime.timedelta(minutes=1))
+    spool.append(app.config["DATA_DIR"], line)
+    spool._rotate(spool_dir(app))
+    [batch] = spool.batches(app.config["DATA_DIR"])
+    copy = batch.read_bytes()
+    assert spool.replay(app) == {"recorded": 1, "not_recorded": 0, "rejected": 0, "left": 0}
+    assert Event.get().client == "Gmail"
+
+    # The operator turns client names off and restarts before the copy is replayed: the line
+    # is now judged a fetch by no named client, which no stored event within 10 s matches.
+    restarted = app_with(COLLECT_CLIENT=False)
+    batch.write_bytes(copy)
+    assert spool.replay(restarted) == {"recorded": 0, "not_recorded": 1, "rejected": 0, "left": 0}
+    assert not (spool_dir(app) / spool.REJECTED).exists()
+    with restarted.app_context():
+        recorder = restarted.extensions["openreceipt"].recorder
+        assert recorder.record(line) == "not recorded: already replayed"
+    # With the judgement unchanged too, the key is what answers, before the repeat rule.
+    with app.app_context():
+        recorder = app.extensions["openreceipt"].recorder
+        assert recorder.record(line) == "not recorded: already replayed"
+    [event] = Event.select()
+    assert (event.spool_key, event.client) == (line.key, "Gmail")
+    assert Pixel.get(Pixel.public_id == pixel["id"]).open_count == 1
+
+
+def away_at(app, key):
+    """The app's recorder, failing as a database that went away does for the line `key`."""
+    recorder = app.extensions["openreceipt"].recorder
+    record = recorder.record
+
+    def failing(fetched, *args, **kwargs):
+        if fetched.key == key:
+            raise OperationalError("server closed the connection unexpectedly")
+        return record(fetched, *args, **kwargs)
+
+    return failing
+
+
+def stopping_at(app, key):
+    """spool.stopping, saying stop when the replay comes to the line `key`."""
+    lines = spool_dir(app).glob("batch-*.jsonl")
+    [batch] = lines
+    position = keys_in(batch).index(key)
+    calls = []
+
+    def stopping(_app):
+        calls.append(1)
+        return len(calls) > position
+
+    return stopping
+
+
+@pytest.mark.parametrize("cut", ["database-away", "worker-stopping"])
+def test_a_replay_cut_short_mid_batch_keeps_the_rest_only(app, client, auth, database, cut):
+    """Cut short at the third of five lines, a replay keeps the third to the fifth in its
+    batch, and the next replay stores those: each fetch once, in order."""
+    pixel = mint(client, auth, subject="Invoice")
+    start = utcnow().replace(microsecond=0) - datetime.timedelta(minutes=5)
+    fetches = [
+        spooled_fetch(pixel["id"], n, start + datetime.timedelta(seconds=30 * n)) for n in range(5)
+    ]
+    for fetched in fetches:
+        spool.append(app.config["DATA_DIR"], fetched)
+    spool._rotate(spool_dir(app))
+    keys = [fetched.key for fetched in fetches]
+    recorder = app.extensions["openreceipt"].recorder
+    stopping = spool.stopping
+    if cut == "database-away":
+        recorder.record = away_at(app, keys[2])
+    else:
+        spool.stopping = stopping_at(app, keys[2])
+    try:
+        counts = spool.replay(app)
+    finally:
+        recorder.__dict__.pop("record", None)
+        spool.stopping = stopping
+    assert counts == {"recorded": 2, "not_recorded": 0, "rejected": 0, "left": 3}
+    [batch] = spool.batches(app.config["DATA_DIR"])
+    assert keys_in(batch) == keys[2:]
+    assert [e.spool_key for e in Event.select().order_by(Event.id)] == keys[:2]
+
+    assert spool.replay(app) == {"recorded": 3, "not_recorded": 0, "rejected": 0, "left": 0}
+    assert not spool.has_work(app.config["DATA_DIR"])
+    events = list(Event.select().order_by(Event.id))
+    assert [e.spool_key for e in events] == keys
+    assert [e.at for e in events] == [fetched.at for fetched in fetches]
+    assert [e.ip for e in events] == [f"81.2.{n}.0" for n in range(5)]
+    assert Pixel.get(Pixel.public_id == pixel["id"]).open_count == 5
+
+
 def test_a_late_replay_moves_no_time_backwards(app, client, auth, database):
     """A fetch spooled an hour ago and replayed after a live one: first/last stay in order."""
     pixel = mint(client, auth)
@@ -138,7 +239,6 @@ def test_writers_never_lose_a_line_while_a_replay_rotates(app, client, auth, dat
     assert keys == {f"{n:032x}" for n in range(400)}
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @contextmanager
 def held(app, public_id):
     """Another writer holds the receipt far longer than the pixel waits: on SQLite, another
@@ -252,19 +352,18 @@ def test_postgresql_outage_loses_no_fetch(gunicorn, own_postgresql):
         pixels.append(json.loads(body)["url"][len(server.url) :])
 
     own_postgresql.stop()
-    times, outcomes = [], []
+    # Each fetch is answered (within the request's 10 s deadline) and spooled. How fast the
+    # pixel answers with the database away is a timing for bench/, not an assert here.
+    outcomes = []
     for n in range(200):
-        started = time.perf_counter()
         status, headers, body = server.request(
             "GET",
             pixels[n % 10],
             headers={"User-Agent": GMAIL_PROXY, "X-Forwarded-For": f"81.0.{n}.7"},
         )
-        times.append(time.perf_counter() - started)
         assert (status, headers["Content-Type"]) == (200, "image/gif")
         outcomes.append(headers["X-Openreceipt"])
     assert set(outcomes) == {"spooled: database unavailable"}
-    assert sorted(times)[100] < 0.05, f"median {sorted(times)[100] * 1000:.1f} ms"
     status, headers, body = server.request("GET", "/api/pixels", headers=auth)
     assert (status, headers["Content-Type"]) == (503, "application/json")
     assert json.loads(body)["error"] == "the database is unavailable; try again shortly"

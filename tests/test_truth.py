@@ -379,17 +379,38 @@ def test_mint_stores_mail_hosting(settings, dns_server, auth, app):
     assert "hosted by Google" in event["reason"]
 
 
-def test_mint_with_an_unreachable_resolver_answers_fast(settings, auth, app):
+def test_mint_answers_before_a_slow_resolver_and_keeps_its_late_answer(settings, auth, app):
+    """Minting does not wait for the MX answers (it waits WAIT_SECONDS at most, a timing that
+    bench/ measures, not this test): with the resolver holding its answer until the test lets it
+    go, the mint is answered, its hosting unknown for now; the answer, once given, is stored."""
+    from web import create_app
+
+    held = DNSServer(mx={"elsewhere.test": ["mx1.mail.elsewhere.test"]}, hold=True)
+    try:
+        looking = create_app({**settings, "MX_LOOKUP": "on", "DNS_SERVERS": held.address})
+        client = looking.test_client()
+        body = mint(client, auth, recipients=["bob@elsewhere.test"])
+        assert held.questions and held.answered == 0  # it asked, and had no answer
+        with looking.app_context():
+            pixel = Pixel.get(Pixel.public_id == body["id"])
+            assert pixel.mail_hosting == UNKNOWN
+            held.release()
+            deadline = time.monotonic() + 10
+            while Pixel.get_by_id(pixel.id).mail_hosting != OTHER:
+                assert time.monotonic() < deadline, "the late answer was not stored"
+                time.sleep(0.05)
+        assert held.answered >= 1
+    finally:
+        held.close()
+
+
+def test_mint_with_a_resolver_that_never_answers(settings, auth, app):
     from web import create_app
 
     silent = DNSServer(silent=True)
     try:
         looking = create_app({**settings, "MX_LOOKUP": "on", "DNS_SERVERS": silent.address})
-        client = looking.test_client()
-        started = time.monotonic()
-        body = mint(client, auth, recipients=["bob@elsewhere.test", "carol@example.org"])
-        elapsed = time.monotonic() - started
-        assert elapsed < 1.0, f"minting took {elapsed:.2f} s"
+        body = mint(looking.test_client(), auth, recipients=["bob@elsewhere.test"])
         with looking.app_context():
             assert Pixel.get(Pixel.public_id == body["id"]).mail_hosting == UNKNOWN
         assert silent.questions  # it did ask
