@@ -407,6 +407,10 @@ def test_pages_carry_security_headers_and_the_pixel_does_not(signed_in, auth):
     assert "<script>" not in page.get_data(as_text=True)  # only <script src=...>
     pixel = signed_in.get(pixel_path(mint(signed_in, auth)["url"]))
     assert "Content-Security-Policy" not in pixel.headers
+    # What carries a user's text but is no page is never sniffed into one either.
+    for answer in (signed_in.get("/live/receipts"), signed_in.get("/api/pixels", headers=auth)):
+        assert answer.mimetype == "application/json"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_settings_do_not_track_list(signed_in, auth, app):

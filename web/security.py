@@ -42,10 +42,11 @@ def init_app(app):
         if request.is_secure:
             # is_secure believes X-Forwarded-Proto only from the trusted proxies (ProxyFix).
             response.headers.setdefault("Strict-Transport-Security", HSTS)
+        # JSON and exports too: a browser never takes a user's text for a page or a script.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         if response.mimetype != "text/html":
             return response
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", REFERRER_POLICY)
         response.headers.setdefault("X-Frame-Options", "DENY")
         if g.get("user") is not None:
