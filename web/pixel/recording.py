@@ -30,7 +30,7 @@ from ..judgement.classify import PixelFacts
 from ..notifications import outbox
 from ..notifications.policy import REASONS
 from ..storage.engine import (
-    PIXEL_WAIT_MS,
+    PIXEL_ROW_WAIT_MS,
     db,
     dialect_statements,
     sql_time,
@@ -42,7 +42,7 @@ from ..vocabulary import KINDS, STATE_REACHED, STATES, Kind
 
 # PostgreSQL: the batch's waits, for this transaction only, in one round trip.
 PIXEL_TIMEOUTS = (
-    f"SELECT set_config('lock_timeout', '{PIXEL_WAIT_MS}ms', true), "
+    f"SELECT set_config('lock_timeout', '{PIXEL_ROW_WAIT_MS}ms', true), "
     "set_config('statement_timeout', '2s', true)"
 )
 # Mail clients and proxies often fetch an image twice: the same fetcher within 10 s is one event.
@@ -187,8 +187,9 @@ class Recorder:
         self._writer = False  # whether a thread is writing batches
 
     def record(self, fetch, short_waits=False):
-        """Store one Fetch. `short_waits`: wait for the write lock PIXEL_WAIT_MS at most (the
-        pixel; then it spools the fetch). Returns the outcome (the X-Openreceipt header)."""
+        """Store one Fetch. `short_waits`: wait for the write lock a short while at most (the
+        pixel, which then spools the fetch; storage/engine.py's PIXEL_WAIT_MS and
+        PIXEL_ROW_WAIT_MS). Returns the outcome (the X-Openreceipt header)."""
         verdicts = {}
         outcome, judged = self._screen(fetch, verdicts)
         if outcome is not None:
@@ -299,8 +300,9 @@ class Recorder:
             outcomes = []
             with write_transaction():
                 if short_waits and not sql.sqlite:
-                    # The pixels' rows may be held by a purge batch or a correction: wait 45 ms
-                    # at most, then fail (and the pixel spools the fetches).
+                    # The pixels' rows may be held by other batches, a purge batch or a
+                    # correction: wait PIXEL_ROW_WAIT_MS at most, then fail (and the pixel
+                    # spools the fetches).
                     db.execute_sql(PIXEL_TIMEOUTS)
                 if sql.lock:
                     db.execute_sql(sql.lock, (sorted({fetch.public_id for fetch, *_ in fetches}),))

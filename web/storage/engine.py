@@ -191,6 +191,12 @@ def close_pool(app):
 
 
 PIXEL_WAIT_MS = 45  # the longest the pixel waits for another writer before it spools the fetch
+# PostgreSQL: the longest a batch of the pixel's fetches waits for its receipts' rows. Batches of
+# several workers (or hosts) that share receipts wait for one another in turn; under load such a
+# chain took more than 45 ms, and a batch that gives up spools every fetch in it (9% of them in
+# bench/pixel_load.py's every-fetch-new load; none with 250 ms). Only those receipts' writers
+# wait, never the whole database as on SQLite, and a mail client waits seconds for an image.
+PIXEL_ROW_WAIT_MS = 250
 
 
 RETRY_SLEEP = 0.0005
