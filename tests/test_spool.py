@@ -117,23 +117,25 @@ def test_a_line_replayed_again_is_skipped_by_its_key_alone(app, app_with, client
 
 
 def away_at(app, key):
-    """The app's recorder, failing as a database that went away does for the line `key`."""
+    """The app's recorder's replay, failing as a database that went away does for the group of
+    lines that holds `key`."""
     recorder = app.extensions["openreceipt"].recorder
-    record = recorder.record
+    record_replayed = recorder.record_replayed
 
-    def failing(fetched, *args, **kwargs):
-        if fetched.key == key:
+    def failing(fetches):
+        if any(fetched.key == key for fetched in fetches):
             raise OperationalError("server closed the connection unexpectedly")
-        return record(fetched, *args, **kwargs)
+        return record_replayed(fetches)
 
     return failing
 
 
 def stopping_at(app, key):
-    """spool.stopping, saying stop when the replay comes to the line `key`."""
+    """spool.stopping, saying stop when the replay comes to the group of lines that holds
+    `key` (the replay asks before each group)."""
     lines = spool_dir(app).glob("batch-*.jsonl")
     [batch] = lines
-    position = keys_in(batch).index(key)
+    position = keys_in(batch).index(key) // spool.MOST_TOGETHER
     calls = []
 
     def stopping(_app):
@@ -144,9 +146,13 @@ def stopping_at(app, key):
 
 
 @pytest.mark.parametrize("cut", ["database-away", "worker-stopping"])
-def test_a_replay_cut_short_mid_batch_keeps_the_rest_only(app, client, auth, database, cut):
-    """Cut short at the third of five lines, a replay keeps the third to the fifth in its
-    batch, and the next replay stores those: each fetch once, in order."""
+def test_a_replay_cut_short_mid_batch_keeps_the_rest_only(
+    app, client, auth, database, cut, monkeypatch
+):
+    """Cut short at the third of five lines (two lines to a transaction), a replay keeps the
+    third to the fifth in its batch, and the next replay stores those: each fetch once, in
+    order."""
+    monkeypatch.setattr(spool, "MOST_TOGETHER", 2)
     pixel = mint(client, auth, subject="Invoice")
     start = utcnow().replace(microsecond=0) - datetime.timedelta(minutes=5)
     fetches = [
@@ -159,13 +165,13 @@ def test_a_replay_cut_short_mid_batch_keeps_the_rest_only(app, client, auth, dat
     recorder = app.extensions["openreceipt"].recorder
     stopping = spool.stopping
     if cut == "database-away":
-        recorder.record = away_at(app, keys[2])
+        recorder.record_replayed = away_at(app, keys[2])
     else:
         spool.stopping = stopping_at(app, keys[2])
     try:
         counts = spool.replay(app)
     finally:
-        recorder.__dict__.pop("record", None)
+        recorder.__dict__.pop("record_replayed", None)
         spool.stopping = stopping
     assert counts == {"recorded": 2, "not_recorded": 0, "rejected": 0, "left": 3}
     [batch] = spool.batches(app.config["DATA_DIR"])
@@ -416,3 +422,22 @@ def test_a_stopping_worker_replays_no_further(settings, client, auth, database):
         assert spool.replay(app) == {"recorded": 0, "not_recorded": 0, "rejected": 0, "left": 3}
     finally:
         close_pool(app)
+
+
+def test_a_replay_writes_its_lines_many_to_a_transaction(app, client, auth, database, monkeypatch):
+    """45 spooled fetches take 3 transactions (20 to one), not 45 turns at the write lock."""
+    pixel = mint(client, auth, subject="Invoice")
+    start = utcnow().replace(microsecond=0) - datetime.timedelta(minutes=5)
+    for n in range(45):
+        spool.append(app.config["DATA_DIR"], spooled_fetch(pixel["id"], n, start))
+    recorder = app.extensions["openreceipt"].recorder
+    record_replayed, groups = recorder.record_replayed, []
+
+    def counted(fetches):
+        groups.append(len(fetches))
+        return record_replayed(fetches)
+
+    monkeypatch.setattr(recorder, "record_replayed", counted)
+    assert spool.replay(app) == {"recorded": 45, "not_recorded": 0, "rejected": 0, "left": 0}
+    assert groups == [20, 20, 5]
+    assert Pixel.get(Pixel.public_id == pixel["id"]).open_count == 45

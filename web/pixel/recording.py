@@ -196,6 +196,12 @@ class Recorder:
             return outcome
         return self._write([(fetch, verdicts, judged)], short_waits)[0]
 
+    def record_replayed(self, fetches):
+        """Store spooled fetches (each with its key) in one transaction, in order, each exactly
+        once; their outcomes. A fetch the database refuses fails them all (the caller tries
+        each alone)."""
+        return self._write([(fetch, {}, None) for fetch in fetches], short_waits=False)
+
     def record_together(self, fetch):
         """The pixel's way: store this fetch in one transaction with those this process's
         other threads are storing at the same moment (group commit), and return its outcome

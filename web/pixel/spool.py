@@ -40,7 +40,7 @@ from peewee import DataError, IntegrityError
 
 from .. import background
 from ..judgement.classify import Fetch
-from .recording import REPEAT_WINDOW
+from .recording import MOST_TOGETHER, REPEAT_WINDOW
 
 ACTIVE = "active.jsonl"
 REJECTED = "rejected.jsonl"
@@ -251,36 +251,44 @@ def replay(app, wait=False):
 
 
 def _replay_batch(app, batch, counts):
-    """Replay one batch file; True when it is done (and removed)."""
-    lines = [line for line in batch.read_text(encoding="ascii").splitlines() if line.strip()]
-    recorder = app.extensions["openreceipt"].recorder
-    done = 0
-    for line in lines:
+    """Replay one batch file, its lines MOST_TOGETHER to a transaction (as the pixel writes
+    them: a replay that competes with the pixel for the write lock takes few turns at it); True
+    when it is done (and removed)."""
+    lines = []  # (line, Fetch), the unreadable ones set aside at once
+    for line in batch.read_text(encoding="ascii").splitlines():
+        if not line.strip():
+            continue
         try:
-            fetched = from_json(json.loads(line))
+            lines.append((line, from_json(json.loads(line))))
         except (ValueError, TypeError, KeyError):
             _reject(batch.parent, line, "unreadable line")
             counts["rejected"] += 1
-            done += 1
-            continue
-        if stopping(app):
-            break
+    recorder = app.extensions["openreceipt"].recorder
+    done = 0
+    while done < len(lines) and not stopping(app):
+        group = lines[done : done + MOST_TOGETHER]
         try:
-            outcome = recorder.record(fetched)
-        except REFUSED as error:
-            _reject(batch.parent, line, f"{type(error).__name__}: {error}")
-            counts["rejected"] += 1
-        except Exception as error:  # noqa: BLE001 - anything else may pass: keep the line
+            outcomes = recorder.record_replayed([fetched for _, fetched in group])
+        except REFUSED:
+            # One line is at fault: each alone, so that only it is set aside.
+            outcomes = []
+            for line, fetched in group:
+                try:
+                    outcomes += recorder.record_replayed([fetched])
+                except REFUSED as error:
+                    _reject(batch.parent, line, f"{type(error).__name__}: {error}")
+                    counts["rejected"] += 1
+        except Exception as error:  # noqa: BLE001 - anything else may pass: keep the lines
             app.logger.warning("spool: replay paused: %s: %s", type(error).__name__, error)
             break
-        else:
+        for outcome in outcomes:
             counts["recorded" if outcome.startswith("recorded") else "not_recorded"] += 1
-        done += 1
+        done += len(group)
     if done == len(lines):
         batch.unlink()
         return True
     rest = batch.with_suffix(".tmp")
-    rest.write_text("".join(line + "\n" for line in lines[done:]), encoding="ascii")
+    rest.write_text("".join(line + "\n" for line, _ in lines[done:]), encoding="ascii")
     os.replace(rest, batch)
     return False
 
