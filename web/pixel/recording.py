@@ -18,7 +18,11 @@ that transaction is committed. An answered fetch is stored, as it was when each 
 transaction of its own; what changes is that one turn at the write lock serves many fetches.
 
 The statements are the same as the Peewee models describe (storage/models.py); the tests run
-every fetch through here and read the results back through the models."""
+every fetch through here and read the results back through the models.
+
+Near 400 lines, in one file on purpose: the SQL, the judgement before the lock that the SQL
+checks, and the group commit that runs it are one path, every fetch's, and each part's
+correctness (exactly once, repeats folded, counts never lost) rests on the others."""
 
 import datetime
 import threading
