@@ -1,6 +1,7 @@
 """Small helpers shared by the HTTP tests."""
 
 import re
+import time
 
 
 def csrf_token(response):
@@ -26,3 +27,14 @@ def sign_in(client, email="ada@example.com", password="correct horse battery", n
     return client.post(
         url, data={"email": email, "password": password, "csrf_token": csrf_token(page)}
     )
+
+
+def wait_for(condition, seconds=10):
+    """Whether `condition()` holds within `seconds` (asked every 50 ms): for what another
+    process or thread does in its own time. Callers assert it."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

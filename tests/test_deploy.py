@@ -30,6 +30,7 @@ import trustme
 from web.config import OPTION
 
 from .conftest import unavailable
+from .helpers import wait_for
 from .servers import ROOT, free_port
 from .test_browser import CHROMIUM, CHROMIUM_ARGS
 from .test_security_server import login_cookie, secure
@@ -229,7 +230,7 @@ def test_the_units_command_starts_gunicorn_with_its_configuration(tmp_path):
         try:
             assert notify.recv(4096).startswith(b"READY=1")
             workers = min(2 * multiprocessing.cpu_count() + 1, 8)  # gunicorn.conf.py's number
-            wait_for(lambda: err.read_bytes().count(b"] Worker ready (pid: ") == workers)
+            assert wait_for(lambda: err.read_bytes().count(b"] Worker ready (pid: ") == workers, 30)
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             with closing(connection):
                 # As the guide's curl asks, and as the proxy will: with the public host.
@@ -240,7 +241,7 @@ def test_the_units_command_starts_gunicorn_with_its_configuration(tmp_path):
                 )
                 response = connection.getresponse()
                 assert (response.status, response.read()[:6]) == (200, b"GIF89a")
-            wait_for(lambda: b"/p/nothing.gif" in out.read_bytes())
+            assert wait_for(lambda: b"/p/nothing.gif" in out.read_bytes(), 30)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
@@ -254,13 +255,6 @@ def test_the_units_command_starts_gunicorn_with_its_configuration(tmp_path):
     assert re.fullmatch(
         r'\[[^]]+\] "GET /p/nothing.gif HTTP/1.1" 200 \d+ \d+ms "deploy-test"', access
     )
-
-
-def wait_for(condition, seconds=30):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 # -- nginx and Caddy in front of gunicorn ---------------------------------------------------------

@@ -5,7 +5,6 @@ one worker; the background purge, `openreceipt purge` and OPENRECEIPT_RETENTION_
 import datetime
 import functools
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -20,7 +19,7 @@ from web.storage.engine import close_pool, utcnow
 from web.storage.models import Event, Pixel
 
 from .conftest import CommandLine
-from .helpers import mint, pixel_path, sign_in
+from .helpers import mint, pixel_path, sign_in, wait_for
 
 DAY = datetime.timedelta(days=1)
 HOUR = datetime.timedelta(hours=1)
@@ -100,13 +99,6 @@ def together(app, jobs):
 
 def retention_threads():
     return [t for t in threading.enumerate() if t.name == "openreceipt-retention"]
-
-
-def wait_for(condition, seconds=10):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def join_retention_threads():
@@ -378,8 +370,8 @@ def test_each_workers_job_claims_the_days_purge_once(settings):
     try:
         background.start_all(worker)  # gunicorn's post_worker_init
         with worker.app_context():
-            wait_for(lambda: kinds_left(pixel.id) == ["open"])
-            wait_for(lambda: retention.last_run() is not None)
+            assert wait_for(lambda: kinds_left(pixel.id) == ["open"])
+            assert wait_for(lambda: retention.last_run() is not None)
     finally:
         background.stop(worker)
     assert retention_threads() == []
@@ -397,7 +389,7 @@ def test_each_workers_job_claims_the_days_purge_once(settings):
     try:
         retention.claim_run = lambda *args: claims.append(original(*args)) or claims[-1]
         background.start_all(other_worker)
-        wait_for(lambda: claims)
+        assert wait_for(lambda: claims)
     finally:
         background.stop(other_worker)
         retention.claim_run = original

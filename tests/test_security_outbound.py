@@ -27,7 +27,7 @@ from web.notifications.delivery import deliver_due
 from web.storage.engine import utcnow
 from web.storage.models import Notice, NotifyChannel, Setting
 
-from .helpers import csrf_token, mint, pixel_path, sign_in
+from .helpers import csrf_token, mint, pixel_path, sign_in, wait_for
 from .receivers import Receiver, start_mail_server
 
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
@@ -659,16 +659,6 @@ def sockets_to(port):
     return found
 
 
-def wait_until(condition, timeout):
-    """Whether `condition()` holds within `timeout` seconds (asked every 50 ms)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.fixture
 def send_threads(monkeypatch):
     """The threads channels.send() starts, as they are started."""
@@ -687,10 +677,10 @@ def assert_nothing_left(trickler, threads, sends):
     """Shortly after the deadline: no send thread alive, no socket of ours open to the
     receiver, and the receiver saw each connection end."""
     assert len(threads) == sends
-    assert wait_until(lambda: not any(thread.is_alive() for thread in threads), 3)
+    assert wait_for(lambda: not any(thread.is_alive() for thread in threads), 3)
     assert [thread for thread in threads if thread.is_alive()] == []
-    assert wait_until(lambda: sockets_to(trickler.port) == [], 3), sockets_to(trickler.port)
-    assert wait_until(lambda: trickler.ended == trickler.connections == sends, 3)
+    assert wait_for(lambda: sockets_to(trickler.port) == [], 3), sockets_to(trickler.port)
+    assert wait_for(lambda: trickler.ended == trickler.connections == sends, 3)
 
 
 LOOPBACK_ALLOWED = (ipaddress.ip_network("127.0.0.0/8"),)

@@ -23,7 +23,7 @@ from web.serverlog import ERROR_LOG_LIMIT, redact
 from web.storage.engine import utcnow
 from web.storage.models import Event, Pixel
 
-from .helpers import csrf_token, mint, pixel_path, sign_in
+from .helpers import csrf_token, mint, pixel_path, sign_in, wait_for
 from .test_spool import GMAIL_PROXY, spooled_fetch
 
 EMAIL, PASSWORD = "ada@example.com", "correct horse battery"
@@ -267,16 +267,6 @@ def raw_request(server, data):
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(data)
         return sock.recv(200).split(b"\r\n")[0]
-
-
-def wait_for(condition, timeout):
-    """Whether `condition()` holds within `timeout` seconds (asked every 50 ms)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.slow
