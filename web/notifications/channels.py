@@ -195,14 +195,9 @@ class _SMTP(smtplib.SMTP):
 
     def _get_socket(self, host, port, timeout):
         infos = outbound.resolve(host, port, self.deadline.left(timeout))
-        sock = outbound.connect(infos, timeout, self.deadline)
-        if self.tls_context is None:
-            return sock
-        try:
-            return self.tls_context.wrap_socket(sock, server_hostname=host)
-        except BaseException:
-            sock.close()
-            raise
+        return outbound.secured(
+            outbound.connect(infos, timeout, self.deadline), self.tls_context, host
+        )
 
 
 def send_email(channel, message, config, timeout, deadline):

@@ -264,21 +264,19 @@ def default_port(parts):
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def connect(infos, timeout, deadline=None):
+def connect(infos, timeout, deadline):
     """A TCP connection to the first of `infos` (getaddrinfo's tuples) that answers, each try
-    within `timeout` seconds and, with a `deadline` (a Deadline), within what is left of it and
-    watched by it."""
+    within `timeout` seconds and within what is left of `deadline` (a Deadline), which watches
+    it."""
     error = None
     for family, kind, protocol, _, sockaddr in infos:
-        step = deadline.left(timeout) if deadline else timeout
+        step = deadline.left(timeout)
         sock = socket.socket(family, kind, protocol)
         try:
-            if deadline:
-                deadline.watch(sock)
+            deadline.watch(sock)
             sock.settimeout(step)
             sock.connect(sockaddr)
-            if deadline:
-                deadline.left(timeout)  # cut while it connected, before the cut could reach it
+            deadline.left(timeout)  # cut while it connected, before the cut could reach it
             return sock
         except OSError as failure:
             sock.close()
@@ -290,27 +288,33 @@ class PinnedConnection(http.client.HTTPConnection):
     """HTTP, or HTTPS with `context`, to addresses resolved and checked beforehand, under the
     URL's host name: in the Host header, as the TLS server name, and in the certificate."""
 
-    def __init__(self, host, port, infos, timeout, context=None, deadline=None):
+    def __init__(self, host, port, infos, timeout, deadline, context=None):
         super().__init__(host, port, timeout=timeout)
-        self.infos, self.context, self.deadline = infos, context, deadline
+        self.infos, self.deadline, self.context = infos, deadline, context
         if context is not None:
             self.default_port = 443  # the Host header leaves a default port out
 
     def connect(self):
-        sock = connect(self.infos, self.timeout, self.deadline)
-        if self.context is None:
-            self.sock = sock
-            return
-        try:
-            self.sock = self.context.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
+        self.sock = secured(
+            connect(self.infos, self.timeout, self.deadline), self.context, self.host
+        )
 
 
-def post(url, body, headers, timeout, allowed=(), deadline=None):
+def secured(sock, context, host):
+    """`sock` in TLS with `context` (the certificate checked for `host`), or as it is without a
+    context; closed when the handshake fails."""
+    if context is None:
+        return sock
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def post(url, body, headers, timeout, allowed, deadline):
     """POST `body` to `url`, at an address checked as above; returns the answer's status.
-    `timeout` bounds each step; a `deadline` (a Deadline), the whole exchange. Raises BadURL,
+    `timeout` bounds each step; `deadline` (a Deadline), the whole exchange. Raises BadURL,
     NotAllowed, OSError (socket.gaierror, TimeoutError, ssl.SSLError, ...) or
     http.client.HTTPException (not an HTTP answer)."""
     problem = url_problem(url)
@@ -318,10 +322,9 @@ def post(url, body, headers, timeout, allowed=(), deadline=None):
         raise BadURL(problem)
     parts = urlsplit(url)
     port = default_port(parts)
-    look_up = deadline.left(timeout) if deadline else timeout
-    infos = checked_addresses(parts.hostname, port, allowed, look_up)
+    infos = checked_addresses(parts.hostname, port, allowed, deadline.left(timeout))
     context = ssl.create_default_context() if parts.scheme == "https" else None
-    connection = PinnedConnection(parts.hostname, port, infos, timeout, context, deadline)
+    connection = PinnedConnection(parts.hostname, port, infos, timeout, deadline, context)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         connection.request("POST", path, body=body, headers=headers)
