@@ -134,8 +134,8 @@ def test_a_twin_stored_after_the_judgement_makes_the_fetch_a_repeat(app, client,
     fetch = fetch_of(pixel, 7, GMAIL_PROXY)
     with app.app_context():
         verdicts, judged = screened(app, fetch)
-        twin = app.extensions["openreceipt"].recorder.record(fetch_of(pixel, 7, GMAIL_PROXY))
-        assert twin == "recorded: open"
+        recorder = app.extensions["openreceipt"].recorder
+        assert recorder.record_together(fetch_of(pixel, 7, GMAIL_PROXY)) == "recorded: open"
         assert (
             write_screened(app, fetch, verdicts, judged)
             == "not recorded: repeat of a fetch seconds ago"

@@ -106,11 +106,11 @@ def test_a_line_replayed_again_is_skipped_by_its_key_alone(app, app_with, client
     assert not (spool_dir(app) / spool.REJECTED).exists()
     with restarted.app_context():
         recorder = restarted.extensions["openreceipt"].recorder
-        assert recorder.record(line) == "not recorded: already replayed"
+        assert recorder.record_replayed([line]) == ["not recorded: already replayed"]
     # With the judgement unchanged too, the key is what answers, before the repeat rule.
     with app.app_context():
         recorder = app.extensions["openreceipt"].recorder
-        assert recorder.record(line) == "not recorded: already replayed"
+        assert recorder.record_replayed([line]) == ["not recorded: already replayed"]
     [event] = Event.select()
     assert (event.spool_key, event.client) == (line.key, "Gmail")
     assert Pixel.get(Pixel.public_id == pixel["id"]).open_count == 1

@@ -1,7 +1,7 @@
 """Recording a fetch: judge it and store it, with its SQL written once — building a Peewee
 query costs more than SQLite takes to run it, and this runs for every fetch of every pixel.
 
-One fetch is judged and stored like this (Recorder.record):
+One fetch is judged and stored like this (Recorder.record_together):
 1. without a lock, read the pixel's facts and judge the fetch; a repeat of a fetch seconds ago
    (most of what mail proxies send) stops here without ever waiting for the write lock;
 2. otherwise, take the write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: the pixel's row, FOR
@@ -100,9 +100,10 @@ def statements(database):
     # The pixel's facts, whether its owner has a channel to notify, and who fetched it from the
     # same network within the repeat window: one row per such event (source, client), or one
     # row of NULLs after the facts.
+    notified = "EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id)"
     facts = (
         f"SELECT p.id, {', '.join('p.' + name for name in FACT_COLUMNS)}, p.tracking_stopped_at, "
-        "EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id), "
+        f"{notified}, "
         "e.source, e.client FROM pixel p LEFT JOIN event e ON e.pixel_id = p.id "
         f"AND e.at BETWEEN {p} AND {p} AND e.ip {same} {p} WHERE p.public_id = {p}"
     )
@@ -114,7 +115,7 @@ def statements(database):
         "INSERT INTO event (pixel_id, at, kind, source, reason, ip, country, city, client, "
         f"spool_key) SELECT {', '.join([p] * 10)} WHERE EXISTS (SELECT 1 FROM pixel p "
         f"WHERE p.id = {p} AND {unchanged} AND p.tracking_stopped_at IS NULL AND "
-        f"EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id) = {p}) "
+        f"{notified} = {p}) "
         f"AND NOT EXISTS (SELECT 1 FROM event e WHERE e.pixel_id = {p} AND e.at BETWEEN {p} "
         f"AND {p} AND e.ip {same} {p} AND e.source = {p} AND e.client {same} {p})"
     )
@@ -145,6 +146,11 @@ def statements(database):
 
 
 _sql = dialect_statements(statements)
+
+
+def _window(sql, at):
+    """The repeat window around `at`, as the statements' two time parameters."""
+    return sql_time(at - REPEAT_WINDOW, sql.sqlite), sql_time(at + REPEAT_WINDOW, sql.sqlite)
 
 
 def _facts(row):
@@ -181,24 +187,14 @@ class _Waiting:
 
 class Recorder:
     """Judges and stores fetches with this server's judge: built once at start-up, called by
-    the pixel endpoint for each fetch (record_together) and by the spool's replay for each
-    spooled one (record)."""
+    the pixel endpoint for each fetch (record_together) and by the spool's replay for the
+    spooled ones (record_replayed)."""
 
     def __init__(self, judge):
         self.judge = judge
         self._waiting = []
         self._waiting_lock = threading.Lock()  # guards _waiting and _writer
         self._writer = False  # whether a thread is writing batches
-
-    def record(self, fetch, short_waits=False):
-        """Store one Fetch. `short_waits`: wait for the write lock a short while at most (the
-        pixel, which then spools the fetch; storage/engine.py's PIXEL_WAIT_MS and
-        PIXEL_ROW_WAIT_MS). Returns the outcome (the X-Openreceipt header)."""
-        verdicts = {}
-        outcome, judged = self._screen(fetch, verdicts)
-        if outcome is not None:
-            return outcome
-        return self._write([(fetch, verdicts, judged)], short_waits)[0]
 
     def record_replayed(self, fetches):
         """Store spooled fetches (each with its key) in one transaction, in order, each exactly
@@ -209,7 +205,7 @@ class Recorder:
     def record_together(self, fetch):
         """The pixel's way: store this fetch in one transaction with those this process's
         other threads are storing at the same moment (group commit), and return its outcome
-        once that transaction is committed, as record() does. A thread that finds nobody
+        once that transaction is committed. A thread that finds nobody
         writing becomes the writer: it writes the waiting fetches, MOST_TOGETHER at a time,
         until its own is stored, then hands the writing to the next waiting thread, if any.
         Each other thread sleeps until its fetch is stored (or it is handed the writing): it
@@ -281,11 +277,7 @@ class Recorder:
         client)). `verdicts` keeps this fetch's judgement per set of facts: unchanged facts are
         not judged again."""
         at = fetch.at
-        window = (
-            sql_time(at - REPEAT_WINDOW, sql.sqlite),
-            sql_time(at + REPEAT_WINDOW, sql.sqlite),
-        )
-        rows = db.execute_sql(sql.facts, (*window, fetch.ip, fetch.public_id)).fetchall()
+        rows = db.execute_sql(sql.facts, (*_window(sql, at), fetch.ip, fetch.public_id)).fetchall()
         if not rows:
             return "not recorded: no such pixel", None
         facts = _facts(rows[0])
@@ -360,12 +352,8 @@ class Recorder:
             client,
             fetch.key,
         )
-        window = (
-            sql_time(fetch.at - REPEAT_WINDOW, sql.sqlite),
-            sql_time(fetch.at + REPEAT_WINDOW, sql.sqlite),
-        )
         unchanged = (pixel_id, *facts["as_read"])
-        no_twin = (pixel_id, *window, fetch.ip, verdict.source, client)
+        no_twin = (pixel_id, *_window(sql, fetch.at), fetch.ip, verdict.source, client)
         *statements, times = sql.store[verdict.kind]
         counters = (*[stamp] * times, pixel_id)
         if sql.sqlite:
