@@ -9,9 +9,9 @@ OPENRECEIPT_BIND). It sends the X-Openreceipt header, as the pixel does in the b
 (OPENRECEIPT_DEBUG_HEADERS=on).
 """
 
-from flask import Flask
+from flask import Flask, Response
 
-from web.pixel.endpoint import gif
+from web.pixel.endpoint import GIF, gif_headers
 
 # Same length as the shortest outcomes of the real pixel ("not recorded: repeat ..." is longer).
 OUTCOME = "not recorded: floor"
@@ -22,5 +22,5 @@ app.config["DEBUG_HEADERS"] = True
 
 @app.route("/p/<path:token>", methods=["GET"])
 def pixel(token):
-    """The pixel's own answer, built by web.pixel.gif() per request, and nothing else."""
-    return gif(OUTCOME)
+    """The pixel's own answer and headers, built per request, and nothing else."""
+    return Response(GIF, 200, gif_headers(OUTCOME, debug=True))

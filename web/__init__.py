@@ -36,7 +36,7 @@ class PageSessions(SecureCookieSessionInterface):
     a fetch costs no cookie parsing or signing, and can never set a cookie."""
 
     def open_session(self, app, request):
-        if request.path.startswith(("/p/", "/api/")):
+        if request.path.startswith("/api/"):
             return self.make_null_session(app)
         return super().open_session(app, request)
 
@@ -98,20 +98,19 @@ def create_app(config_overrides=None):
 
     # "/p//x" is no reason to redirect a mail client, nor "/api//pixels" a script.
     app.url_map.merge_slashes = False
-    app.register_blueprint(endpoint.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(signin.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(bookmarklet_page.bp)
     app.register_blueprint(account_settings.bp)
     app.register_blueprint(privacy_notice.bp)
-    security.init_app(app)
+    endpoint.serve_pixels_first(app)
+    security.init_app(app)  # its ProxyFix goes in front of everything, the pixel too
     retention.init_app(app)
     spool.init_app(app)
     delivery.init_app(app)
     csrf.init_app(app)
     csrf.exempt(api.bp)
-    csrf.exempt(endpoint.bp)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(InterfaceError, database_unavailable)
@@ -169,10 +168,8 @@ ERROR_PAGES = {
 
 
 def http_error(error):
-    """JSON errors for the API, the one GIF for the pixel path, the app's own page elsewhere
+    """JSON errors for the API, the app's own page elsewhere
     (its headers kept: a 405 still says which methods are allowed)."""
-    if request.path.startswith("/p/") and request.method in ("GET", "HEAD"):
-        return endpoint.gif(f"not recorded: {error.code}")
     if request.path.startswith("/api/"):
         return jsonify(error=error.description), error.code
     heading, explanation = ERROR_PAGES.get(error.code, (error.name, error.description))

@@ -88,11 +88,9 @@ def warn_of_proxy_mismatches(app):
             pending.discard(what)
             return True
 
-    @app.before_request
-    def notice_proxy_mismatches():
+    def notice(environ):
         if not pending:
             return
-        environ = request.environ
         if "forwarded" in pending and (
             "HTTP_X_FORWARDED_FOR" in environ or "HTTP_X_FORWARDED_PROTO" in environ
         ):
@@ -113,6 +111,10 @@ def warn_of_proxy_mismatches(app):
                     shown_host(host),
                     app.config["PUBLIC_URL"],
                 )
+
+    # The pixel, answered before Flask's machinery (pixel/endpoint.py), calls it itself.
+    app.extensions["openreceipt.proxy_notice"] = notice
+    app.before_request(lambda: notice(request.environ))
 
 
 def host_name(header):

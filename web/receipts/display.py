@@ -3,11 +3,12 @@ public URL and HTML, the recipients' mail providers with what a receipt can tell
 far it got in the pages' words (status_of), and who fetched it from where in plain names
 (source_name, network)."""
 
-from flask import current_app, url_for
+from flask import current_app, request
 from markupsafe import escape
 
 from ..judgement.clients import CLIENT_NAMES
 from ..judgement.mailhosts import PROVIDERS
+from ..pixel.endpoint import PREFIX as PIXEL_PREFIX
 from ..privacy import IPV4_PREFIX, IPV6_PREFIX
 from ..security import public_origin
 from ..storage.models import Pixel
@@ -80,7 +81,7 @@ def network(ip):
 def pixel_url(pixel):
     """The public URL of a pixel's image: PUBLIC_URL when set, else this server's own address."""
     token = current_app.extensions["openreceipt"].signer.sign(pixel.public_id)
-    return f"{public_origin()}{url_for('pixel.pixel', token=token + '.gif')}"
+    return f"{public_origin()}{request.script_root}{PIXEL_PREFIX}{token}.gif"
 
 
 def pixel_html(url):
