@@ -55,7 +55,7 @@ def together(app, fetches):
         time.sleep(0.005)
     # That writer is done: it wakes the first waiting thread, which writes them all.
     with recorder._waiting_lock:
-        recorder._waiting[0].woken.set()
+        recorder._waiting[0].wake()
     for thread in threads:
         thread.join(10)
         assert not thread.is_alive()

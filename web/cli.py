@@ -30,7 +30,7 @@ from .notifications import delivery
 from .pixel import spool
 from .receipts import donottrack, export, retention
 from .storage import migrate
-from .storage.engine import backup_sqlite, db, redacted_url, sqlite_file
+from .storage.engine import WRITERS_SUFFIX, backup_sqlite, db, redacted_url, sqlite_file
 from .storage.models import ApiToken, LoginSession
 from .ui.signin import account_key, clear_attempts, end_sessions
 from .vocabulary import Scope
@@ -572,7 +572,8 @@ def backup_command(path):
     # both copies (a restore replays it once more, and finds it recorded), never in neither.
     leave_out = set()
     if sqlite is not None and sqlite.parent == data_dir:
-        leave_out = {f"{sqlite.name}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")}
+        suffixes = ("", "-wal", "-shm", "-journal", WRITERS_SUFFIX)
+        leave_out = {f"{sqlite.name}{suffix}" for suffix in suffixes}
     for name in backup.copy_data_dir(data_dir, target, leave_out):
         click.echo(f"copied {name}")
     if sqlite is not None:

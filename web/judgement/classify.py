@@ -7,6 +7,7 @@ and what is neither a known machine nor positively a reader is `unknown`, never 
 """
 
 import datetime
+import functools
 import hmac
 import re
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from ..vocabulary import Kind
 from . import useragents
 from .clients import client_name, printable
 from .mailhosts import OTHER as HOSTED_ELSEWHERE
+
+CLIENT_NAMES_CACHED = 4096  # (user agent, source) pairs: 4 MB at most (user agents are cut to 1 KB)
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,8 @@ class Judge:
         self.parser = parser
         self.use_mail_hosting = use_mail_hosting
         self.name_clients = name_clients
+        # Mail is fetched by a few clients over and over: each name is worked out once.
+        self._client_names = functools.lru_cache(maxsize=CLIENT_NAMES_CACHED)(self._client_name)
 
     def verdict(self, fetch, facts, now):
         """The Verdict for a fetch of a pixel whose facts are `facts`, arriving at `now`."""
@@ -242,6 +247,9 @@ class Judge:
         """The client's name as stored with the event (short, printable), or None."""
         if not self.name_clients:
             return None
+        return self._client_names(user_agent, source)
+
+    def _client_name(self, user_agent, source):
         return printable(client_name(user_agent, source, self.parser) or "")[:100] or None
 
 

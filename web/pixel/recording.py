@@ -165,6 +165,12 @@ def _facts(row):
     return values
 
 
+def _held_lock():
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 # The most fetches one transaction stores (record_together). A batch holds SQLite's one write
 # lock while it is written (some 0.3 ms a fetch), and the other workers' fetches wait for it
 # PIXEL_WAIT_MS at most before they are spooled: 20 keeps a batch well within that.
@@ -173,8 +179,10 @@ MOST_TOGETHER = 20
 
 @dataclass
 class _Waiting:
-    """A fetch waiting in record_together, and what came of it. `woken` is set once it is done,
-    or when its thread is to write the next batches."""
+    """A fetch waiting in record_together, and what came of it. Its thread sleeps in sleep()
+    until woken, once: when its fetch is done, or when it is to write the next batches. (A bare
+    lock, held until then: far cheaper to make, wait on and wake than a threading.Event, and
+    there is one a fetch.)"""
 
     fetch: object
     verdicts: dict
@@ -182,7 +190,13 @@ class _Waiting:
     outcome: str | None = None
     error: BaseException | None = None
     done: bool = False
-    woken: threading.Event = field(default_factory=threading.Event)
+    _asleep: object = field(default_factory=_held_lock)
+
+    def sleep(self):
+        self._asleep.acquire()
+
+    def wake(self):
+        self._asleep.release()
 
 
 class Recorder:
@@ -220,7 +234,7 @@ class Recorder:
             self._waiting.append(me)
             writer, self._writer = not self._writer, True
         if not writer:
-            me.woken.wait()
+            me.sleep()
         if not me.done:
             self._write_until_done(me)
         if me.error is not None:
@@ -234,14 +248,15 @@ class Recorder:
             with self._waiting_lock:
                 batch = self._waiting[:MOST_TOGETHER]
                 del self._waiting[:MOST_TOGETHER]
-            self._write_together(batch)
+            self._write_together(batch, me)
         with self._waiting_lock:
             if self._waiting:
-                self._waiting[0].woken.set()
+                self._waiting[0].wake()
             else:
                 self._writer = False
 
-    def _write_together(self, batch):
+    def _write_together(self, batch, writer):
+        """Write a batch in one transaction, and wake each of its threads but the writer's."""
         try:
             outcomes = self._write([(w.fetch, w.verdicts, w.judged) for w in batch], True)
         except (DataError, IntegrityError):
@@ -262,7 +277,8 @@ class Recorder:
         finally:
             for waiting in batch:
                 waiting.done = True
-                waiting.woken.set()
+                if waiting is not writer:
+                    waiting.wake()
 
     def _screen(self, fetch, verdicts):
         """Without the write lock: (outcome, None) when the fetch is not to be stored (most

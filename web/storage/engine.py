@@ -4,10 +4,12 @@ lock waits, the write transaction both databases share, and the few helpers the 
 needs. The schema is in models.py, its changes in migrate.py and migrations/."""
 
 import datetime
+import fcntl
 import os
 import sqlite3
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -207,9 +209,15 @@ def with_short_lock_waits(work, database=db):
     the last error is raised (and the pixel spools its fetch). On SQLite the connection's busy
     timeout is cut to 1 ms meanwhile: SQLite's own busy handler sleeps ever longer between tries
     (1, 2, 5, 10, 15 ms...), which under steady load keeps missing the lock's short free moments;
-    trying every half millisecond does not."""
+    trying every half millisecond does not. The pixel's writers of the host's processes take
+    their turns first (writers_turn), so they rarely find one another holding the lock."""
     if not isinstance(_real(database), SqliteDatabase):
         return work()  # PostgreSQL: the transaction sets its own lock_timeout (pixel/recording.py)
+    with writers_turn(database):
+        return _retried_while_busy(work, database)
+
+
+def _retried_while_busy(work, database):
     deadline = time.monotonic() + PIXEL_WAIT_MS / 1000
     database.execute_sql("PRAGMA busy_timeout = 1")
     try:
@@ -226,6 +234,47 @@ def with_short_lock_waits(work, database=db):
     finally:
         if not database.is_closed():
             database.execute_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+
+# The file beside a SQLite database whose lock the pixel's writers take in turn: "-writers".
+WRITERS_SUFFIX = "-writers"
+_writers_files = {}  # (process id, database file) -> the file, opened once per process
+
+
+@contextmanager
+def writers_turn(database):
+    """Wait, without spending CPU, until no other process's pixel writer is writing to this
+    SQLite database, and hold the turn meanwhile (flock on the "-writers" file beside it; the
+    kernel lets the waiters go one by one and frees the turn of a process that dies). Under
+    load, many processes trying BEGIN IMMEDIATE every half millisecond spent the CPU that the
+    one holding the lock needed, and ran past PIXEL_WAIT_MS into the spool; in turn, each
+    meets SQLite's lock free unless a page or a background job holds it. It is a queue, not a
+    lock that anything's correctness rests on: SQLite's own lock does that. A file that cannot
+    be opened leaves the writers to SQLite's lock alone."""
+    handle = _writers_file(sqlite_file(database))
+    if handle is None:
+        yield
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _writers_file(path):
+    if path is None:
+        return None
+    key = (os.getpid(), path)  # each process its own open file: flock excludes between files
+    if key not in _writers_files:
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            handle = os.open(f"{path}{WRITERS_SUFFIX}", flags, 0o600)
+        except OSError:
+            handle = None
+        if _writers_files.setdefault(key, handle) != handle and handle is not None:
+            os.close(handle)  # another thread was first
+    return _writers_files[key]
 
 
 def write_transaction(database=db):
