@@ -44,10 +44,9 @@ from ..storage.engine import (
 from ..storage.models import Pixel
 from ..vocabulary import KINDS, STATE_REACHED, STATES, Kind
 
-# PostgreSQL: the batch's waits, for this transaction only, in one round trip.
+# PostgreSQL: the batch's waits, for this transaction only, sent with its BEGIN.
 PIXEL_TIMEOUTS = (
-    f"SELECT set_config('lock_timeout', '{PIXEL_ROW_WAIT_MS}ms', true), "
-    "set_config('statement_timeout', '2s', true)"
+    f"SET LOCAL lock_timeout = '{PIXEL_ROW_WAIT_MS}ms'; SET LOCAL statement_timeout = '2s'"
 )
 # Mail clients and proxies often fetch an image twice: the same fetcher within 10 s is one event.
 REPEAT_WINDOW = datetime.timedelta(seconds=10)
@@ -316,12 +315,10 @@ class Recorder:
 
         def write():
             outcomes = []
-            with write_transaction():
-                if short_waits and not sql.sqlite:
-                    # The pixels' rows may be held by other batches, a purge batch or a
-                    # correction: wait PIXEL_ROW_WAIT_MS at most, then fail (and the pixel
-                    # spools the fetches).
-                    db.execute_sql(PIXEL_TIMEOUTS)
+            # PostgreSQL: the pixels' rows may be held by other batches, a purge batch or a
+            # correction: wait PIXEL_ROW_WAIT_MS at most, then fail (and the pixel spools the
+            # fetches).
+            with write_transaction(settings=PIXEL_TIMEOUTS if short_waits else None):
                 if sql.lock:
                     db.execute_sql(sql.lock, (sorted({fetch.public_id for fetch, *_ in fetches}),))
                 for fetch, verdicts, judged in fetches:

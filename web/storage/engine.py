@@ -277,13 +277,31 @@ def _writers_file(path):
     return _writers_files[key]
 
 
-def write_transaction(database=db):
+def write_transaction(database=db, settings=None):
     """A transaction that holds the write lock from its first statement. On SQLite, BEGIN
     IMMEDIATE: a read-then-write then never fails half-way on a busy database. PostgreSQL locks
-    rows as they are selected FOR UPDATE (see locked())."""
+    rows as they are selected FOR UPDATE (see locked()); `settings` ("SET LOCAL ...;" statements,
+    PostgreSQL only) go to the server with the BEGIN, in one round trip."""
     if isinstance(_real(database), SqliteDatabase):
         return database.atomic(lock_type="IMMEDIATE")
+    if settings:
+        return _postgresql_transaction(database, settings)
     return database.atomic()
+
+
+@contextmanager
+def _postgresql_transaction(database, settings):
+    # Several statements and no parameters: psycopg sends them in one simple query. Peewee runs
+    # in autocommit mode and sends BEGIN and COMMIT itself too; nothing inside may open another
+    # transaction with atomic() (the pixel's statements are plain SQL).
+    database.execute_sql(f"BEGIN; {settings}", ())
+    try:
+        yield
+    except BaseException:
+        if not database.is_closed():
+            database.rollback()
+        raise
+    database.commit()
 
 
 def locked(query, database=db):
