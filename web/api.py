@@ -9,6 +9,7 @@ from werkzeug.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
 from .accounts import token_for
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
+from .notifications import reminders
 from .privacy import kept_recipients
 from .receipts import ledger, listing, minting
 from .receipts.display import mail_providers, pixel_html, pixel_url, providers_json
@@ -84,10 +85,22 @@ def pixel_json(pixel, events=None):
         "delivered_at": iso(pixel.delivered_at),
         "tracking_stopped_at": iso(pixel.tracking_stopped_at),
         "mail_providers": providers_json(mail_providers(pixel)),
+        "reminder": reminder_json(pixel),
     }
     if events is not None:
         body["events"] = [event_json(event) for event in events]
     return body
+
+
+def reminder_json(pixel):
+    """The receipt's reminder: after how many days, when it is due, when it was sent."""
+    if pixel.remind_after_days is None:
+        return None
+    return {
+        "after_days": pixel.remind_after_days,
+        "due_at": iso(pixel.remind_at),
+        "reminded_at": iso(pixel.reminded_at),
+    }
 
 
 def event_json(event):
@@ -133,6 +146,11 @@ def create_pixel():
             made_with=MadeWith.BOOKMARKLET if g.scope == Scope.BOOKMARKLET else MadeWith.API,
             user_agent=request.headers.get("User-Agent"),
             remote_addr=request.remote_addr,
+            **(
+                {"remind_after_days": body["remind_after_days"]}
+                if "remind_after_days" in body
+                else {}
+            ),
         )
     except minting.DoNotTrack as refused:
         abort(make_response(jsonify(error=str(refused), do_not_track=refused.listed), 409))
@@ -144,6 +162,7 @@ def create_pixel():
         raise BadRequest(str(refused)) from None
     url = pixel_url(pixel)
     body = {"id": pixel.public_id, "url": url, "html": pixel_html(url)}
+    body["reminder"] = reminder_json(pixel)
     return jsonify({**body, "mail_providers": providers_json(providers)}), 201
 
 
@@ -173,6 +192,7 @@ def mark_sent(public_id):
         if minting.listed_recipients(g.user, recipients) and body.get("force") is not True:
             changes[Pixel.tracking_stopped_at] = fn.COALESCE(Pixel.tracking_stopped_at, utcnow())
     Pixel.update(changes).where(Pixel.id == pixel.id).execute()
+    reminders.sent(pixel.id)
     if recipients is not None:
         minting.note_mail_hosting(pixel, recipients)
     pixel = Pixel.get_by_id(pixel.id)
@@ -180,6 +200,27 @@ def mark_sent(public_id):
         # A bookmarklet's key learns nothing about the receipt but that it was marked sent.
         return jsonify(id=pixel.public_id, sent_at=iso(pixel.sent_at))
     return jsonify(pixel_json(pixel))
+
+
+@bp.post("/pixels/<public_id>/reminder")
+@token_required(Scope.BOOKMARKLET)
+def set_reminder(public_id):
+    """{"after_days": N}: tell the owner if the message is not opened within N days of being
+    sent; {"after_days": null}: no reminder. A reminder already sent cannot be changed (409)."""
+    pixel = own_pixel(public_id)
+    body = json_object()
+    if "after_days" not in body:
+        raise BadRequest("give 'after_days': a number of days, or null for no reminder")
+    try:
+        days = reminders.checked_days(body["after_days"])
+    except reminders.BadDays as bad:
+        raise BadRequest(f"'after_days': {bad}") from None
+    if not reminders.set_days(pixel, days):
+        abort(make_response(jsonify(error="the reminder was sent already"), 409))
+    if g.scope == Scope.BOOKMARKLET:
+        # As with marking it sent, the key learns nothing more of the receipt.
+        return jsonify(id=pixel.public_id, after_days=days)
+    return jsonify(id=pixel.public_id, reminder=reminder_json(pixel))
 
 
 @bp.post("/pixels/<public_id>/self-view")

@@ -26,7 +26,7 @@ from .accounts import create_user as create_account
 from .bookmarklet import bookmarklet_token_name, build_bookmarklet
 from .config import OPTION, ConfigError, local_url, server_bind
 from .judgement.ranges import APPLE_EGRESS_URL, RangesError, update_apple_egress
-from .notifications import delivery
+from .notifications import delivery, reminders
 from .pixel import spool
 from .receipts import donottrack, export, retention
 from .storage import migrate
@@ -478,6 +478,7 @@ def notify_command(once):
     total = dict.fromkeys(("sent", "retry", "failed", "skipped"), 0)
     while True:
         try:
+            reminded = reminders.queue_due()
             counts = delivery.deliver_due(app)
         except Exception as error:  # noqa: BLE001 - the database away, say: one clear line
             raise click.ClickException(f"{type(error).__name__}: {error}") from None
@@ -485,7 +486,7 @@ def notify_command(once):
             db.close()
         for name, count in counts.items():
             total[name] += count
-        if sum(counts.values()) < delivery.BATCH:
+        if sum(counts.values()) < delivery.BATCH and reminded < reminders.BATCH:
             break
     click.echo(delivery.summary(total))
 

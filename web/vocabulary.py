@@ -58,6 +58,7 @@ class Reason(StrEnum):
 
     OPEN = "open"
     DELIVERED = "delivered"
+    NOT_OPENED = "not-opened"  # a reminder: not opened within the days the sender chose
 
 
 class NoticeState(StrEnum):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
 
+from ..judgement.mailhosts import PROVIDERS
 from ..vocabulary import ChannelKind, Reason
 from . import outbound
 
@@ -63,15 +64,31 @@ def receipt_link(public_url, pixel):
     return f"{public_url}/m/{pixel.public_id}" if public_url and pixel else None
 
 
-def compose(reason, pixel, event, public_url, notice_id=None):
-    """The Message for a notice of `reason` ("open", "delivered" or "test")."""
-    if reason == "test":
-        return test_message(public_url)
-    # One line, and not too long: it goes into a mail's Subject and a push's Title header.
+def receipt_json(pixel, link):
+    return {"id": pixel.public_id, "label": pixel.label, "subject": pixel.subject, "url": link}
+
+
+def message_name(pixel):
+    """The message's name in a notice: one line, and not too long (it goes into a mail's
+    Subject and a push's Title header)."""
     name = " ".join((pixel.label or pixel.subject or "Your message").split())
     if len(name) > NAME_LENGTH:
         name = name[: NAME_LENGTH - 1] + "…"
-    when = event.at.strftime("%-d %b %Y at %H:%M UTC")
+    return name
+
+
+def _when(moment):
+    return moment.strftime("%-d %b %Y at %H:%M UTC")
+
+
+def compose(reason, pixel, event, public_url, notice_id=None):
+    """The Message for a notice of `reason` ("open", "delivered", "not-opened" or "test")."""
+    if reason == "test":
+        return test_message(public_url)
+    if reason == Reason.NOT_OPENED:
+        return reminder_message(pixel, public_url, notice_id)
+    name = message_name(pixel)
+    when = _when(event.at)
     if reason == Reason.OPEN:
         title = f"Opened: {name}"
         text = f"“{name}” was opened on {when}"
@@ -91,12 +108,7 @@ def compose(reason, pixel, event, public_url, notice_id=None):
         "type": "opened" if reason == Reason.OPEN else "delivered",
         "title": title,
         "text": text,
-        "receipt": {
-            "id": pixel.public_id,
-            "label": pixel.label,
-            "subject": pixel.subject,
-            "url": link,
-        },
+        "receipt": receipt_json(pixel, link),
         "fetch": {
             "at": event.at.isoformat(timespec="seconds") + "Z",
             "kind": event.kind,
@@ -105,6 +117,32 @@ def compose(reason, pixel, event, public_url, notice_id=None):
             "city": event.city,
             "country": event.country,
         },
+    }
+    return Message(notice_id, title, text, link, data)
+
+
+def reminder_message(pixel, public_url, notice_id):
+    """A reminder: the message was not opened within the days its sender chose. It says what
+    the receipt did see (a delivery), and what the recipients' mail providers let it see."""
+    name = message_name(pixel)
+    title = f"Not opened yet: {name}"
+    days = pixel.remind_after_days
+    since = f"sent on {_when(pixel.sent_at)}" if pixel.sent_at else "sent"
+    text = f"“{name}” has not been opened in {days} day{'s' if days != 1 else ''} ({since})."
+    if pixel.delivered_at:
+        text += f" It was delivered on {_when(pixel.delivered_at)} (a mail server fetched it)."
+    for key in (pixel.mail_providers or "").split(","):
+        provider = PROVIDERS.get(key)
+        if provider is not None and provider.caveat:
+            text += f" Delivered to {provider.name}: {provider.caveat}"
+    link = receipt_link(public_url, pixel)
+    data = {
+        "id": notice_id,
+        "type": "not-opened",
+        "title": title,
+        "text": text,
+        "receipt": receipt_json(pixel, link),
+        "fetch": None,
     }
     return Message(notice_id, title, text, link, data)
 

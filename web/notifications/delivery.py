@@ -15,7 +15,7 @@ from ..background import Job, register, stopping
 from ..storage.engine import db, utcnow
 from ..storage.models import Event, Setting
 from ..vocabulary import Kind, Reason
-from . import outbox
+from . import outbox, reminders
 from .channels import DeliveryError, compose, send
 from .policy import hold, no_longer_wanted
 
@@ -146,12 +146,16 @@ def init_app(app):
 
 
 def step(app):
-    """One round of the delivery loop; True when there may be more due at once."""
+    """One round of the delivery loop: the reminders that are due queued, then the notices
+    sent; True when there may be more due at once."""
     with app.app_context():
+        reminded = reminders.queue_due()
         counts = deliver_due(app)
+    if reminded:
+        app.logger.info("notify: %d reminders of messages not opened queued", reminded)
     if any(counts.values()):
         app.logger.info("notify: %s", summary(counts))
-    return sum(counts.values()) >= BATCH
+    return sum(counts.values()) >= BATCH or reminded >= reminders.BATCH
 
 
 def summary(counts):

@@ -23,7 +23,7 @@ from peewee import SqliteDatabase, fn
 
 from ..storage.engine import db, dialect_statements, sql_time, utcnow
 from ..storage.models import Event, Notice, NotifyChannel, Pixel, User
-from ..vocabulary import Kind, NoticeState
+from ..vocabulary import Kind, NoticeState, Reason
 from .policy import hold, past_quiet, wanted
 
 # How long a claimed notice is left to its deliverer: far longer than a delivery may take.
@@ -101,6 +101,26 @@ def queue(notices, event_id):
     for channel_id, pixel_id, reason, now, due in notices:
         values = (channel_id, pixel_id, event_id, reason, now, due)
         db.execute_sql(sql.queue, [sql_time(value, sql.sqlite) for value in values])
+
+
+def queue_reminder(pixel, now):
+    """Put a reminder that `pixel` was not opened in the outbox, one notice for each channel
+    of its owner (reminders.py, in the transaction that marks it reminded)."""
+    channels = NotifyChannel.select(NotifyChannel.id).where(NotifyChannel.user == pixel.owner_id)
+    rows = [
+        {
+            "channel": channel.id,
+            "pixel": pixel.id,
+            "event": None,
+            "reason": Reason.NOT_OPENED,
+            "created_at": now,
+            "due_at": now,
+            "state": NoticeState.PENDING,
+        }
+        for channel in channels
+    ]
+    if rows:
+        Notice.insert_many(rows).execute()
 
 
 def any_due(moment):

@@ -5,7 +5,7 @@ before it sends one."""
 import datetime
 
 from ..judgement.classify import SELF_VIEW_BEFORE
-from ..vocabulary import Kind, Opens, Reason
+from ..vocabulary import Kind, Opens, Reason, State
 
 # What kind of event tells of what: an open, or a delivery (a machine fetched it on delivery).
 # Previews, the sender's own views and bots never notify.
@@ -39,6 +39,12 @@ def hold(source, at, now):
 
 def no_longer_wanted(notice, event):
     """Why a queued notice is not to be sent after all (or None)."""
+    if notice.reason == Reason.NOT_OPENED:
+        if notice.pixel.state == State.OPENED:
+            return "it was opened since"
+        if notice.pixel.tracking_stopped_at is not None:
+            return "a recipient is on the do-not-track list"
+        return None
     if event is None or event.kind != EVENT_KIND.get(notice.reason):
         return "the fetch was judged otherwise since (e.g. it was the sender's own view)"
     user = notice.pixel.owner

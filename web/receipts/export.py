@@ -29,6 +29,9 @@ PIXEL_FIELDS = (
     "last_open_at",
     "last_event_at",
     "tracking_stopped_at",
+    "remind_after_days",
+    "remind_at",
+    "reminded_at",
 )
 EVENT_FIELDS = ("at", "kind", "source", "reason", "ip", "country", "city", "client")
 

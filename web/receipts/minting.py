@@ -15,6 +15,7 @@ from email.utils import getaddresses, quote
 
 from flask import current_app
 
+from ..notifications import reminders
 from ..privacy import MAX_USER_AGENT, anonymize, fingerprint, kept_recipients
 from ..storage.engine import utcnow
 from ..storage.models import Pixel
@@ -26,6 +27,9 @@ MAX_RECIPIENTS = 100
 MAX_ADDRESS = 320
 # How a receipt was made (Pixel.made_with): a manual receipt cannot know by itself when it was
 # sent or which fetch was the sender's, so its page offers to say so.
+
+
+DEFAULT = object()  # make_receipt's remind_after_days when the caller says nothing
 
 
 class Refused(ValueError):
@@ -61,16 +65,32 @@ class DoNotTrack(Refused):
 
 
 def make_receipt(
-    user, *, subject, label, recipients, made_with, user_agent, remote_addr, force=False
+    user,
+    *,
+    subject,
+    label,
+    recipients,
+    made_with,
+    user_agent,
+    remote_addr,
+    force=False,
+    remind_after_days=DEFAULT,
 ):
     """Check, mint and return (pixel, the recipients' mail providers found in time).
 
     `subject`, `label` and each recipient are raw text (a recipient may be written
-    `Name <address>`); `remote_addr` is the client's raw address, masked here and never kept.
-    Raises Refused (or DoNotTrack, unless `force`; TooManyReceipts)."""
+    `Name <address>`); `remote_addr` is the client's raw address, masked here and never kept;
+    `remind_after_days`: a reminder if not opened within that many days, None for none, or
+    the user's default. Raises Refused (or DoNotTrack, unless `force`; TooManyReceipts)."""
     check_mint_rate(user)
     subject = clean_text(subject, "subject", MAX_SUBJECT)
     label = clean_text(label, "label", MAX_LABEL)
+    if remind_after_days is DEFAULT:
+        remind_after_days = user.remind_after_days
+    try:
+        remind_after_days = reminders.checked_days(remind_after_days)
+    except reminders.BadDays as bad:
+        raise Refused(f"'remind_after_days': {bad}") from None
     addresses = clean_recipients(recipients)
     listed = listed_recipients(user, addresses)
     if listed and not force:
@@ -86,6 +106,8 @@ def make_receipt(
             config["SECRET_KEY"], (user_agent or "")[:MAX_USER_AGENT], anonymize(remote_addr)
         ),
     )
+    if remind_after_days is not None:
+        reminders.set_days(pixel, remind_after_days)
     return pixel, note_mail_hosting(pixel, addresses)
 
 

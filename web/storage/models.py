@@ -47,6 +47,8 @@ class User(BaseModel):
     # How many receipts the user has: kept by triggers on pixel (migration 0010), read by the
     # lists instead of counting the user's receipts on every page.
     receipt_count = IntegerField(default=0)
+    # The reminder new receipts get: "tell me if it is not opened within N days"; None: none.
+    remind_after_days = IntegerField(null=True)
 
 
 class ApiToken(BaseModel):
@@ -98,6 +100,12 @@ class Pixel(BaseModel):
     # What the events deleted by retention added up to, so counters survive a recount:
     # {kind: [count, first ISO time, last ISO time]} (retention.py).
     archived = TextField(null=True)
+    # "Tell me if it is not opened within N days" (notifications/reminders.py): the days, when
+    # the reminder is due (N days after sending; None once an open or a stop cancelled it), and
+    # when it was queued.
+    remind_after_days = IntegerField(null=True)
+    remind_at = DateTimeField(null=True, index=True)
+    reminded_at = DateTimeField(null=True)
 
     class Meta:
         indexes = (

@@ -21,7 +21,7 @@ from flask import (
 )
 
 from ..accounts import SCOPES, AccountError, authenticate, new_token, normalise_email, set_password
-from ..notifications import delivery, outbound, outbox
+from ..notifications import delivery, outbound, outbox, reminders
 from ..receipts import donottrack, export
 from ..storage.engine import MAX_ID, locked, utcnow, write_transaction
 from ..storage.models import ApiToken, DoNotTrack, NotifyChannel, Setting, User
@@ -116,16 +116,27 @@ def notify_choices():
     opens = request.form.get("opens", "")
     quiet = request.form.get("quiet", "").strip()
     delivered = request.form.get("delivered") == "on"
-    problem = None
+    problem = remind = None
     if opens not in tuple(Opens):
         problem = "Choose when to be told of opens: the first one, every one, or never."
     elif not quiet.isdigit() or int(quiet) > MAX_QUIET_MINUTES:
         problem = f"The quiet period is a number of minutes from 0 to {MAX_QUIET_MINUTES}."
+    else:
+        try:
+            remind = reminders.days_from_form(request.form.get("remind", ""))
+        except reminders.BadDays:
+            problem = (
+                f"The reminder is a number of days from 1 to {reminders.MAX_DAYS}, or empty "
+                "for none."
+            )
     if problem:
-        form = {**typed("opens", "quiet"), "delivered": delivered}
+        form = {**typed("opens", "quiet", "remind"), "delivered": delivered}
         return page(notify_error=problem, notify_form=form)
     User.update(
-        notify_opens=opens, notify_delivered=delivered, notify_quiet_minutes=int(quiet)
+        notify_opens=opens,
+        notify_delivered=delivered,
+        notify_quiet_minutes=int(quiet),
+        remind_after_days=remind,
     ).where(User.id == g.user.id).execute()
     return to_notifications("Notification choices saved.")
 

@@ -7,6 +7,7 @@ from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template
 from peewee import SqliteDatabase
 from werkzeug.exceptions import BadRequest
 
+from ..notifications import reminders
 from ..receipts import ledger, listing
 from ..receipts.display import (
     SENT,
@@ -327,8 +328,29 @@ def mark_sent(public_id):
         .where(Pixel.id == pixel.id, Pixel.sent_at.is_null())
         .execute()
     )
+    if marked:
+        reminders.sent(pixel.id)
     flash("Marked as sent now." if marked else "It was marked as sent already.")
     return redirect(url_for("pages.detail", public_id=public_id))
+
+
+@bp.post("/m/<public_id>/reminder")
+@login_required
+def set_reminder(public_id):
+    """Remind me if it is not opened within N days (an empty field: no reminder)."""
+    pixel = own_pixel_or_404(public_id)
+    try:
+        days = reminders.days_from_form(request.form.get("days", ""))
+    except reminders.BadDays as bad:
+        flash(f"Not changed: {bad}.")
+        return redirect(url_for("pages.detail", public_id=public_id) + "#reminder")
+    if not reminders.set_days(pixel, days):
+        flash("The reminder was sent already.")
+    elif days:
+        flash(f"You will be told if it is not opened within {days} day{'s' if days != 1 else ''}.")
+    else:
+        flash("No reminder for this message.")
+    return redirect(url_for("pages.detail", public_id=public_id) + "#reminder")
 
 
 @bp.post("/m/<public_id>/delete")
