@@ -398,10 +398,16 @@
         var caveats = (result.answer.mail_providers || [])
           .filter(function (provider) { return provider.caveat; })
           .map(function (provider) { return " " + provider.name + ": " + provider.caveat; });
+        // A reminder the user asked for by default (Settings): say so, so it is no surprise.
+        var reminder = result.answer.reminder;
+        var remind = reminder
+          ? " You will be told if it is not opened within " + reminder.after_days +
+            (reminder.after_days === 1 ? " day." : " days.")
+          : "";
         notice(
           "added",
           "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)") +
-            caveats.join("")
+            remind + caveats.join("")
         );
       }
       finishMinting(minting);

@@ -11,10 +11,13 @@ sent, what Gmail would send: the draft as last saved (gmail_fixtures/draft_model
 import json
 import re
 import secrets
+import sqlite3
 import time
 import urllib.parse
 from collections import namedtuple
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -397,6 +400,27 @@ def test_popup_compose_gets_the_pixel_at_the_end_of_the_text_before_the_signatur
     assert tab.page.evaluate("typeof window.__openreceipt") == "object"
     # The browser showed the draft's image: the server saw the sender's own preview.
     assert receipts.pixel(pixel["id"])["state"] == "inserted"
+    tab.check()
+
+
+def test_the_notice_tells_of_the_reminder_the_user_chose_for_new_receipts(tab, receipts):
+    database = Path(receipts.server.env["OPENRECEIPT_DATA_DIR"]) / "openreceipt.db"
+
+    def default_reminder(days):  # as Settings -> Notifications saves it
+        with closing(sqlite3.connect(database)) as connection, connection:
+            connection.execute('UPDATE "user" SET remind_after_days = ?', (days,))
+
+    default_reminder(3)
+    try:
+        before = receipts.pixel_ids()
+        tab.open("popup.html")
+        tab.click_bookmarklet()
+        reminded = POPUP_ADDED + " You will be told if it is not opened within 3 days."
+        assert tab.notice() == ("added", reminded)
+        [pixel] = receipts.new_pixels(before)
+        assert receipts.pixel(pixel["id"])["reminder"]["after_days"] == 3
+    finally:
+        default_reminder(None)
     tab.check()
 
 
