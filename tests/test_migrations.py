@@ -106,22 +106,34 @@ def snapshot(database):
 def fill(database):
     """A user with a pixel and two of its events, written through the application's models."""
     with database.bind_ctx(MODELS), database.connection_context():
-        # The user's columns as this schema has them: fill() serves older schemas too.
-        columns = {column.name for column in database.get_columns("user")}
-        row = {
-            field.column_name: field.default() if callable(field.default) else field.default
-            for field in User._meta.sorted_fields
-            if field.default is not None and field.column_name in columns
-        }
-        row.update(email="ada@example.com", password_hash="pbkdf2:sha256:1000$x$y")
-        user = Table("user", tuple(row)).bind(database)
-        user.insert({getattr(user, name): value for name, value in row.items()}).execute()
+
+        def insert(model, **values):
+            """A row with the model's defaults for the columns this schema has (fill() serves
+            older schemas too), and `values`."""
+            columns = {column.name for column in database.get_columns(model._meta.table_name)}
+            row = {
+                field.column_name: field.db_value(
+                    field.default() if callable(field.default) else field.default
+                )
+                for field in model._meta.sorted_fields
+                if field.default is not None and field.column_name in columns
+            }
+            row.update(values)
+            table = Table(model._meta.table_name, tuple(row)).bind(database)
+            table.insert({getattr(table, name): value for name, value in row.items()}).execute()
+
+        insert(User, email="ada@example.com", password_hash="pbkdf2:sha256:1000$x$y")
         owner = User.select(User.id).where(User.email == "ada@example.com").scalar()
-        pixel = Pixel.create(
-            public_id="kept-across-upgrades", owner=owner, subject="Invoice #42", state="opened"
+        insert(
+            Pixel,
+            public_id="kept-across-upgrades",
+            owner_id=owner,
+            subject="Invoice #42",
+            state="opened",
         )
+        pixel = Pixel.select(Pixel.id).where(Pixel.public_id == "kept-across-upgrades").scalar()
         for ip, kind in (("81.2.69.0", "open"), ("17.58.0.0", "prefetch")):
-            Event.create(pixel=pixel, kind=kind, source="test", reason="fill()", ip=ip)
+            insert(Event, pixel_id=pixel, kind=kind, source="test", reason="fill()", ip=ip)
 
 
 def test_migrate_on_an_empty_database_creates_every_table(empty_database):
@@ -584,8 +596,9 @@ def test_receipt_count_migration_counts_the_receipts_there_are(empty_database, t
     with empty_database.connection_context():
         empty_database.execute_sql(
             "INSERT INTO pixel (public_id, owner_id, subject, recipients, created_at, state, "
-            "open_count, prefetch_count, self_count, bot_count, preview_count, unknown_count) "
-            "SELECT 'second', id, 's', '[]', '2026-01-05 09:30:00', 'waiting', 0, 0, 0, 0, 0, 0 "
+            "open_count, prefetch_count, self_count, bot_count, preview_count, unknown_count, "
+            "click_count) "
+            "SELECT 'second', id, 's', '[]', '2026-01-05 09:30:00', 'waiting', 0, 0, 0, 0, 0, 0, 0 "
             "FROM \"user\" WHERE email = 'grace@example.com'"
         )
         empty_database.execute_sql("DELETE FROM event")

@@ -13,8 +13,8 @@ from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from . import api, config, security, storage
-from .judgement.classify import Judge
 from .judgement.clients import user_agent_parser
+from .judgement.judge import Judge
 from .judgement.mailhosts import MailHosts
 from .judgement.ranges import Networks
 from .notifications import delivery

@@ -1,4 +1,5 @@
-"""The words the whole application shares, each kind of value one StrEnum: what a fetch was
+"""The words the whole application shares, each kind of value one StrEnum: what a fetch (of the
+pixel, or of a tracked link: a click) was
 (Kind), how far a receipt got (State), what a notice tells of (Reason) and where it stands
 (NoticeState), where notices go (ChannelKind), which opens a user hears of (Opens), and what an
 API key may do (Scope). They are strings too: stored, compared and sent as their values.
@@ -11,6 +12,7 @@ class Kind(StrEnum):
     """What one fetch of a pixel was."""
 
     OPEN = "open"  # a person most likely opened the message
+    CLICK = "click"  # a person followed one of the message's tracked links
     PREFETCH = "prefetch"  # a machine fetched it on delivery: delivered, not read
     PREVIEW = "preview"  # the sender's own browser showed the draft
     SELF = "self"  # the sender, looking at their own sent message
@@ -23,6 +25,7 @@ KINDS = tuple(Kind)
 # the timeline picture. The values above stay what the API, the export and the database say.
 KIND_LABELS = {
     Kind.OPEN: "opened",
+    Kind.CLICK: "clicked",
     Kind.PREFETCH: "delivered",
     Kind.PREVIEW: "your draft",
     Kind.SELF: "you",
@@ -50,13 +53,17 @@ STATE_REACHED = {
     Kind.SELF: State.INSERTED,
     Kind.PREFETCH: State.DELIVERED,
     Kind.OPEN: State.OPENED,
+    Kind.CLICK: State.OPENED,  # a click is a person acting, even where no image was fetched
 }
+# The kinds whose event shows that the message was delivered (the receipt's delivered_at).
+SHOWS_DELIVERY = (Kind.PREFETCH, Kind.OPEN, Kind.CLICK)
 
 
 class Reason(StrEnum):
     """What a notice tells of."""
 
     OPEN = "open"
+    CLICK = "click"
     DELIVERED = "delivered"
     NOT_OPENED = "not-opened"  # a reminder: not opened within the days the sender chose
 

@@ -7,17 +7,13 @@ and what is neither a known machine nor positively a reader is `unknown`, never 
 """
 
 import datetime
-import functools
 import hmac
 import re
 from dataclasses import dataclass
 
 from ..vocabulary import Kind
 from . import useragents
-from .clients import client_name, printable
 from .mailhosts import OTHER as HOSTED_ELSEWHERE
-
-CLIENT_NAMES_CACHED = 4096  # (user agent, source) pairs: 4 MB at most (user agents are cut to 1 KB)
 
 
 @dataclass(frozen=True)
@@ -36,6 +32,8 @@ class Fetch:
     country: str | None = None
     city: str | None = None
     key: str | None = None  # set when spooled: the replay stores it, once
+    link_id: int | None = None  # a click: the tracked link followed (None: the pixel)
+    honeypot: bool = False  # a click on the link no person can see (links/tracking.py)
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Verdict:
 GMAIL_PREFETCH_UA = "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246"
 APPLE_MPP_UA = "Mozilla/5.0"
 
-_PREFETCH_PURPOSE = re.compile(r"prefetch|prerender|preview", re.IGNORECASE)
+PREFETCH_PURPOSE = re.compile(r"prefetch|prerender|preview", re.IGNORECASE)
 # Outlook on Windows and Mac: "Microsoft Office/16.0 (… Microsoft Outlook …)", "… ms-office;
 # MSOffice 16)", "Microsoft Office Outlook/16.0 …", "MacOutlook/16.46 …", "Outlook/16.16
 # CFNetwork/…" (device-detector's and uap-core's test fixtures). Not Outlook for iOS/Android
@@ -150,7 +148,7 @@ def classify(fetch, networks):
 
     if fetch.method == "HEAD":
         return Verdict(Kind.BOT, named or "direct", "HEAD request: the image was not loaded")
-    if _PREFETCH_PURPOSE.search(fetch.purpose or ""):
+    if PREFETCH_PURPOSE.search(fetch.purpose or ""):
         return Verdict(
             Kind.PREFETCH, named or "direct", "the client announced a prefetch, not a view"
         )
@@ -224,33 +222,6 @@ def within_self_view(fetched_at, beacon_at):
 
 
 SELF_VIEW_REASON = "the sender's own Gmail tab showed the message (self-view beacon)"
-
-
-class Judge:
-    """The judgement of this server, built once at start-up: the classifier with the networks
-    it knows, the user-agent parser that names clients, and the operator's choices (whether the
-    recipients' mail hosting counts, whether clients are named at all)."""
-
-    def __init__(self, networks, parser, use_mail_hosting=True, name_clients=True):
-        self.networks = networks
-        self.parser = parser
-        self.use_mail_hosting = use_mail_hosting
-        self.name_clients = name_clients
-        # Mail is fetched by a few clients over and over: each name is worked out once.
-        self._client_names = functools.lru_cache(maxsize=CLIENT_NAMES_CACHED)(self._client_name)
-
-    def verdict(self, fetch, facts, now):
-        """The Verdict for a fetch of a pixel whose facts are `facts`, arriving at `now`."""
-        return judge(fetch, facts, self.networks, now, fetch.browser, self.use_mail_hosting)
-
-    def client(self, user_agent, source):
-        """The client's name as stored with the event (short, printable), or None."""
-        if not self.name_clients:
-            return None
-        return self._client_names(user_agent, source)
-
-    def _client_name(self, user_agent, source):
-        return printable(client_name(user_agent, source, self.parser) or "")[:100] or None
 
 
 def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True):

@@ -42,7 +42,7 @@ from ..storage.engine import (
     write_transaction,
 )
 from ..storage.models import Pixel
-from ..vocabulary import KINDS, STATE_REACHED, STATES, Kind
+from ..vocabulary import KINDS, SHOWS_DELIVERY, STATE_REACHED, STATES, Kind
 
 # PostgreSQL: the batch's waits, for this transaction only, sent with its BEGIN.
 PIXEL_TIMEOUTS = (
@@ -84,7 +84,7 @@ def _update(kind, p):
     if reached:
         earlier = ", ".join(f"'{state}'" for state in STATES[: STATES.index(reached)])
         parts.append(f"state = CASE WHEN state IN ({earlier}) THEN '{reached}' ELSE state END")
-    if kind in (Kind.PREFETCH, Kind.OPEN):
+    if kind in SHOWS_DELIVERY:
         parts.append(_earliest("delivered_at", p))
     if kind == Kind.OPEN:
         parts += [_earliest("first_open_at", p), _latest("last_open_at", p)]
@@ -104,7 +104,8 @@ def statements(database):
         f"SELECT p.id, {', '.join('p.' + name for name in FACT_COLUMNS)}, p.tracking_stopped_at, "
         f"{notified}, "
         "e.source, e.client FROM pixel p LEFT JOIN event e ON e.pixel_id = p.id "
-        f"AND e.at BETWEEN {p} AND {p} AND e.ip {same} {p} WHERE p.public_id = {p}"
+        f"AND e.at BETWEEN {p} AND {p} AND e.ip {same} {p} AND e.link_id {same} {p} "
+        f"WHERE p.public_id = {p}"
     )
     # The event, only if the facts it was judged on still hold and no twin was stored since:
     # checked in the statement that stores it, so the judgement made before the write lock
@@ -112,11 +113,12 @@ def statements(database):
     unchanged = " AND ".join(f"p.{name} {same} {p}" for name in FACT_COLUMNS)
     insert = (
         "INSERT INTO event (pixel_id, at, kind, source, reason, ip, country, city, client, "
-        f"spool_key) SELECT {', '.join([p] * 10)} WHERE EXISTS (SELECT 1 FROM pixel p "
+        f"spool_key, link_id) SELECT {', '.join([p] * 11)} WHERE EXISTS (SELECT 1 FROM pixel p "
         f"WHERE p.id = {p} AND {unchanged} AND p.tracking_stopped_at IS NULL AND "
         f"{notified} = {p}) "
         f"AND NOT EXISTS (SELECT 1 FROM event e WHERE e.pixel_id = {p} AND e.at BETWEEN {p} "
-        f"AND {p} AND e.ip {same} {p} AND e.source = {p} AND e.client {same} {p})"
+        f"AND {p} AND e.ip {same} {p} AND e.source = {p} AND e.client {same} {p} "
+        f"AND e.link_id {same} {p})"
     )
     counters = {kind: _update(kind, p) for kind in KINDS}
     return Statements(
@@ -292,7 +294,9 @@ class Recorder:
         client)). `verdicts` keeps this fetch's judgement per set of facts: unchanged facts are
         not judged again."""
         at = fetch.at
-        rows = db.execute_sql(sql.facts, (*_window(sql, at), fetch.ip, fetch.public_id)).fetchall()
+        rows = db.execute_sql(
+            sql.facts, (*_window(sql, at), fetch.ip, fetch.link_id, fetch.public_id)
+        ).fetchall()
         if not rows:
             return "not recorded: no such pixel", None
         facts = _facts(rows[0])
@@ -364,9 +368,17 @@ class Recorder:
             fetch.city,
             client,
             fetch.key,
+            fetch.link_id,
         )
         unchanged = (pixel_id, *facts["as_read"])
-        no_twin = (pixel_id, *_window(sql, fetch.at), fetch.ip, verdict.source, client)
+        no_twin = (
+            pixel_id,
+            *_window(sql, fetch.at),
+            fetch.ip,
+            verdict.source,
+            client,
+            fetch.link_id,
+        )
         *statements, times = sql.store[verdict.kind]
         counters = (*[stamp] * times, pixel_id)
         if sql.sqlite:

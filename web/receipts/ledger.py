@@ -10,7 +10,7 @@ from peewee import Case, fn
 from ..judgement.classify import SELF_VIEW_REASON, within_self_view
 from ..storage.engine import locked, utcnow, write_transaction
 from ..storage.models import Event, Pixel
-from ..vocabulary import STATE_REACHED, STATES, Kind, State
+from ..vocabulary import SHOWS_DELIVERY, STATE_REACHED, STATES, Kind, State
 from .retention import archived_rows
 
 COUNTERS = {
@@ -20,6 +20,7 @@ COUNTERS = {
     Kind.SELF: Pixel.self_count,
     Kind.BOT: Pixel.bot_count,
     Kind.UNKNOWN: Pixel.unknown_count,
+    Kind.CLICK: Pixel.click_count,
 }
 
 
@@ -31,6 +32,7 @@ AS_WORDS = {
     Kind.SELF: "their own view",
     Kind.BOT: "a machine",
     Kind.UNKNOWN: "an unrecognised program",
+    Kind.CLICK: "a click",
 }
 
 # What a public id can be (new_public_id makes 16 of these characters); anything else is no pixel.
@@ -62,7 +64,7 @@ def refresh(pixel_id):
         lasts[kind] = max(lasts.get(kind, last_at), last_at)
     last = max(lasts.values(), default=None)
     opened = (firsts[Kind.OPEN], lasts[Kind.OPEN]) if Kind.OPEN in firsts else None
-    delivered = min((firsts[k] for k in (Kind.OPEN, Kind.PREFETCH) if k in firsts), default=None)
+    delivered = min((firsts[k] for k in SHOWS_DELIVERY if k in firsts), default=None)
     state = State.WAITING
     for kind, reached in STATE_REACHED.items():
         if counts[kind]:

@@ -80,6 +80,7 @@ class Pixel(BaseModel):
     self_count = IntegerField(default=0)
     bot_count = IntegerField(default=0)
     unknown_count = IntegerField(default=0)
+    click_count = IntegerField(default=0)
     first_open_at = DateTimeField(null=True)
     last_open_at = DateTimeField(null=True)
     last_event_at = DateTimeField(null=True)
@@ -116,6 +117,17 @@ class Pixel(BaseModel):
         )
 
 
+class Link(BaseModel):
+    """A tracked link of a receipt's message: /l/<signed public id> redirects to `destination`,
+    and nothing else. The honeypot is a link no person can see or click (links/tracking.py)."""
+
+    public_id = CharField(max_length=32, unique=True)
+    pixel = ForeignKeyField(Pixel, backref="links", on_delete="CASCADE")
+    destination = TextField()
+    honeypot = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+
+
 class Event(BaseModel):
     """One fetch of a pixel, as stored: masked address and what it meant, never the raw IP."""
 
@@ -130,6 +142,8 @@ class Event(BaseModel):
     client = CharField(max_length=100, null=True)
     # The spool's key for a fetch that waited in the spool (pixel/spool.py): stored once only.
     spool_key = CharField(max_length=32, null=True, unique=True)
+    # A click's link (None for a fetch of the pixel).
+    link = ForeignKeyField(Link, null=True, on_delete="CASCADE")
 
     class Meta:
         indexes = ((("pixel", "at"), False),)
@@ -225,6 +239,7 @@ MODELS = (
     User,
     ApiToken,
     Pixel,
+    Link,
     Event,
     DoNotTrack,
     LoginSession,
