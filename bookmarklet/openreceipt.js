@@ -96,11 +96,15 @@
     );
   }
 
-  // What a failed answer means for the user, as [notice kind, message].
-  function problem(result) {
+  // What a failed answer means for the user, as [notice kind, message]. `unchanged` says what
+  // was left as it was (by default: no receipt was added).
+  function problem(result, unchanged) {
     var error = result.answer && result.answer.error;
     if (result.status === 0) {
-      return ["unreachable", "openreceipt: the server at " + ORIGIN + " cannot be reached. No receipt was added."];
+      return [
+        "unreachable",
+        "openreceipt: the server at " + ORIGIN + " cannot be reached. " + (unchanged || "No receipt was added."),
+      ];
     }
     if (result.status === 401) {
       return [
@@ -404,14 +408,138 @@
           ? " You will be told if it is not opened within " + reminder.after_days +
             (reminder.after_days === 1 ? " day." : " days.")
           : "";
-        notice(
-          "added",
+        var added =
           "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)") +
-            remind + caveats.join("")
-        );
+          remind + caveats.join("");
+        var count = destinationsOf(trackableLinks(body)).length;
+        if (!count) {
+          notice("added", added);
+        } else {
+          offerLinks(added, count, { compose: compose, body: body, id: result.answer.id });
+        }
       }
       finishMinting(minting);
     });
+  }
+
+  // -- Tracking the message's links (on the user's word) ----------------------------------
+
+  // The links of the user's own text that can be tracked: an http(s) href, not already one of
+  // this server's tracked links, and not in the signature, its "-- " line or the quoted history
+  // (NOT_OWN_TEXT, as for the pixel). Compose links are plain <a href> in the body: InboxSDK's
+  // insertLinkIntoBody makes one with createElement("a") and nothing else (docs/gmail.md).
+  function trackableLinks(body) {
+    var found = [];
+    var anchors = body.querySelectorAll("a[href]");
+    for (var i = 0; i < anchors.length; i++) {
+      var href = hrefOf(anchors[i]);
+      if (anchors[i].closest(NOT_OWN_TEXT) || !/^https?:\/\//i.test(href)) continue;
+      if (href.indexOf(ORIGIN + "/l/") !== 0) found.push(anchors[i]);
+    }
+    return found;
+  }
+
+  // The href as the message has it (not resolved against Gmail's address).
+  function hrefOf(anchor) {
+    return (anchor.getAttribute("href") || "").trim();
+  }
+
+  function destinationsOf(anchors) {
+    var destinations = [];
+    anchors.forEach(function (anchor) {
+      if (destinations.indexOf(hrefOf(anchor)) < 0) destinations.push(hrefOf(anchor));
+    });
+    return destinations;
+  }
+
+  function plural(count, word) {
+    return count + " " + word + (count === 1 ? "" : "s");
+  }
+
+  // The "added" notice, with the offer to track the message's links. It stays until the user
+  // answers it (either button), another notice takes its place, or the message is sent or
+  // closed: a timer could take the button away just as the user reaches for it, and reading
+  // the receipt's notice and deciding takes longer than NOTICE_SECONDS.
+  function offerLinks(message, count, receipt) {
+    var box = notice("added", message, [
+      {
+        action: "track-links",
+        label: "Track its " + plural(count, "link") + " too",
+        run: function () { trackLinks(receipt); },
+      },
+      { action: "dismiss", label: "No thanks", run: function () {} },
+    ]);
+    state.offer = { box: box, compose: receipt.compose, body: receipt.body };
+  }
+
+  // Take the offer away once its message is gone (sent, closed) or another notice replaced it.
+  function dropOffer(force) {
+    var offer = state.offer;
+    if (!offer || !(force || !offer.box.isConnected || !offer.body.isConnected)) return;
+    state.offer = null;
+    if (offer.box.parentNode) offer.box.parentNode.removeChild(offer.box);
+  }
+
+  // The user took the offer: the server tracks the destinations (each once, as the message has
+  // them) and answers a URL of its own for each, and the links are rewritten to those, with
+  // their text and other attributes as they were. Nothing changes unless the server agreed.
+  function trackLinks(receipt) {
+    var body = receipt.body;
+    if (!body.isConnected) {
+      return notice("refused", "openreceipt: the message was closed before its links were tracked.");
+    }
+    var pixel = ourImages(body).filter(function (img) {
+      return outsideQuote(img) && pixelId(img.getAttribute("src")) === receipt.id;
+    })[0];
+    if (!pixel) {
+      return notice(
+        "refused",
+        "openreceipt: the receipt is no longer in this message, so its links were left as they were."
+      );
+    }
+    var anchors = trackableLinks(body);
+    var destinations = destinationsOf(anchors);
+    if (!destinations.length) return notice("refused", "openreceipt: this message has no links to track now.");
+    // A Send pressed meanwhile waits for the links, as it waits for a receipt on its way.
+    var job = { compose: receipt.compose, heldSend: null, waiting: "openreceipt: tracking the links, then sending…" };
+    state.minting.push(job);
+    api("POST", "/api/pixels/" + encodeURIComponent(receipt.id) + "/links", { links: destinations }).then(
+      function (result) {
+        if (result.status !== 200) {
+          var why = problem(result, "No link was changed.");
+          notice(why[0], why[1]);
+        } else if (!body.isConnected) {
+          notice("refused", "openreceipt: the message was closed before its links were tracked.");
+        } else {
+          var urls = {};
+          (result.answer.links || []).forEach(function (link) { urls[link.destination] = link.url; });
+          anchors.forEach(function (anchor) {
+            var url = urls[hrefOf(anchor)];
+            if (url && body.contains(anchor)) anchor.setAttribute("href", url);
+          });
+          if (result.answer.honeypot && body.contains(pixel)) hideHoneypot(pixel, result.answer.honeypot);
+          changed(body); // as for the pixel: Gmail saves the draft with the new links
+          notice("links", "Tracking " + plural(destinations.length, "link") + " in this message.");
+        }
+        finishMinting(job);
+      }
+    );
+  }
+
+  // The honeypot goes around the receipt's own image: a transparent 1x1 image with no text, so
+  // no person sees it or could aim a click at it, while a scanner following every link follows
+  // it too. That image is what is known to go into Gmail's draft and out with the message; no
+  // public source says what Gmail keeps of an <a> with nothing in it, or of one hidden with
+  // display:none (docs/gmail.md), so the link rides on the image. A link cannot hold another:
+  // if the image sits in one of the user's links (the caret was there), it moves out to just
+  // after that link first.
+  function hideHoneypot(pixel, url) {
+    var around = pixel.parentElement.closest("a");
+    if (around) around.parentNode.insertBefore(pixel, around.nextSibling);
+    var anchor = document.createElement("a");
+    anchor.href = url; // not a Trusted Types sink
+    pixel.parentNode.insertBefore(anchor, pixel);
+    anchor.appendChild(pixel);
   }
 
   function mintingFor(compose) {
@@ -442,7 +570,7 @@
       button: button,
       timer: setTimeout(function () { finishMinting(minting); }, HOLD_SEND_MS),
     };
-    notice("waiting", "openreceipt: adding the receipt, then sending…");
+    notice("waiting", minting.waiting || "openreceipt: adding the receipt, then sending…");
   }
 
   // Press Send as InboxSDK's simulateClick does: Gmail acts on mousedown, mouseup and click.
@@ -460,7 +588,9 @@
 
   // -- The notice -------------------------------------------------------------------------
 
-  function notice(kind, message) {
+  // A notice, gone after NOTICE_SECONDS; one with `actions` (buttons: [{action, label, run}])
+  // stays until one of them is clicked, which takes the notice away and runs it.
+  function notice(kind, message, actions) {
     var old = document.querySelector("[data-openreceipt-notice]");
     if (old) old.parentNode.removeChild(old);
     var box = document.createElement("div");
@@ -477,13 +607,39 @@
     style.borderRadius = "8px";
     style.font = "14px/1.4 system-ui, sans-serif";
     style.color = "#fff";
-    var good = kind === "added" || kind === "already" || kind === "waiting";
+    var good = kind === "added" || kind === "already" || kind === "waiting" || kind === "links";
     style.background = good ? "#17773b" : "#8a1f11";
     style.boxShadow = "0 4px 16px rgba(0,0,0,.25)";
-    document.body.appendChild(box);
-    setTimeout(function () {
+    function close() {
       if (box.parentNode) box.parentNode.removeChild(box);
-    }, NOTICE_SECONDS * 1000);
+    }
+    var row = document.createElement("div");
+    (actions || []).forEach(function (action) {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.setAttribute("data-openreceipt-action", action.action);
+      button.textContent = action.label;
+      var look = button.style;
+      look.margin = "8px 8px 0 0";
+      look.padding = "4px 10px";
+      look.border = "0";
+      look.borderRadius = "4px";
+      look.background = "#fff";
+      look.color = "#17773b";
+      look.font = "inherit";
+      look.cursor = "pointer";
+      // The caret stays where it was in the message.
+      button.addEventListener("mousedown", function (event) { event.preventDefault(); });
+      button.addEventListener("click", function () {
+        close();
+        action.run();
+      });
+      row.appendChild(button);
+    });
+    if (actions) box.appendChild(row);
+    document.body.appendChild(box);
+    if (!actions) setTimeout(close, NOTICE_SECONDS * 1000);
+    return box;
   }
 
   // -- Watching the tab: the sender's own views and sending ----------------------------------
@@ -513,6 +669,7 @@
 
   function sent(compose) {
     var body = bodyOf(compose);
+    if (state.offer && state.offer.compose === compose) dropOffer(true);
     if (!body) return;
     ourImages(body)
       .filter(outsideQuote)
@@ -526,6 +683,7 @@
 
   function install() {
     new MutationObserver(function (mutations) {
+      dropOffer(false);
       mutations.forEach(function (mutation) {
         if (mutation.type === "attributes") return scan(mutation.target);
         mutation.addedNodes.forEach(scan);

@@ -162,7 +162,15 @@
       ["Where", event.place],
       ["With", event.client],
     ].forEach(function (cell) {
-      tr.appendChild(el("td", cell[1], { "data-label": cell[0] }));
+      var td = el("td", cell[1], { "data-label": cell[0] });
+      if (cell[0] === "Why" && event.link) {
+        // A click: which of the message's links (as the page's own rows show it).
+        var link = el("small", "Link: ");
+        link.appendChild(el("span", event.link, { class: "wrap" }));
+        td.appendChild(el("br"));
+        td.appendChild(link);
+      }
+      tr.appendChild(td);
     });
     var action = el("td");
     // The server says which corrections an event of this kind offers: [[kind, label], ...].

@@ -131,6 +131,7 @@ def test_detail_shows_state_counts_and_events(client, auth):
         "self": 0,
         "bot": 0,
         "unknown": 0,
+        "click": 0,
     }
     [event] = detail["events"]
     assert {k: event[k] for k in ("kind", "source", "ip", "country", "city", "client")} == {

@@ -8,6 +8,8 @@ and checks where the image went in the DOM, what the server stored and, where th
 sent, what Gmail would send: the draft as last saved (gmail_fixtures/draft_model.js).
 """
 
+import html.parser
+import http.client
 import json
 import re
 import secrets
@@ -940,6 +942,288 @@ def test_a_chip_address_on_an_element_inside_the_option_is_read(tab, receipts):
     with page.expect_response(lambda response: response.url.endswith("/sent")) as marker:
         page.locator(SEND).click()
     assert marker.value.request.post_data_json["recipients"] == POPUP_RECIPIENTS
+    tab.check()
+
+
+# -- Tracking the message's links ----------------------------------------------------------------
+
+PAY = "https://pay.example.com/invoices/41?via=mail"
+TERMS = "http://example.com/terms"
+OWN_LINKS = [PAY, TERMS]  # the user's http(s) links in reply_links.html, each once, in order
+LINKS_OFFER = "Track its 2 links too"
+TRACK = "[data-openreceipt-action='track-links']"
+DECLINE = "[data-openreceipt-action='dismiss']"
+
+# Every link on the page, in document order: where it is, its href, its other attributes and
+# what it holds.
+ANCHORS = """() => [...document.querySelectorAll("a")].map((a) => ({
+  where: a.closest(".gmail_quote") ? "quote" : a.closest(".gmail_signature") ? "signature"
+    : a.closest('[contenteditable="true"]') ? "body" : "page",
+  href: a.getAttribute("href"),
+  attributes: Object.fromEntries([...a.attributes].filter((attribute) => attribute.name !== "href")
+    .map((attribute) => [attribute.name, attribute.value])),
+  text: a.textContent,
+  children: [...a.children].map((child) => child.tagName),
+}))"""
+
+# The links in the body that hold this server's pixel: what each holds and how big it is drawn.
+HONEYPOTS = """async ([origin, bodies]) => {
+  const body = document.querySelector(bodies);
+  const found = [];
+  for (const a of body.querySelectorAll("a")) {
+    const img = a.querySelector("img");
+    if (!img || !(img.getAttribute("src") || "").startsWith(origin + "/p/")) continue;
+    await img.decode().catch(() => null);
+    const box = a.getBoundingClientRect();
+    const image = img.getBoundingClientRect();
+    found.push({href: a.getAttribute("href"), text: a.textContent,
+                children: [...a.childNodes].map((node) => node.nodeName), src: img.src,
+                width: box.width, image: [image.width, image.height],
+                display: getComputedStyle(img).display,
+                loaded: img.complete && img.naturalWidth === 1});
+  }
+  return found;
+}"""
+
+
+class LinksIn(html.parser.HTMLParser):
+    """The links of an HTML body as (where, href): in the quoted history, the signature or the
+    user's own text."""
+
+    VOID = {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
+
+    def __init__(self, text):
+        super().__init__()
+        self.open, self.links = [], []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "a":
+            classes = " ".join(self.open)
+            where = "quote" if "gmail_quote" in classes else "signature"
+            where = where if where == "quote" or "gmail_signature" in classes else "body"
+            self.links.append((where, attrs.get("href")))
+        if tag not in self.VOID:
+            self.open.append(attrs.get("class") or "")
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID and self.open:
+            self.open.pop()
+
+
+def open_links_fixture(tab, receipts, fixtures):
+    """reply_links.html, with a link an earlier receipt tracks already; its URL."""
+    earlier = receipts.mint(subject="Invoice #40")
+    status, answer = receipts.api(
+        "POST", f"/api/pixels/{earlier['id']}/links", {"links": ["https://example.org/statement"]}
+    )
+    assert status == 200, answer
+    fixtures.values["tracked_link"] = answer["links"][0]["url"]
+    page = tab.open("reply_links.html")
+    return page, fixtures.values["tracked_link"]
+
+
+def add_receipt_with_links_offer(tab, receipts, offer=LINKS_OFFER):
+    """Click the bookmarklet in reply_links.html: the receipt's notice offers to track links."""
+    before = receipts.pixel_ids()
+    tab.click_bookmarklet()
+    notice = tab.notice()
+    assert notice.kind == "added" and notice.text.startswith(REPLY_ADDED), notice
+    assert tab.page.locator(TRACK).text_content() == offer
+    assert tab.page.locator(DECLINE).text_content() == "No thanks"
+    [pixel] = receipts.new_pixels(before)
+    return pixel
+
+
+def redirect_of(receipts, url):
+    """(status, Location) of a GET of one of the server's /l/ URLs, the redirect not followed."""
+    parts = urllib.parse.urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}" == receipts.url and parts.path.startswith("/l/")
+    connection = http.client.HTTPConnection(parts.netloc, timeout=10)
+    try:
+        connection.request("GET", parts.path, headers={"User-Agent": CHROME_UA})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("Location")
+    finally:
+        connection.close()
+
+
+def test_tracking_the_links_rewrites_the_users_own_and_each_redirects(tab, receipts, fixtures):
+    page, tracked_before = open_links_fixture(tab, receipts, fixtures)
+    original = page.evaluate(ANCHORS)
+    pixel = add_receipt_with_links_offer(tab, receipts)
+    assert page.evaluate(ANCHORS) == original  # nothing changes before the user says so
+
+    with page.expect_response(lambda response: response.url.endswith("/links")) as answer:
+        page.locator(TRACK).click()
+    assert tab.notice() == ("links", "Tracking 2 links in this message.")
+    [request] = tab.requests_to("/links")
+    assert request.url == f"{receipts.url}/api/pixels/{pixel['id']}/links"
+    assert request.headers["authorization"] == f"Bearer {receipts.token}"
+    assert request.post_data_json == {"links": OWN_LINKS}  # as the DOM has them, each once
+    tracked = answer.value.json()
+    urls = {link["destination"]: link["url"] for link in tracked["links"]}
+    assert list(urls) == OWN_LINKS
+    assert receipts.pixel(pixel["id"])["links"] == tracked["links"]
+
+    # The user's http(s) links now point at the returned URLs, with their text and other
+    # attributes; mailto:, the link tracked already, the signature, the quoted history and the
+    # message shown above the reply are as they were.
+    page.wait_for_function("() => window.__gmail.saves > 0")
+    after = page.evaluate(ANCHORS)
+    expected = [
+        {**link, "href": urls[link["href"]]}
+        if link["where"] == "body" and link["href"] in urls
+        else link
+        for link in original
+    ]
+    assert [link for link in after if link["href"] != tracked["honeypot"]] == expected
+    assert [link["href"] for link in after if link["where"] == "body"] == [
+        urls[PAY],
+        urls[TERMS],
+        tracked_before,
+        urls[PAY],
+        "mailto:billing@example.com",
+        tracked["honeypot"],
+    ]
+    for destination, url in urls.items():
+        assert url.startswith(f"{receipts.url}/l/")
+        assert redirect_of(receipts, url) == (302, destination)
+
+    # The honeypot wraps the receipt's own image and nothing else: no text, one pixel wide (an
+    # inline link is as tall as its line), holding the transparent 1x1 GIF, drawn (not
+    # display:none, which could have Gmail drop it).
+    [honeypot] = page.evaluate(HONEYPOTS, [receipts.url, BODY])
+    assert honeypot["href"] == tracked["honeypot"] and honeypot["src"] == pixel["url"]
+    assert honeypot["children"] == ["IMG"] and honeypot["text"] == ""
+    assert honeypot["width"] <= 1 and honeypot["image"] == [1, 1]
+    assert honeypot["display"] != "none" and honeypot["loaded"]
+    assert tracked["honeypot"] not in [link["url"] for link in tracked["links"]]
+
+    # What Gmail sends, the draft as last saved, carries the tracked links.
+    sent = send_message(tab)
+    assert LinksIn(sent["html"]).links == [
+        ("body", urls[PAY]),
+        ("body", urls[TERMS]),
+        ("body", tracked_before),
+        ("body", urls[PAY]),
+        ("body", "mailto:billing@example.com"),
+        ("body", tracked["honeypot"]),
+        ("signature", "https://engines.example.com/"),
+        ("quote", "mailto:bob@example.com"),
+        ("quote", PAY),
+    ]
+    assert our_pixels_in(sent["html"], receipts) == [pixel["url"]]
+    tab.check()
+
+
+def test_declining_the_links_offer_leaves_every_link_untouched(tab, receipts, fixtures):
+    """The offer outlives the notice's usual seconds, and "No thanks" changes nothing."""
+    page, _ = open_links_fixture(tab, receipts, fixtures)
+    original = page.evaluate(ANCHORS)
+    page.clock.install()
+    add_receipt_with_links_offer(tab, receipts)
+    page.clock.run_for(120_000)
+    assert page.locator(TRACK).is_visible()
+
+    page.locator(DECLINE).click()
+    assert page.locator("[data-openreceipt-notice]").count() == 0
+    assert page.evaluate(ANCHORS) == original
+    sent = send_message(tab)
+    assert tab.requests_to("/links") == []
+    assert [href for where, href in LinksIn(sent["html"]).links if where == "body"] == [
+        link["href"] for link in original if link["where"] == "body"
+    ]
+    tab.check()
+
+
+def test_the_links_offer_goes_when_its_message_is_sent(tab, receipts, fixtures):
+    """Sent without an answer: the offer goes with the message, and the links went as written."""
+    page, _ = open_links_fixture(tab, receipts, fixtures)
+    original = page.evaluate(ANCHORS)
+    add_receipt_with_links_offer(tab, receipts)
+    sent = send_message(tab)
+    page.wait_for_selector("[data-openreceipt-notice]", state="detached")
+    assert tab.requests_to("/links") == []
+    assert [href for where, href in LinksIn(sent["html"]).links if where == "body"] == [
+        link["href"] for link in original if link["where"] == "body"
+    ]
+    tab.check()
+
+
+def test_a_refusal_of_the_links_shows_the_servers_error_and_changes_no_link(
+    tab, receipts, fixtures
+):
+    page, _ = open_links_fixture(tab, receipts, fixtures)
+    page.evaluate(
+        """(body) => {
+          const line = document.createElement("div");
+          for (let i = 0; i < 19; i++) {
+            const a = document.createElement("a");
+            a.href = "https://example.net/page/" + i;
+            a.textContent = "page " + i;
+            line.append(a, " ");
+          }
+          document.querySelector(body).prepend(line);
+        }""",
+        BODY,
+    )
+    original = page.evaluate(ANCHORS)
+    pixel = add_receipt_with_links_offer(tab, receipts, offer="Track its 21 links too")
+
+    tab.expect_console_error(r"status of 400")
+    page.locator(TRACK).click()
+    notice = tab.notice()
+    assert notice == ("refused", "openreceipt: at most 20 links a receipt"), notice
+    assert page.evaluate(ANCHORS) == original
+    assert page.evaluate(HONEYPOTS, [receipts.url, BODY]) == []
+    assert receipts.pixel(pixel["id"])["links"] == []
+    tab.check()
+
+
+def test_send_pressed_while_the_links_are_on_their_way_waits_for_them(tab, receipts, fixtures):
+    page, _ = open_links_fixture(tab, receipts, fixtures)
+    pixel = add_receipt_with_links_offer(tab, receipts)
+    held = []
+    tab.context.route(
+        f"{receipts.url}/api/pixels/{pixel['id']}/links", lambda route: held.append(route)
+    )
+    page.locator(TRACK).click()
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert held, "the links request never left"
+
+    page.locator(SEND).click()
+    notice = tab.notice()
+    assert notice == ("waiting", "openreceipt: tracking the links, then sending…")
+    assert page.evaluate("window.__gmail.sent") == []
+    held[0].continue_()
+    [sent] = sent_messages(page)
+    tracked = receipts.pixel(pixel["id"])["links"]
+    assert [link["destination"] for link in tracked] == OWN_LINKS
+    body_links = [href for where, href in LinksIn(sent["html"]).links if where == "body"]
+    assert [link["url"] for link in tracked] == [body_links[0], body_links[1]]
+    assert PAY not in body_links and TERMS not in body_links
+    tab.check()
+
+
+def test_a_pixel_put_inside_a_link_leaves_it_before_the_honeypot_wraps_it(tab, receipts, fixtures):
+    """The caret in a link's text puts the pixel in that link; a link cannot hold the
+    honeypot's, so the image moves to just after it."""
+    page, _ = open_links_fixture(tab, receipts, fixtures)
+    place_caret(page, "a[title]", 0, len("the pay"))
+    pixel = add_receipt_with_links_offer(tab, receipts)
+    assert page.locator(f"{BODY} a[title] img").count() == 1
+    page.locator(TRACK).click()
+    assert tab.notice().kind == "links"
+    [honeypot] = page.evaluate(HONEYPOTS, [receipts.url, BODY])
+    assert honeypot["src"] == pixel["url"] and honeypot["children"] == ["IMG"]
+    assert page.locator(f"{BODY} a[title]").text_content() == "the payment page"
+    assert page.locator(f"{BODY} a[title] img").count() == 0
+    assert page.locator(f"{BODY} a[title] + a > img").count() == 1
     tab.check()
 
 

@@ -140,6 +140,7 @@ def test_purge_deletes_only_old_events_and_keeps_the_summary(client, auth, user,
         "self": 1,
         "bot": 1,
         "unknown": 0,
+        "click": 0,
     }
     assert body["state"] == "opened" and len(body["events"]) == 3
     assert body["first_open_at"] == iso(now - 110 * DAY)
@@ -229,6 +230,7 @@ def test_correcting_the_last_prefetch_when_every_open_was_purged(client, auth, d
         "self": 0,
         "bot": 0,
         "unknown": 0,
+        "click": 0,
     }
     assert summary(pixel.id) == before
 

@@ -12,7 +12,7 @@ from itsdangerous import URLSafeTimedSerializer
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from . import api, config, security, storage
+from . import api, clicks, config, security, storage
 from .judgement.clients import user_agent_parser
 from .judgement.judge import Judge
 from .judgement.mailhosts import MailHosts
@@ -22,7 +22,7 @@ from .pixel import endpoint, spool
 from .pixel.geo import Geolocator, open_geolocator
 from .pixel.recording import Recorder
 from .receipts import retention
-from .signing import PixelSigner
+from .signing import LINK_SALT, PixelSigner
 from .storage.engine import close_pool
 from .ui import account_settings, bookmarklet_page, privacy_notice, signin, status
 
@@ -32,11 +32,11 @@ csrf = CSRFProtect()
 
 
 class PageSessions(SecureCookieSessionInterface):
-    """The login cookie, read by the pages only: the pixel and the API never open a session, so
-    a fetch costs no cookie parsing or signing, and can never set a cookie."""
+    """The login cookie, read by the pages only: the pixel, tracked links and the API never open
+    a session, so a fetch costs no cookie parsing or signing, and can never set a cookie."""
 
     def open_session(self, app, request):
-        if request.path.startswith("/api/"):
+        if request.path.startswith(("/api/", "/l/")):
             return self.make_null_session(app)
         return super().open_session(app, request)
 
@@ -64,9 +64,11 @@ class PageSessions(SecureCookieSessionInterface):
 @dataclass(frozen=True)
 class Services:
     """What the requests need, built once at start-up and kept on the app: the pixel path's
-    signer, geolocator, judge and recorder; the minting path's mail-hosting look-up."""
+    signer (and the tracked links'), geolocator, judge and recorder; the minting path's
+    mail-hosting look-up."""
 
     signer: PixelSigner
+    link_signer: PixelSigner
     geolocator: Geolocator
     judge: Judge
     recorder: Recorder
@@ -90,6 +92,9 @@ def create_app(config_overrides=None):
     )
     app.extensions["openreceipt"] = Services(
         signer=PixelSigner(app.config["SECRET_KEY"], app.config["SECRET_KEY_FALLBACKS"]),
+        link_signer=PixelSigner(
+            app.config["SECRET_KEY"], app.config["SECRET_KEY_FALLBACKS"], salt=LINK_SALT
+        ),
         geolocator=geolocator,
         judge=judge,
         recorder=Recorder(judge),
@@ -99,6 +104,7 @@ def create_app(config_overrides=None):
     # "/p//x" is no reason to redirect a mail client, nor "/api//pixels" a script.
     app.url_map.merge_slashes = False
     app.register_blueprint(api.bp)
+    app.register_blueprint(clicks.bp)
     app.register_blueprint(signin.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(bookmarklet_page.bp)

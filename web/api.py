@@ -4,18 +4,24 @@ import functools
 
 from flask import Blueprint, abort, current_app, g, jsonify, make_response, request
 from flask_cors import CORS
-from peewee import fn
+from peewee import JOIN, fn
 from werkzeug.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
 from .accounts import token_for
 from .bookmarklet import VERSION as BOOKMARKLET_VERSION
 from .notifications import reminders
 from .privacy import kept_recipients
-from .receipts import ledger, listing, minting
-from .receipts.display import mail_providers, pixel_html, pixel_url, providers_json
+from .receipts import ledger, links, listing, minting
+from .receipts.display import (
+    link_url,
+    mail_providers,
+    pixel_html,
+    pixel_url,
+    providers_json,
+)
 from .security import public_origin
 from .storage.engine import MAX_ID, iso, utcnow
-from .storage.models import Event, Pixel
+from .storage.models import Event, Link, Pixel
 from .vocabulary import KINDS, MadeWith, Scope
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -86,6 +92,10 @@ def pixel_json(pixel, events=None):
         "tracking_stopped_at": iso(pixel.tracking_stopped_at),
         "mail_providers": providers_json(mail_providers(pixel)),
         "reminder": reminder_json(pixel),
+        "links": [
+            {"destination": link.destination, "url": link_url(link)}
+            for link in links.links_of(pixel)
+        ],
     }
     if events is not None:
         body["events"] = [event_json(event) for event in events]
@@ -114,12 +124,26 @@ def event_json(event):
         "country": event.country,
         "city": event.city,
         "client": event.client,
+        "link": link_of(event),
     }
 
 
+def link_of(event):
+    """A click's link: its destination, or "hidden" for the honeypot; None for a pixel fetch."""
+    if event.link_id is None:
+        return None
+    return "hidden" if event.link.honeypot else event.link.destination
+
+
 def events_of(pixel):
-    """The pixel's events, oldest first, as the API lists them with a receipt."""
-    return Event.select().where(Event.pixel == pixel).order_by(Event.at, Event.id)
+    """The pixel's events, oldest first, as the API lists them with a receipt (with their
+    links)."""
+    return (
+        Event.select(Event, Link)
+        .join(Link, JOIN.LEFT_OUTER)
+        .where(Event.pixel == pixel)
+        .order_by(Event.at, Event.id)
+    )
 
 
 def own_pixel(public_id):
@@ -137,6 +161,7 @@ def create_pixel():
     if not isinstance(force, bool):
         raise BadRequest("'force' must be true or false")
     try:
+        destinations = links.clean_destinations(body["links"]) if "links" in body else []
         pixel, providers = minting.make_receipt(
             g.user,
             subject=body.get("subject"),
@@ -161,9 +186,34 @@ def create_pixel():
     except minting.Refused as refused:
         raise BadRequest(str(refused)) from None
     url = pixel_url(pixel)
-    body = {"id": pixel.public_id, "url": url, "html": pixel_html(url)}
-    body["reminder"] = reminder_json(pixel)
-    return jsonify({**body, "mail_providers": providers_json(providers)}), 201
+    answer = {"id": pixel.public_id, "url": url, "html": pixel_html(url)}
+    answer["reminder"] = reminder_json(pixel)
+    if destinations:
+        answer.update(links_json(*links.add_links(pixel, destinations)))
+    return jsonify({**answer, "mail_providers": providers_json(providers)}), 201
+
+
+def links_json(tracked, honeypot):
+    """The tracked URLs to put in the message in place of its links, and the hidden one."""
+    return {
+        "links": [{"destination": link.destination, "url": link_url(link)} for link in tracked],
+        "honeypot": link_url(honeypot) if honeypot else None,
+    }
+
+
+@bp.post("/pixels/<public_id>/links")
+@token_required(Scope.BOOKMARKLET)
+def track_links(public_id):
+    """{"links": [URL, ...]}: track these links of the receipt's message (http and https only);
+    each answer URL redirects to its destination. A link tracked already keeps its URL."""
+    pixel = own_pixel(public_id)
+    body = json_object()
+    try:
+        destinations = links.clean_destinations(body.get("links"))
+        tracked, honeypot = links.add_links(pixel, destinations)
+    except minting.Refused as refused:
+        raise BadRequest(str(refused)) from None
+    return jsonify(id=pixel.public_id, **links_json(tracked, honeypot))
 
 
 @bp.post("/pixels/<public_id>/sent")
@@ -247,7 +297,10 @@ def correct_event(event_id):
     kind = json_object().get("kind")
     if kind not in KINDS:
         raise BadRequest(f"'kind' must be one of {', '.join(KINDS)}")
-    ledger.correct(event, kind)
+    try:
+        ledger.correct(event, kind)
+    except ledger.WrongKind as wrong:
+        raise BadRequest(str(wrong)) from None
     pixel = Pixel.get_by_id(event.pixel_id)
     return jsonify(pixel_json(pixel, events_of(pixel)))
 

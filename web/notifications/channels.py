@@ -64,6 +64,10 @@ def receipt_link(public_url, pixel):
     return f"{public_url}/m/{pixel.public_id}" if public_url and pixel else None
 
 
+# A notice's "type" in the webhook's JSON, by its reason.
+TYPES = {Reason.OPEN: "opened", Reason.CLICK: "clicked", Reason.DELIVERED: "delivered"}
+
+
 def receipt_json(pixel, link):
     return {"id": pixel.public_id, "label": pixel.label, "subject": pixel.subject, "url": link}
 
@@ -92,6 +96,9 @@ def compose(reason, pixel, event, public_url, notice_id=None):
     if reason == Reason.OPEN:
         title = f"Opened: {name}"
         text = f"“{name}” was opened on {when}"
+    elif reason == Reason.CLICK:
+        title = f"Clicked: {name}"
+        text = f"In “{name}”, the link to {event.link.destination} was clicked on {when}"
     else:
         title = f"Delivered: {name}"
         text = (
@@ -105,7 +112,7 @@ def compose(reason, pixel, event, public_url, notice_id=None):
     link = receipt_link(public_url, pixel)
     data = {
         "id": notice_id,
-        "type": "opened" if reason == Reason.OPEN else "delivered",
+        "type": TYPES[reason],
         "title": title,
         "text": text,
         "receipt": receipt_json(pixel, link),
@@ -116,6 +123,7 @@ def compose(reason, pixel, event, public_url, notice_id=None):
             "client": event.client,
             "city": event.city,
             "country": event.country,
+            "link": event.link.destination if event.link_id else None,
         },
     }
     return Message(notice_id, title, text, link, data)

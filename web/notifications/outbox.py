@@ -48,7 +48,7 @@ def statements(database):
         # open.
         channels=(
             "SELECT c.id, u.notify_opens, u.notify_delivered, u.notify_quiet_minutes, "
-            "p.open_count, p.delivered_at, (SELECT MAX(n.created_at) FROM notice n "
+            "p.open_count, p.click_count, p.delivered_at, (SELECT MAX(n.created_at) FROM notice n "
             f"WHERE n.channel_id = c.id AND n.pixel_id = p.id AND n.reason = {p} "
             "AND n.state <> 'skipped') FROM pixel p "
             'JOIN "user" u ON u.id = p.owner_id JOIN notify_channel c ON c.user_id = u.id '
@@ -86,11 +86,17 @@ def to_notify(pixel_id, reason, source, at):
     if not rows:
         return []
     now = utcnow()
-    due = now + hold(source, at, now)
+    due = now + hold(source, at, now, reason)
     return [
         (channel_id, pixel_id, reason, now, due)
-        for channel_id, opens, delivered, quiet, open_count, delivered_at, last in rows
-        if wanted(reason, opens, delivered, open_count, delivered_at is not None)
+        for channel_id, opens, delivered, quiet, opens_so_far, clicks, delivered_at, last in rows
+        if wanted(
+            reason,
+            opens,
+            delivered,
+            clicks if reason == Reason.CLICK else opens_so_far,
+            delivered_at is not None,
+        )
         and past_quiet(Notice.created_at.python_value(last), quiet, now)
     ]
 

@@ -5,22 +5,27 @@ before it sends one."""
 import datetime
 
 from ..judgement.classify import SELF_VIEW_BEFORE
+from ..judgement.clicks import SWEEP
 from ..vocabulary import Kind, Opens, Reason, State
 
 # What kind of event tells of what: an open, or a delivery (a machine fetched it on delivery).
 # Previews, the sender's own views and bots never notify.
-REASONS = {Kind.OPEN: Reason.OPEN, Kind.PREFETCH: Reason.DELIVERED}
+REASONS = {Kind.OPEN: Reason.OPEN, Kind.CLICK: Reason.CLICK, Kind.PREFETCH: Reason.DELIVERED}
 EVENT_KIND = {reason: kind for kind, reason in REASONS.items()}
 # A Gmail-proxy open is held this long before it is sent: the sender's own Gmail tab announces
 # itself up to SELF_VIEW_BEFORE after such a fetch, and the open then becomes `self`.
 GMAIL_HOLD = SELF_VIEW_BEFORE + datetime.timedelta(seconds=3)
+# A click is held until the clicks around it are in: a scanner's sweep or honeypot hit within
+# that time makes it a machine's (receipts/ledger.settle_clicks), and its notice is dropped.
+CLICK_HOLD = SWEEP + datetime.timedelta(seconds=5)
 
 
-def wanted(reason, opens, delivered, open_count, was_delivered):
+def wanted(reason, opens, delivered, count, was_delivered):
     """Whether a user whose choices are `opens` and `delivered` gets a notice of this event;
-    `open_count` and `was_delivered` are the pixel's before it."""
-    if reason == Reason.OPEN:
-        return opens == Opens.EVERY or (opens == Opens.FIRST and open_count == 0)
+    `count` (the receipt's opens, or for a click its clicks) and `was_delivered` are the
+    pixel's before it. Clicks follow the choice for opens: the first one, every one, or none."""
+    if reason in (Reason.OPEN, Reason.CLICK):
+        return opens == Opens.EVERY or (opens == Opens.FIRST and count == 0)
     return bool(delivered) and not was_delivered
 
 
@@ -30,8 +35,10 @@ def past_quiet(last, quiet_minutes, now):
     return last is None or now - last >= datetime.timedelta(minutes=quiet_minutes or 0)
 
 
-def hold(source, at, now):
+def hold(source, at, now, reason=None):
     """How long a new notice waits before it is due."""
+    if reason == Reason.CLICK:
+        return max(datetime.timedelta(0), at + CLICK_HOLD - now)
     if source != "gmail-proxy":
         return datetime.timedelta(0)
     return max(datetime.timedelta(0), at + GMAIL_HOLD - now)

@@ -14,6 +14,9 @@ from ..security import public_origin
 from ..storage.models import Pixel
 from ..vocabulary import Kind, State
 
+# Where tracked links live: /l/<signed link id> (web/clicks.py answers it).
+LINK_PREFIX = "/l/"
+
 # How far a receipt got, as its owner sees it: its State, except that a message marked sent
 # that no recipient's mail server or program has fetched yet is "sent" (not yet delivered),
 # whether or not the sender's own draft or sent mail showed it.
@@ -82,6 +85,12 @@ def pixel_url(pixel):
     """The public URL of a pixel's image: PUBLIC_URL when set, else this server's own address."""
     token = current_app.extensions["openreceipt"].signer.sign(pixel.public_id)
     return f"{public_origin()}{request.script_root}{PIXEL_PREFIX}{token}.gif"
+
+
+def link_url(link):
+    """The public URL of a tracked link: it redirects to the link's destination."""
+    token = current_app.extensions["openreceipt"].link_signer.sign(link.public_id)
+    return f"{public_origin()}{request.script_root}{LINK_PREFIX}{token}"
 
 
 def pixel_html(url):

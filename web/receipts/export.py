@@ -4,11 +4,12 @@ import csv
 import io
 import json
 
-from peewee import chunked, fn
+from peewee import JOIN, chunked, fn
 
 from ..storage.engine import db, iso
-from ..storage.models import ApiToken, DoNotTrack, Event, NotifyChannel, Pixel
+from ..storage.models import ApiToken, DoNotTrack, Event, Link, NotifyChannel, Pixel
 from .donottrack import covers
+from .links import links_of
 
 PIXEL_FIELDS = (
     "id",
@@ -22,6 +23,7 @@ PIXEL_FIELDS = (
     "self_count",
     "bot_count",
     "unknown_count",
+    "click_count",
     "created_at",
     "sent_at",
     "delivered_at",
@@ -33,7 +35,7 @@ PIXEL_FIELDS = (
     "remind_at",
     "reminded_at",
 )
-EVENT_FIELDS = ("at", "kind", "source", "reason", "ip", "country", "city", "client")
+EVENT_FIELDS = ("at", "kind", "source", "reason", "ip", "country", "city", "client", "link")
 
 
 def pixel_record(pixel):
@@ -46,8 +48,12 @@ def pixel_record(pixel):
 
 
 def event_record(event):
-    record = {name: getattr(event, name) for name in EVENT_FIELDS}
+    record = {name: getattr(event, name) for name in EVENT_FIELDS if name != "link"}
     record["at"] = iso(event.at)
+    # A click's link: its destination, or "hidden" for the honeypot.
+    record["link"] = None
+    if event.link_id is not None:
+        record["link"] = "hidden" if event.link.honeypot else event.link.destination
     return record
 
 
@@ -56,8 +62,10 @@ def user_pixels(user):
     pixels = list(Pixel.select().where(Pixel.owner == user).order_by(Pixel.created_at, Pixel.id))
     events = {}
     query = (
-        Event.select()
+        Event.select(Event, Link)
         .join(Pixel)
+        .switch(Event)
+        .join(Link, JOIN.LEFT_OUTER)
         .where(Pixel.owner == user)
         .order_by(Event.pixel, Event.at, Event.id)
     )
@@ -99,7 +107,11 @@ def as_json(user):
             ],
         },
         "pixels": [
-            {**pixel_record(pixel), "events": [event_record(event) for event in events]}
+            {
+                **pixel_record(pixel),
+                "links": [link.destination for link in links_of(pixel)],
+                "events": [event_record(event) for event in events],
+            }
             for pixel, events in user_pixels(user)
         ],
     }
@@ -127,7 +139,7 @@ def as_csv(user):
 
 # Columns whose text comes from people or from fetchers; the others are ids, numbers, times,
 # addresses and words of openreceipt's own, left exactly as they are.
-FREE_TEXT = {"label", "subject", "recipients", "reason", "city", "client"}
+FREE_TEXT = {"label", "subject", "recipients", "reason", "city", "client", "link"}
 
 
 def _cell(name, value):

@@ -8,6 +8,7 @@ import re
 from peewee import Case, fn
 
 from ..judgement.classify import SELF_VIEW_REASON, within_self_view
+from ..judgement.clicks import SWEEP
 from ..storage.engine import locked, utcnow, write_transaction
 from ..storage.models import Event, Pixel
 from ..vocabulary import SHOWS_DELIVERY, STATE_REACHED, STATES, Kind, State
@@ -108,8 +109,53 @@ def self_view(pixel, at=None):
     return len(ids)
 
 
+HONEYPOT_SWEEP_REASON = (
+    "the same network followed the hidden link that no person can see, within seconds: a scanner"
+)
+BURST_REASON = (
+    "the same network followed several of the message's links within seconds: a scanner's sweep"
+)
+
+
+def settle_clicks(pixel_id, ip, at):
+    """After a request of one of the pixel's links from the masked network `ip` at `at`: when
+    that network also followed the honeypot, or another of the links, within SWEEP of it, its
+    clicks then were a machine's (kind bot). Returns how many were re-classified."""
+    with write_transaction():
+        locked(Pixel.select(Pixel.id).where(Pixel.id == pixel_id)).first()
+        near = list(
+            Event.select(Event.id, Event.kind, Event.source, Event.link).where(
+                Event.pixel == pixel_id,
+                Event.link.is_null(False),
+                Event.ip == ip,
+                Event.at.between(at - SWEEP, at + SWEEP),
+            )
+        )
+        honeypot = any(event.source == "honeypot" for event in near)
+        links = {event.link_id for event in near if event.source != "honeypot"}
+        if not honeypot and len(links) < 2:
+            return 0
+        ids = [event.id for event in near if event.kind == Kind.CLICK]
+        if ids:
+            reason = HONEYPOT_SWEEP_REASON if honeypot else BURST_REASON
+            Event.update(kind=Kind.BOT, reason=reason).where(Event.id.in_(ids)).execute()
+            refresh(pixel_id)
+    return len(ids)
+
+
+class WrongKind(ValueError):
+    """A kind an event cannot be: a click for a fetch of the pixel, an open for a click."""
+
+
 def correct(event, kind):
-    """The sender says what an event really was; the pixel's counters and state follow."""
+    """The sender says what an event really was; the pixel's counters and state follow. A
+    fetch of the pixel is never a click, nor a click an open (WrongKind)."""
+    if kind == (Kind.OPEN if event.link_id is not None else Kind.CLICK):
+        raise WrongKind(
+            "a tracked link's request can be a click, not an open"
+            if event.link_id is not None
+            else "a fetch of the image can be an open, not a click"
+        )
     with write_transaction():
         locked(Pixel.select(Pixel.id).where(Pixel.id == event.pixel_id)).first()
         if event.kind != kind:

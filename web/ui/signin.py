@@ -49,10 +49,10 @@ def login_required(view):
 
 @bp.before_app_request
 def load_user():
-    # Only pages read the login cookie; the API never touches the session (nor the pixel,
-    # answered before Flask: pixel/endpoint.py).
+    # Only pages read the login cookie; the API and tracked links never touch the session (nor
+    # the pixel, answered before Flask: pixel/endpoint.py).
     g.user = None
-    if request.blueprint == "api" or request.endpoint == "static":
+    if request.blueprint in ("api", "clicks") or request.endpoint == "static":
         return
     session_id = session.get("session_id")
     if session_id is not None:

@@ -4,14 +4,15 @@ A little over 300 lines, in one file on purpose: the list, the detail page and t
 show the same rows in the same words, and are read and changed together."""
 
 from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
-from peewee import SqliteDatabase
+from peewee import JOIN, SqliteDatabase
 from werkzeug.exceptions import BadRequest
 
 from ..notifications import reminders
-from ..receipts import ledger, listing
+from ..receipts import ledger, links, listing, minting
 from ..receipts.display import (
     SENT,
     STATUSES,
+    link_url,
     mail_providers,
     network,
     pixel_html,
@@ -21,7 +22,7 @@ from ..receipts.display import (
     status_of,
 )
 from ..storage.engine import MAX_ID, db, utcnow
-from ..storage.models import Event, Pixel
+from ..storage.models import Event, Link, Pixel
 from ..vocabulary import KIND_LABELS, KINDS, Kind, MadeWith, State
 from .privacy_notice import render_notice
 from .signin import login_required
@@ -57,6 +58,7 @@ MARKS = {
 }
 KIND_EXPLANATIONS = {
     Kind.OPEN: "A person most likely opened the message.",
+    Kind.CLICK: "A person followed one of the message's tracked links.",
     Kind.PREFETCH: "A machine fetched it on delivery: proof of delivery, not of reading.",
     Kind.PREVIEW: "Your own browser showed it while you were writing.",
     Kind.SELF: "You, looking at your own sent message.",
@@ -68,6 +70,7 @@ KIND_EXPLANATIONS = {
 # What the sender can say of an event of each kind, as (the kind it becomes, the button).
 CORRECTIONS = {
     Kind.OPEN: ((Kind.SELF, "That was me"), (Kind.BOT, "A machine")),
+    Kind.CLICK: ((Kind.SELF, "That was me"), (Kind.BOT, "A machine")),
     Kind.SELF: ((Kind.OPEN, "Not me"),),
     Kind.UNKNOWN: ((Kind.OPEN, "A reader"), (Kind.SELF, "That was me"), (Kind.BOT, "A machine")),
     Kind.BOT: ((Kind.OPEN, "Not a machine"),),
@@ -76,7 +79,17 @@ CORRECTED = {
     Kind.SELF: "Marked as you.",
     Kind.BOT: "Marked as a machine.",
     Kind.OPEN: "Counted as open.",
+    Kind.CLICK: "Counted as a click.",
 }
+
+
+def corrections(event):
+    """What the sender can say of this event: for a tracked link's request, a person's is a
+    click, never an open."""
+    offered = CORRECTIONS.get(event.kind, ())
+    if event.link_id is None:
+        return offered
+    return tuple((Kind.CLICK if kind == Kind.OPEN else kind, label) for kind, label in offered)
 
 
 def ago(moment, now=None):
@@ -109,7 +122,8 @@ def vocabulary():
         "statuses": STATUSES,
         "kinds": KINDS,
         "kind_labels": KIND_LABELS,
-        "corrections": CORRECTIONS,
+        "corrections": corrections,
+        "link_shown": link_shown,
         "source_name": source_name,
         "network": network,
     }
@@ -198,7 +212,7 @@ def own_pixel_or_404(public_id):
 def events_page(pixel, before=None):
     """Up to DETAIL_EVENTS of the pixel's events, oldest first, that come before the event
     `before` (an event id; None: the latest), and the id to ask for the page before them."""
-    query = Event.select().where(Event.pixel == pixel)
+    query = Event.select(Event, Link).join(Link, JOIN.LEFT_OUTER).where(Event.pixel == pixel)
     if before is not None:
         if not 0 < before <= MAX_ID:
             abort(404)
@@ -261,7 +275,24 @@ def detail(public_id):
         latest=before is None,
         providers=providers_json(mail_providers(pixel)),
         by_hand=pixel.made_with == MadeWith.FORM,
+        links=[(link.destination, link_url(link)) for link in links.links_of(pixel)],
     )
+
+
+@bp.post("/m/<public_id>/links")
+@login_required
+def track_link(public_id):
+    """Turn an address into a tracked one to paste into the message (a receipt made by hand
+    has no bookmarklet to do it)."""
+    pixel = own_pixel_or_404(public_id)
+    try:
+        destinations = links.clean_destinations([request.form.get("link", "")[:4000]])
+        [link], _ = links.add_links(pixel, destinations)
+    except minting.Refused as refused:
+        flash(f"Not tracked: {refused}.")
+    else:
+        flash(f"Tracked: paste {link_url(link)} into your message instead of the link.")
+    return redirect(url_for("pages.detail", public_id=public_id) + "#links")
 
 
 @bp.get("/live/m/<public_id>")
@@ -287,6 +318,13 @@ def live_detail(public_id):
     return response.make_conditional(request)
 
 
+def link_shown(event):
+    """A click's link as the page shows it ("" for a fetch of the pixel)."""
+    if event.link_id is None:
+        return ""
+    return "the hidden link" if event.link.honeypot else event.link.destination
+
+
 def event_row(event):
     return {
         "id": event.id,
@@ -294,7 +332,8 @@ def event_row(event):
         "kind": event.kind,
         "label": KIND_LABELS[event.kind],
         "explanation": KIND_EXPLANATIONS[event.kind],
-        "corrections": CORRECTIONS.get(event.kind, ()),
+        "corrections": corrections(event),
+        "link": link_shown(event),
         "source": event.source,
         "source_name": source_name(event.source, event.kind, event.reason),
         "reason": event.reason,
@@ -313,7 +352,10 @@ def correct(public_id, event_id):
     kind = request.form.get("kind")
     if event is None or kind not in KINDS:
         abort(404 if event is None else 400)
-    ledger.correct(event, kind)
+    try:
+        ledger.correct(event, kind)
+    except ledger.WrongKind:
+        abort(400)
     flash(CORRECTED.get(kind, f"Counted as {kind}."))
     return redirect(url_for("pages.detail", public_id=public_id) + f"#event-{event_id}")
 

@@ -6,6 +6,7 @@ from ..vocabulary import KIND_LABELS, Kind
 
 KIND_COLOURS = {
     Kind.OPEN: "#17773b",
+    Kind.CLICK: "#0b6e6e",
     Kind.PREFETCH: "#8a5a00",
     Kind.PREVIEW: "#5a6473",
     Kind.SELF: "#1f5fbf",
@@ -14,14 +15,15 @@ KIND_COLOURS = {
 }
 # Axis units: the picture scales to the page's width (style.css), so a phone draws it at half
 # size, with larger words. LEFT: room for the row labels; rows far enough apart for them.
-WIDTH, HEIGHT, MARGIN, LEFT = 720, 152, 16, 130
+WIDTH, HEIGHT, MARGIN, LEFT = 720, 170, 16, 130
 ROWS = {
     Kind.OPEN: 30,
-    Kind.SELF: 48,
-    Kind.PREFETCH: 66,
-    Kind.PREVIEW: 84,
-    Kind.UNKNOWN: 102,
-    Kind.BOT: 120,
+    Kind.CLICK: 48,
+    Kind.SELF: 66,
+    Kind.PREFETCH: 84,
+    Kind.PREVIEW: 102,
+    Kind.UNKNOWN: 120,
+    Kind.BOT: 138,
 }
 
 
