@@ -14,7 +14,7 @@ import pytest
 from web.judgement.clicks import SWEEP
 from web.notifications.delivery import deliver_due
 from web.storage.engine import utcnow
-from web.storage.models import Event, Link, Notice, NotifyChannel, Pixel
+from web.storage.models import DoNotTrack, Event, Link, Notice, NotifyChannel, Pixel
 
 from .helpers import csrf_token, mint, sign_in
 from .receivers import Receiver
@@ -367,3 +367,22 @@ def test_a_link_tracked_on_the_receipts_page(signed_in, client, auth, database):
     ).get_data(as_text=True)
     assert "Not tracked: only http:// and https:// links can be tracked" in refused
     assert Link.select().where(~Link.honeypot).count() == 1
+
+
+def test_a_stopped_receipt_gets_no_tracked_links(client, auth, database):
+    answer = mint(client, auth)
+    Pixel.update(tracking_stopped_at=utcnow()).where(Pixel.public_id == answer["id"]).execute()
+    refused = client.post(
+        f"/api/pixels/{answer['id']}/links", json={"links": [INVOICE]}, headers=auth
+    )
+    assert refused.status_code == 400 and "do-not-track" in refused.get_json()["error"]
+    assert Link.select().count() == 0
+
+
+def test_a_do_not_track_recipient_gets_neither_pixel_nor_links(client, auth, user, database):
+    DoNotTrack.create(user=user, entry="bob@example.com")
+    refused = client.post(
+        "/api/pixels", json={"recipients": ["bob@example.com"], "links": [INVOICE]}, headers=auth
+    )
+    assert refused.status_code == 409
+    assert Pixel.select().count() == 0 and Link.select().count() == 0

@@ -45,7 +45,10 @@ def clean_destinations(values):
 
 def add_links(pixel, destinations):
     """Track `destinations` (clean_destinations) on the receipt: its Link for each, in order
-    (one already tracked is reused), and its honeypot."""
+    (one already tracked is reused), and its honeypot. Refused for a receipt that stopped
+    recording (a recipient on a do-not-track list): their links are not rewritten either."""
+    if pixel.tracking_stopped_at is not None:
+        raise Refused("a recipient is on a do-not-track list: the links are not tracked")
     with write_transaction():
         links = list(Link.select().where(Link.pixel == pixel.id))
         honeypot = next((link for link in links if link.honeypot), None)
