@@ -170,10 +170,7 @@ def classify(fetch, networks):
         )
     program = useragents.identify(ua)
     if program.role == useragents.MACHINE:
-        named = f" ({program.name})" if program.name else ""
-        return Verdict(
-            Kind.BOT, "automated", f"a crawler, monitor, link preview or HTTP library{named}"
-        )
+        return automated(program)
     if program.role == useragents.MAIL_PROGRAM:
         return Verdict(
             Kind.OPEN, "direct", "a mail program fetched the image as the message was shown"
@@ -184,6 +181,14 @@ def classify(fetch, networks):
         Kind.UNKNOWN,
         "unrecognised",
         "an unrecognised program fetched the image: not counted as an open",
+    )
+
+
+def automated(program):
+    """The Verdict for a program a bot list names (useragents.MACHINE)."""
+    named = f" ({program.name})" if program.name else ""
+    return Verdict(
+        Kind.BOT, "automated", f"a crawler, monitor, link preview or HTTP library{named}"
     )
 
 

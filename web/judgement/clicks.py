@@ -17,6 +17,7 @@ from .classify import (
     PREFETCH_PURPOSE,
     SCANNER_WINDOW,
     Verdict,
+    automated,
     fetcher,
 )
 
@@ -69,10 +70,7 @@ def judge_click(fetch, facts, networks, now):
         )
     program = useragents.identify(ua)
     if program.role == useragents.MACHINE:
-        named = f" ({program.name})" if program.name else ""
-        return Verdict(
-            Kind.BOT, "automated", f"a crawler, monitor, link preview or HTTP library{named}"
-        )
+        return automated(program)
     if program.role == useragents.MAIL_PROGRAM:
         return Verdict(
             Kind.PREFETCH, "direct", "the mail program fetched the link itself (a preview)"
