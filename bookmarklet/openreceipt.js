@@ -51,6 +51,9 @@
   var SEND_BUTTON =
     '.IZ .Up div > div[role="button"]:not([aria-haspopup="true"]), div[role="button"].T-I-atl';
   var NOTICE_SECONDS = 7;
+  // The reminder the notice offers when the user has no default one (Settings): a working week
+  // is long for a message that wants an answer, a day too short for one read at leisure.
+  var REMIND_DAYS = 3;
   var MINT_TIMEOUT_MS = 10000;
   // How long a Send pressed while the receipt is on its way waits for it.
   var HOLD_SEND_MS = 5000;
@@ -402,21 +405,22 @@
         var caveats = (result.answer.mail_providers || [])
           .filter(function (provider) { return provider.caveat; })
           .map(function (provider) { return " " + provider.name + ": " + provider.caveat; });
-        // A reminder the user asked for by default (Settings): say so, so it is no surprise.
-        var reminder = result.answer.reminder;
-        var remind = reminder
-          ? " You will be told if it is not opened within " + reminder.after_days +
-            (reminder.after_days === 1 ? " day." : " days.")
-          : "";
-        var added =
-          "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)") +
-          remind + caveats.join("");
-        var count = destinationsOf(trackableLinks(body)).length;
-        if (!count) {
-          notice("added", added);
-        } else {
-          offerLinks(added, count, { compose: compose, body: body, id: result.answer.id });
-        }
+        // A reminder the user asked for by default (Settings): say so, so it is no surprise. Its
+        // sentence is an element of its own, which says what the user sets from the notice.
+        var days = result.answer.reminder ? result.answer.reminder.after_days : null;
+        var sentence = document.createElement("span");
+        sentence.textContent = reminderSentence(days);
+        var added = [
+          "Receipt added — " + (subject || "(no subject)") + " to " + (recipients.join(", ") || "(no recipients yet)"),
+          sentence,
+          caveats.join(""),
+        ];
+        offer(added, destinationsOf(trackableLinks(body)).length, days, {
+          compose: compose,
+          body: body,
+          id: result.answer.id,
+          sentence: sentence,
+        });
       }
       finishMinting(minting);
     });
@@ -456,20 +460,85 @@
     return count + " " + word + (count === 1 ? "" : "s");
   }
 
-  // The "added" notice, with the offer to track the message's links. It stays until the user
-  // answers it (either button), another notice takes its place, or the message is sent or
-  // closed: a timer could take the button away just as the user reaches for it, and reading
-  // the receipt's notice and deciding takes longer than NOTICE_SECONDS.
-  function offerLinks(message, count, receipt) {
-    var box = notice("added", message, [
-      {
+  // The "added" notice and what it offers: to track the message's links (when it has some) and
+  // a reminder for this message. It stays until the user answers it (tracking the links, or
+  // "No thanks"/"OK"), another notice takes its place, or the message is sent or closed: a
+  // timer could take a button away just as the user reaches for it, and reading the receipt's
+  // notice and deciding takes longer than NOTICE_SECONDS.
+  //
+  // The reminder is one button, whose answer is the one a user most likely wants to differ from
+  // what they have: without a default, "Remind me if not opened in 3 days" (REMIND_DAYS); with
+  // one (the notice says so), "No reminder", for a message that wants no answer. Any other
+  // number of days is a choice on the receipt's page. A number field would take the focus, and
+  // the caret, out of the message (a button keeps both, see notice) and would need checking as
+  // the user types; one button needs neither.
+  function offer(message, count, days, receipt) {
+    var actions = [];
+    if (count) {
+      actions.push({
         action: "track-links",
         label: "Track its " + plural(count, "link") + " too",
         run: function () { trackLinks(receipt); },
-      },
-      { action: "dismiss", label: "No thanks", run: function () {} },
-    ]);
+      });
+    }
+    actions.push({
+      action: "reminder",
+      label: days ? "No reminder" : "Remind me if not opened in " + plural(REMIND_DAYS, "day"),
+      keep: true, // the notice stays, to say what was set, with the links offer if any
+      run: function (button) { setReminder(receipt, days ? null : REMIND_DAYS, button); },
+    });
+    // "No thanks" declines what is offered; beside "No reminder" alone it keeps the default.
+    actions.push({ action: "dismiss", label: count || !days ? "No thanks" : "OK", run: function () {} });
+    var box = notice("added", message, actions);
     state.offer = { box: box, compose: receipt.compose, body: receipt.body };
+  }
+
+  function reminderSentence(days) {
+    return days ? " You will be told if it is not opened within " + plural(days, "day") + "." : "";
+  }
+
+  // The user chose this message's reminder (`days`, or null for none): only the server keeps
+  // it, so the message is not touched and no draft save is needed. Meanwhile the button cannot
+  // be pressed again. Then the notice says what was set, and the button goes (and with it the
+  // notice's reason to stay, unless the links are still offered); or the notice shows the
+  // server's refusal and the button is back, to try again.
+  function setReminder(receipt, days, button) {
+    var box = button.closest("[data-openreceipt-notice]");
+    button.disabled = true;
+    button.style.opacity = "0.6";
+    api("POST", "/api/pixels/" + encodeURIComponent(receipt.id) + "/reminder", { after_days: days }).then(
+      function (result) {
+        var refused = box.querySelector("[data-openreceipt-refused]");
+        if (result.status !== 200) {
+          var why = problem(result, days ? "No reminder was set." : "The reminder stays.");
+          // The notice went meanwhile (answered, replaced, the message sent): the refusal
+          // still needs saying, in a notice of its own.
+          if (!box.isConnected) return notice(why[0], why[1]);
+          if (!refused) {
+            refused = document.createElement("div");
+            var look = refused.style;
+            look.marginTop = "8px";
+            look.padding = "4px 8px";
+            look.borderRadius = "4px";
+            look.background = "#8a1f11";
+            box.insertBefore(refused, button.parentNode);
+          }
+          refused.setAttribute("data-openreceipt-refused", why[0]);
+          refused.textContent = why[1];
+          button.disabled = false;
+          button.style.opacity = "";
+          return;
+        }
+        receipt.sentence.textContent = days ? reminderSentence(days) : " No reminder for this message.";
+        if (refused) box.removeChild(refused);
+        var row = button.parentNode;
+        row.removeChild(button);
+        if (!row.querySelector('[data-openreceipt-action="track-links"]')) {
+          box.removeChild(row);
+          closeLater(box);
+        }
+      }
+    );
   }
 
   // Take the offer away once its message is gone (sent, closed) or another notice replaced it.
@@ -589,14 +658,18 @@
   // -- The notice -------------------------------------------------------------------------
 
   // A notice, gone after NOTICE_SECONDS; one with `actions` (buttons: [{action, label, run}])
-  // stays until one of them is clicked, which takes the notice away and runs it.
+  // stays until one of them is clicked, which takes the notice away and runs it; one marked
+  // `keep` leaves the notice where it is and runs with its button. `message` is text, or a list
+  // of texts and elements.
   function notice(kind, message, actions) {
     var old = document.querySelector("[data-openreceipt-notice]");
     if (old) old.parentNode.removeChild(old);
     var box = document.createElement("div");
     box.setAttribute("role", "status");
     box.setAttribute("data-openreceipt-notice", kind);
-    box.textContent = message;
+    [].concat(message).forEach(function (part) {
+      box.appendChild(typeof part === "string" ? document.createTextNode(part) : part);
+    });
     var style = box.style;
     style.position = "fixed";
     style.zIndex = "2147483647";
@@ -610,9 +683,6 @@
     var good = kind === "added" || kind === "already" || kind === "waiting" || kind === "links";
     style.background = good ? "#17773b" : "#8a1f11";
     style.boxShadow = "0 4px 16px rgba(0,0,0,.25)";
-    function close() {
-      if (box.parentNode) box.parentNode.removeChild(box);
-    }
     var row = document.createElement("div");
     (actions || []).forEach(function (action) {
       var button = document.createElement("button");
@@ -631,15 +701,22 @@
       // The caret stays where it was in the message.
       button.addEventListener("mousedown", function (event) { event.preventDefault(); });
       button.addEventListener("click", function () {
-        close();
+        if (action.keep) return action.run(button);
+        if (box.parentNode) box.parentNode.removeChild(box);
         action.run();
       });
       row.appendChild(button);
     });
     if (actions) box.appendChild(row);
     document.body.appendChild(box);
-    if (!actions) setTimeout(close, NOTICE_SECONDS * 1000);
+    if (!actions) closeLater(box);
     return box;
+  }
+
+  function closeLater(box) {
+    setTimeout(function () {
+      if (box.parentNode) box.parentNode.removeChild(box);
+    }, NOTICE_SECONDS * 1000);
   }
 
   // -- Watching the tab: the sender's own views and sending ----------------------------------

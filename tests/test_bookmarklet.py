@@ -261,13 +261,21 @@ class GmailTab:
         self.page.evaluate(urllib.parse.unquote(url.removeprefix("javascript:")))
 
     def notice(self):
-        """The notice the last click showed (the only one on the page)."""
+        """The notice the last click showed (the only one on the page): its kind and what it
+        says, without its buttons' labels."""
         element = self.page.wait_for_selector(
             "[data-openreceipt-notice]:not([data-test-seen])", timeout=10_000
         )
         assert element.get_attribute("role") == "status"
         assert self.page.locator("[data-openreceipt-notice]").count() == 1
-        return Notice(element.get_attribute("data-openreceipt-notice"), element.text_content())
+        text = element.evaluate(
+            """(box) => {
+              const copy = box.cloneNode(true);
+              copy.querySelectorAll("button").forEach((button) => button.remove());
+              return copy.textContent;
+            }"""
+        )
+        return Notice(element.get_attribute("data-openreceipt-notice"), text)
 
     def snapshot(self):
         return self.page.evaluate(SNAPSHOT)
@@ -405,14 +413,20 @@ def test_popup_compose_gets_the_pixel_at_the_end_of_the_text_before_the_signatur
     tab.check()
 
 
-def test_the_notice_tells_of_the_reminder_the_user_chose_for_new_receipts(tab, receipts):
+def write_database(receipts, sql, *parameters):
+    """Change the module's server's database as the server would (Settings, the notify job)."""
     database = Path(receipts.server.env["OPENRECEIPT_DATA_DIR"]) / "openreceipt.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute(sql, parameters)
 
-    def default_reminder(days):  # as Settings -> Notifications saves it
-        with closing(sqlite3.connect(database)) as connection, connection:
-            connection.execute('UPDATE "user" SET remind_after_days = ?', (days,))
 
-    default_reminder(3)
+def default_reminder(receipts, days):
+    """The user's reminder for new receipts, as Settings -> Notifications saves it."""
+    write_database(receipts, 'UPDATE "user" SET remind_after_days = ?', days)
+
+
+def test_the_notice_tells_of_the_reminder_the_user_chose_for_new_receipts(tab, receipts):
+    default_reminder(receipts, 3)
     try:
         before = receipts.pixel_ids()
         tab.open("popup.html")
@@ -422,7 +436,7 @@ def test_the_notice_tells_of_the_reminder_the_user_chose_for_new_receipts(tab, r
         [pixel] = receipts.new_pixels(before)
         assert receipts.pixel(pixel["id"])["reminder"]["after_days"] == 3
     finally:
-        default_reminder(None)
+        default_reminder(receipts, None)
     tab.check()
 
 
@@ -1224,6 +1238,169 @@ def test_a_pixel_put_inside_a_link_leaves_it_before_the_honeypot_wraps_it(tab, r
     assert page.locator(f"{BODY} a[title]").text_content() == "the payment page"
     assert page.locator(f"{BODY} a[title] img").count() == 0
     assert page.locator(f"{BODY} a[title] + a > img").count() == 1
+    tab.check()
+
+
+# -- A reminder for this message ------------------------------------------------------------------
+
+REMIND = "[data-openreceipt-action='reminder']"
+REMIND_3_DAYS = "Remind me if not opened in 3 days"
+REMINDED_3 = " You will be told if it is not opened within 3 days."
+
+
+def buttons(tab):
+    """The notice's buttons, in order, as (action, label)."""
+    found = tab.page.locator("[data-openreceipt-notice] button").evaluate_all(
+        "(buttons) => buttons.map((b) => [b.dataset.openreceiptAction, b.textContent])"
+    )
+    return [tuple(button) for button in found]
+
+
+def message_state(tab):
+    """The message body as the page has it, how often Gmail saved the draft and how many input
+    events there were: once the receipt's own save came, a reminder changes none of them."""
+    tab.page.wait_for_function("() => window.__gmail.saves > 0")
+    return tab.page.evaluate(
+        """(body) => ({html: document.querySelector(body).outerHTML,
+                      saves: window.__gmail.saves, inputs: window.__test.inputs.length})""",
+        BODY,
+    )
+
+
+def click_reminder(tab, status=200):
+    """Press the notice's reminder button; the server's answer."""
+    with tab.page.expect_response(lambda response: response.url.endswith("/reminder")) as answer:
+        tab.page.locator(REMIND).click()
+    assert answer.value.status == status, answer.value.text()
+    return answer.value.json()
+
+
+def test_the_notice_sets_a_reminder_for_this_message_and_leaves_the_message_alone(tab, receipts):
+    """No default reminder: the notice offers one of 3 days, and stays until answered. Once the
+    reminder is set it says so, and goes after its usual seconds. Only the server changes."""
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    page.clock.install()
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+    assert buttons(tab) == [("reminder", REMIND_3_DAYS), ("dismiss", "No thanks")]
+    [pixel] = receipts.new_pixels(before)
+    assert receipts.pixel(pixel["id"])["reminder"] is None
+    page.clock.run_for(120_000)
+    assert page.locator(REMIND).is_visible()
+    message = message_state(tab)
+
+    assert click_reminder(tab) == {"id": pixel["id"], "after_days": 3}
+    [request] = tab.requests_to("/reminder")
+    assert request.url == f"{receipts.url}/api/pixels/{pixel['id']}/reminder"
+    assert request.headers["authorization"] == f"Bearer {receipts.token}"
+    assert request.post_data_json == {"after_days": 3}
+    page.wait_for_selector(REMIND, state="detached")
+    assert tab.notice() == ("added", POPUP_ADDED + REMINDED_3)
+    assert buttons(tab) == []
+    reminder = receipts.pixel(pixel["id"])["reminder"]
+    assert (reminder["after_days"], reminder["reminded_at"]) == (3, None)
+    assert message_state(tab) == message
+
+    page.clock.run_for(8_000)  # NOTICE_SECONDS, now that nothing is left to answer
+    assert page.locator("[data-openreceipt-notice]").count() == 0
+    sent = send_message(tab)
+    assert our_pixels_in(sent["html"], receipts) == [pixel["url"]]
+    assert receipts.pixel(pixel["id"])["reminder"]["due_at"] is not None  # counted from sending
+    tab.check()
+
+
+def test_with_a_default_reminder_the_notice_offers_none_for_this_message(tab, receipts):
+    default_reminder(receipts, 5)
+    try:
+        before = receipts.pixel_ids()
+        tab.open("popup.html")
+        tab.click_bookmarklet()
+        reminded = POPUP_ADDED + " You will be told if it is not opened within 5 days."
+        assert tab.notice() == ("added", reminded)
+        assert buttons(tab) == [("reminder", "No reminder"), ("dismiss", "OK")]
+        [pixel] = receipts.new_pixels(before)
+        assert receipts.pixel(pixel["id"])["reminder"]["after_days"] == 5
+        message = message_state(tab)
+
+        assert click_reminder(tab) == {"id": pixel["id"], "after_days": None}
+        [request] = tab.requests_to("/reminder")
+        assert request.post_data_json == {"after_days": None}
+        tab.page.wait_for_selector(REMIND, state="detached")
+        assert tab.notice() == ("added", POPUP_ADDED + " No reminder for this message.")
+        assert receipts.pixel(pixel["id"])["reminder"] is None
+        assert message_state(tab) == message
+    finally:
+        default_reminder(receipts, None)
+    tab.check()
+
+
+def test_the_reminder_and_the_links_offer_share_the_notice(tab, receipts, fixtures):
+    """Setting the reminder leaves the links offered, for as long as before; either answer is
+    kept."""
+    page, _ = open_links_fixture(tab, receipts, fixtures)
+    original = page.evaluate(ANCHORS)
+    page.clock.install()
+    pixel = add_receipt_with_links_offer(tab, receipts)
+    assert buttons(tab) == [
+        ("track-links", LINKS_OFFER),
+        ("reminder", REMIND_3_DAYS),
+        ("dismiss", "No thanks"),
+    ]
+    message = message_state(tab)
+
+    click_reminder(tab)
+    page.wait_for_selector(REMIND, state="detached")
+    notice = tab.notice()
+    assert notice.kind == "added" and notice.text.startswith(REPLY_ADDED + REMINDED_3), notice
+    assert buttons(tab) == [("track-links", LINKS_OFFER), ("dismiss", "No thanks")]
+    page.clock.run_for(120_000)
+    assert page.locator(TRACK).is_visible()
+    assert page.evaluate(ANCHORS) == original and message_state(tab) == message
+
+    with page.expect_response(lambda response: response.url.endswith("/links")):
+        page.locator(TRACK).click()
+    assert tab.notice() == ("links", "Tracking 2 links in this message.")
+    detail = receipts.pixel(pixel["id"])
+    assert detail["reminder"]["after_days"] == 3
+    assert [link["destination"] for link in detail["links"]] == OWN_LINKS
+    tab.check()
+
+
+def test_a_refusal_of_the_reminder_shows_the_servers_error_and_the_button_stays(tab, receipts):
+    before = receipts.pixel_ids()
+    page = tab.open("popup.html")
+    tab.click_bookmarklet()
+    assert tab.notice() == ("added", POPUP_ADDED)
+    [pixel] = receipts.new_pixels(before)
+    # The notify job sent a reminder meanwhile: it can no longer change (409).
+    write_database(
+        receipts,
+        "UPDATE pixel SET remind_after_days = 2, reminded_at = ? WHERE public_id = ?",
+        "2024-05-01 09:00:00",
+        pixel["id"],
+    )
+    message = message_state(tab)
+
+    tab.expect_console_error(r"status of 409")
+    assert click_reminder(tab, status=409) == {"error": "the reminder was sent already"}
+    refused = page.wait_for_selector("[data-openreceipt-notice] [data-openreceipt-refused]")
+    assert refused.get_attribute("data-openreceipt-refused") == "refused"
+    assert refused.text_content() == "openreceipt: the reminder was sent already"
+    notice = tab.notice()
+    assert notice.kind == "added" and notice.text.startswith(POPUP_ADDED + "openreceipt:"), notice
+    assert buttons(tab) == [("reminder", REMIND_3_DAYS), ("dismiss", "No thanks")]
+    assert page.locator(REMIND).is_enabled()
+    assert receipts.pixel(pixel["id"])["reminder"]["after_days"] == 2
+    assert message_state(tab) == message
+
+    # Tried again once the server agrees: the refusal gives way to what was set.
+    write_database(receipts, "UPDATE pixel SET reminded_at = NULL WHERE public_id = ?", pixel["id"])
+    click_reminder(tab)
+    page.wait_for_selector(REMIND, state="detached")
+    assert tab.notice() == ("added", POPUP_ADDED + REMINDED_3)
+    assert receipts.pixel(pixel["id"])["reminder"]["after_days"] == 3
+    assert message_state(tab) == message
     tab.check()
 
 
