@@ -1,12 +1,14 @@
-"""anonymize() and redact(): what leaves a request is a masked address, never the raw one."""
+"""anonymize() and redact(): what leaves a request is a masked address, never the raw one;
+fingerprint() and kept_recipients(): what is kept of a browser and of the recipients."""
 
 import ipaddress
 import random
 
 import pytest
 
-from web.privacy import anonymize
+from web.privacy import IPV4_PREFIX, _plain_ipv4, anonymize, fingerprint, kept_recipients
 from web.serverlog import redact
+from web.storage.models import Pixel
 
 
 @pytest.mark.parametrize(
@@ -30,6 +32,8 @@ from web.serverlog import redact
         pytest.param("2002:5102:45a0:ffff:1:2:3:4", "81.2.69.0", id="6to4-other-subnet"),
         pytest.param("fe80::1%eth0", "fe80::", id="zone"),
         pytest.param("fe80::1%25", "fe80::", id="zone-numeric"),
+        pytest.param("fe80::1%", "fe80::", id="zone-empty"),
+        pytest.param("fe80::1%%", "fe80::", id="zone-percent"),
         pytest.param("81.2.69.160:5678", "81.2.69.0", id="ipv4-port"),
         pytest.param("[2001:db8:1234:5678::1]:443", "2001:db8:1234::", id="ipv6-port"),
         pytest.param("[2001:db8:1234:5678::1]", "2001:db8:1234::", id="ipv6-brackets"),
@@ -54,6 +58,13 @@ def test_anonymize_masks(address, masked):
         pytest.param("1.2.3", id="three-octets"),
         pytest.param("1.2.3.4.5", id="five-octets"),
         pytest.param("081.2.69.160", id="leading-zero"),
+        pytest.param("81.02.69.160", id="leading-zero-two-digits"),
+        pytest.param("1.2.03.4", id="leading-zero-after-single-digits"),
+        pytest.param("81.2.69.256", id="octet-256"),
+        pytest.param("256.2.69.160", id="first-octet-256"),
+        pytest.param("a.b.c.d", id="four-letters"),
+        pytest.param("81.2.69.a", id="letter-octet"),
+        pytest.param("\u0668\u0661.2.69.160", id="arabic-indic-digits"),
         pytest.param("81.2.69.160/24", id="network"),
         pytest.param("81.2.69.160:", id="empty-port"),
         pytest.param("2001:db8::1::2", id="two-double-colons"),
@@ -70,6 +81,56 @@ def test_anonymize_masks(address, masked):
 )
 def test_anonymize_refuses_what_is_not_an_address(address):
     assert anonymize(address) is None
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["81.2.69.160", "0.0.0.0", "1.2.3.4", "10.0.0.255", "100.200.250.255", "255.255.255.255"],
+)
+def test_a_plain_ipv4_address_is_masked_without_the_full_parse(address):
+    """The pixel's common case: _plain_ipv4 gives every plain dotted address its /24 itself (it
+    is what spares each fetch ipaddress's cost), the same /24 the full parse gives."""
+    network = ipaddress.ip_network((address, IPV4_PREFIX), strict=False)
+    assert _plain_ipv4(address) == str(network.network_address)
+
+
+@pytest.mark.parametrize(
+    "address", ["1.2.03.4", "1.2.3", "1.2.3.4:80", "::1", "1.2.3.256", "a.b.c.d"]
+)
+def test_anything_but_a_plain_ipv4_address_is_left_to_the_full_parse(address):
+    assert _plain_ipv4(address) is None
+
+
+def test_fingerprint_tells_browsers_networks_and_keys_apart():
+    """The keyed hash of the mint request's browser: the same browser on the same network gives
+    the same one; another user agent, network or key another; it fits its column."""
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
+    same = fingerprint("key", ua, "81.2.69.0")
+    assert same == fingerprint("key", ua, "81.2.69.0")
+    others = {
+        fingerprint("key", ua + " ", "81.2.69.0"),
+        fingerprint("key", ua, "81.2.70.0"),
+        fingerprint("other key", ua, "81.2.69.0"),
+        fingerprint("key", "", "81.2.69.0"),
+        fingerprint("key", ua, None),
+    }
+    assert same not in others and len(others) == 5
+    assert fingerprint("key", None, None) == fingerprint("key", "", "")
+    assert len(same) <= Pixel.mint_fingerprint.max_length
+    assert ua not in same and "81.2.69" not in same
+
+
+def test_fingerprint_takes_any_text():
+    """A user agent is whatever text came (JSON may carry a lone surrogate): it is hashed, and
+    two such texts still differ."""
+    assert fingerprint("key", "\ud800", "81.2.69.0") != fingerprint("key", "\udc00", "81.2.69.0")
+
+
+def test_kept_recipients_keep_addresses_domains_or_nothing():
+    addresses = ["bob@example.de", '"a@b"@mail.example', "carol@example.de"]
+    assert kept_recipients(addresses, "address") == addresses
+    assert kept_recipients(addresses, "domain") == ["example.de", "mail.example"]
+    assert kept_recipients(addresses, "none") == []
 
 
 def _sample_addresses(count=300, seed=20240501):

@@ -2,6 +2,7 @@
 export, erasure and the public privacy notice."""
 
 import csv
+import datetime
 import html
 import io
 import json
@@ -145,11 +146,108 @@ def test_entries_are_normalized(text, entry):
 
 
 @pytest.mark.parametrize(
-    "text", ["", "de", "bob@", "@", "-bad.de", "a b.de", ".co.uk", "b ob@x.de"]
+    "text",
+    [
+        "",
+        "de",
+        "bob@",
+        "@",
+        "-bad.de",
+        "a b.de",
+        ".co.uk",
+        "b ob@x.de",
+        ".-de",
+        "bob\x00@example.de",
+        "b" * 310 + "@example.de",
+    ],
 )
 def test_invalid_entries_are_refused(text):
     with pytest.raises(donottrack.EntryError, match="is not an address"):
         donottrack.normalize(text)
+
+
+def test_an_entry_as_long_as_its_column_is_taken():
+    entry = "b" * 309 + "@example.de"
+    assert len(entry) == DoNotTrack.entry.max_length
+    assert donottrack.normalize(entry) == entry
+
+
+def test_a_refused_entry_is_quoted_short_with_the_forms_that_are_taken():
+    with pytest.raises(donottrack.EntryError) as refused:
+        donottrack.normalize("  not an entry ")
+    assert str(refused.value) == (
+        "'not an entry' is not an address (bob@example.de), a domain (example.de) or a "
+        "top-level domain (.de)"
+    )
+    with pytest.raises(donottrack.EntryError) as long:
+        donottrack.normalize("x" * 200)
+    assert str(long.value).startswith(repr("x" * 80) + " is not")
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("Erin@Erase.Example.", "erin@erase.example"),
+        (" Bob@Example.DE ", "bob@example.de"),
+        ("Example.DE.", "example.de"),  # a stored domain (STORE_RECIPIENTS=domain)
+        ('"a@b"@Example.DE.', '"a@b"@example.de'),
+    ],
+)
+def test_recipients_are_compared_in_one_form(text, canonical):
+    assert donottrack.canonical_address(text) == canonical
+
+
+def test_an_entry_on_someone_elses_list_is_added_to_mine(app, user):
+    with app.app_context():
+        grace = create_user("grace@example.com", "another long password")
+        assert donottrack.add(None, ["example.de"]) == (["example.de"], 0)
+        assert donottrack.add(grace, ["example.de", "example.org"]) == (
+            ["example.de", "example.org"],
+            0,
+        )
+        assert donottrack.add(user, ["example.org", "example.de"]) == (
+            ["example.org", "example.de"],
+            0,
+        )
+        assert donottrack.add(user, ["example.de", "example.net"]) == (["example.net"], 0)
+        assert donottrack.add(user, ["example.net"]) == ([], 0)
+        mine = [row.entry for row in donottrack.listed(user)]
+        assert mine == ["example.org", "example.de", "example.net"]
+        assert [row.entry for row in donottrack.listed(None)] == ["example.de"]
+
+
+def test_removing_an_entry_removes_only_that_one_of_that_list(app, user):
+    with app.app_context():
+        grace = create_user("grace@example.com", "another long password")
+        for owner in (None, grace, user):
+            donottrack.add(owner, ["example.de", "example.org"])
+        assert donottrack.remove(user, "Example.DE") is True
+        assert donottrack.remove(user, "example.de") is False
+        assert [row.entry for row in donottrack.listed(user)] == ["example.org"]
+        assert [row.entry for row in donottrack.listed(grace)] == ["example.de", "example.org"]
+        assert [row.entry for row in donottrack.listed(None)] == ["example.de", "example.org"]
+        assert donottrack.remove(None, "example.de") is True
+        assert [row.entry for row in donottrack.listed(grace)] == ["example.de", "example.org"]
+
+
+def test_entries_are_listed_oldest_first(app, user):
+    with app.app_context():
+        now = datetime.datetime(2026, 11, 25, 12, 0)
+        for entry, minutes in [("c.example", 2), ("b.example", 0), ("a.example", 0)]:
+            created = now + datetime.timedelta(minutes=minutes)
+            DoNotTrack.create(user=user, entry=entry, created_at=created)
+        listed = [row.entry for row in donottrack.listed(user)]
+        assert listed == ["b.example", "a.example", "c.example"]  # at one time: as added
+
+
+def test_a_receipt_already_stopped_is_neither_stopped_again_nor_counted(client, auth, user, app):
+    to_bob = mint(client, auth, recipients=["bob@example.de"])
+    with app.app_context():
+        assert donottrack.add(user, ["example.de"]) == (["example.de"], 1)
+        stopped_at = Pixel.get(Pixel.public_id == to_bob["id"]).tracking_stopped_at
+        assert donottrack.add(user, ["bob@example.de"]) == (["bob@example.de"], 0)
+        assert Pixel.get(Pixel.public_id == to_bob["id"]).tracking_stopped_at == stopped_at
+        assert donottrack.add(user, ["example.de"]) == ([], 0)
 
 
 @pytest.mark.parametrize(

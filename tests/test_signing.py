@@ -80,6 +80,20 @@ def test_key_rotation_verifies(signed_with, verified_by, public_id):
     assert verified_by.unsign(signed_with.sign(public_id)) == public_id
 
 
+# A pixel URL's token as this server has always made it (itsdangerous, SALT, SHA-256) with
+# OLD_KEY, written out: mail sent before a change of key, or of the code, still carries it.
+SENT_WITH_OLD_KEY = "Xq3vN8_k2Lm-P0aZ.QphdV4MclFIoY2G-zdoCZ22LFMenlXKm_IJRrUe165I"
+
+
+def test_a_token_in_mail_already_sent_verifies_after_the_key_is_rotated():
+    # The signers are made here, not at collection, so their keys are derived by this run.
+    assert PixelSigner(OLD_KEY).unsign(SENT_WITH_OLD_KEY) == PUBLIC_ID
+    assert PixelSigner(KEY, fallbacks=[OLD_KEY]).unsign(SENT_WITH_OLD_KEY) == PUBLIC_ID
+    assert PixelSigner(KEY, fallbacks=[OLD_KEY, OLDER_KEY]).unsign(SENT_WITH_OLD_KEY) == PUBLIC_ID
+    assert PixelSigner(KEY).unsign(SENT_WITH_OLD_KEY) is None
+    assert PixelSigner(OLD_KEY).sign(PUBLIC_ID) == SENT_WITH_OLD_KEY
+
+
 @pytest.mark.parametrize(
     ("signed_with", "verified_by"),
     [

@@ -1,0 +1,211 @@
+"""Mutation testing of the core's wings with mutmut: which of the small changes mutmut makes to
+the code do the tests notice?
+
+    .venv/bin/python tools/mutation.py                      # every wing
+    .venv/bin/python tools/mutation.py --wing masking --wing signing
+    .venv/bin/python tools/mutation.py --fast               # the fast subset (FAST)
+    .venv/bin/python tools/mutation.py --report             # the last run's report, no run
+
+Each wing is run on its own, with the tests that cover it (WINGS) on SQLite only, under
+`nice -n 19` with one worker, in `mutants/<wing>/` (ignored by git): there mutmut finds the
+checkout's `web/` and `tests/` and a pyproject.toml made from the checkout's [tool.mutmut] with
+the wing's files and tests. The report gives per wing the mutants, killed, timed out and
+surviving, the share killed, and every survivor (a mutant no test failed for): either equivalent
+(listed with the reason in tools/mutation_equivalent.toml) or UNEXPLAINED. Exit status 1 when
+under 95% of the mutants were killed or a survivor is unexplained. tests/README.md ("Mutation
+testing") says more."""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "mutants"
+EQUIVALENT = ROOT / "tools" / "mutation_equivalent.toml"
+MUTMUT = Path(sys.executable).parent / "mutmut"
+TARGET = 95.0
+
+# wing: (the files mutated, the tests run against them)
+WINGS = {
+    "masking": (["web/privacy.py"], ["tests/test_masking.py", "tests/test_privacy_settings.py"]),
+    "signing": (["web/signing.py"], ["tests/test_signing.py"]),
+    "judgement": (
+        ["web/judgement/classify.py", "web/judgement/judge.py", "web/judgement/clicks.py"],
+        ["tests/test_classify.py", "tests/test_truth.py", "tests/test_links.py"],
+    ),
+    "recording": (
+        ["web/pixel/recording.py"],
+        ["tests/test_pixel.py", "tests/test_group_commit.py", "tests/test_truth.py"],
+    ),
+    "state": (
+        ["web/receipts/ledger.py"],
+        ["tests/test_truth.py", "tests/test_status.py", "tests/test_retention.py"],
+    ),
+    "retention": (["web/receipts/retention.py"], ["tests/test_retention.py"]),
+    "donottrack": (["web/receipts/donottrack.py"], ["tests/test_privacy_settings.py"]),
+    "notifications": (
+        [
+            "web/notifications/policy.py",
+            "web/notifications/outbox.py",
+            "web/notifications/reminders.py",
+        ],
+        ["tests/test_notify.py", "tests/test_reminders.py"],
+    ),
+    "spool": (["web/pixel/spool.py"], ["tests/test_spool.py"]),
+    "signin": (
+        ["web/ui/signin.py", "web/accounts.py"],
+        ["tests/test_auth.py", "tests/test_security_sessions.py"],
+    ),
+}
+
+# The fast subset (a few minutes here), e.g. for CI: pure functions with fast unit tests.
+FAST = ["masking", "signing"]
+
+# mutmut's exit codes for a mutant, as its `results` command names them.
+KILLED, TIMEOUT = {1, 3}, {36, 24, -24, 152, 255, -9}
+STATUS = {0: "survived", 33: "no tests", 5: "no tests", None: "not run", 34: "skipped"}
+
+
+def module(path):
+    """web/pixel/spool.py -> web.pixel.spool, the start of its mutants' names."""
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def toml_value(value):
+    """A TOML value from a string, a number, a boolean or a list of strings (JSON spells them
+    the same way)."""
+    return json.dumps(value)
+
+
+def prepare(wing):
+    """The wing's mutmut directory: links to the checkout and the wing's pyproject.toml."""
+    files, tests = WINGS[wing]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    settings = dict(project["tool"]["mutmut"])
+    missing = set(files) - set(settings["only_mutate"])
+    if missing:
+        sys.exit(f"{wing}: {sorted(missing)} not in pyproject.toml's [tool.mutmut] only_mutate")
+    settings.update(only_mutate=files, pytest_add_cli_args_test_selection=tests)
+    folder = WORK / wing
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ["web", "tests", *settings.get("also_copy", [])]:
+        link = folder / name
+        if not link.is_symlink():
+            link.symlink_to(ROOT / name)
+    lines = ["[tool.pytest.ini_options]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in project["tool"]["pytest"]["ini_options"].items()]
+    lines += ["", "[tool.mutmut]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in settings.items()]
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def run(wing):
+    """Run mutmut over the wing's mutants, all of them again."""
+    folder = prepare(wing)
+    patterns = [f"{module(path)}.*" for path in WINGS[wing][0]]
+    command = ["nice", "-n", "19", str(MUTMUT), "run", "--max-children", "1", *patterns]
+    print(f"{wing}: running mutmut (log: {(folder / 'mutmut.log').relative_to(ROOT)})", flush=True)
+    started = time.monotonic()
+    with (folder / "mutmut.log").open("w") as log:
+        done = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - started
+    (folder / "seconds").write_text(f"{seconds:.0f}\n")
+    (folder / "failed").unlink(missing_ok=True)
+    if done.returncode != 0:
+        (folder / "failed").write_text(f"{done.returncode}\n")
+        print(f"{wing}: mutmut failed ({done.returncode}); see {folder / 'mutmut.log'}")
+
+
+def results(wing):
+    """{mutant name: mutmut's exit code} of the wing's last run ({} if none)."""
+    found = {}
+    for path in WINGS[wing][0]:
+        meta = WORK / wing / "mutants" / f"{path}.meta"
+        if meta.exists():
+            found.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return found
+
+
+def change(wing, name):
+    """What the mutant changes: the lines mutmut writes in its place, stripped, joined by ' / '."""
+    shown = subprocess.run(
+        [str(MUTMUT), "show", name], cwd=WORK / wing, capture_output=True, text=True
+    ).stdout
+    lines = shown.splitlines()
+    return " / ".join(line[1:].strip() for line in lines if line[:1] == "+" and line[:3] != "+++")
+
+
+def explain(wing, name, equivalent):
+    """'equivalent: <reason>' for a listed mutant that still makes the listed change, else
+    'UNEXPLAINED' with the change."""
+    made = change(wing, name)
+    entry = equivalent.get(name)
+    if entry and entry["change"] == made:
+        return True, f"equivalent: {entry['reason']}"
+    if entry:
+        return False, f"UNEXPLAINED (listed as equivalent for another change) {made}"
+    return False, f"UNEXPLAINED {made}"
+
+
+def report(wings):
+    """Print the report of the wings' last runs; whether it meets the target."""
+    equivalent = tomllib.loads(EQUIVALENT.read_text())
+    head = ("wing", "mutants", "killed", "timeout", "survived", "equivalent", "killed %", "time")
+    print("\n{:<14}{:>8}{:>8}{:>8}{:>9}{:>11}{:>10}{:>8}".format(*head))
+    totals = [0, 0, 0, 0, 0]
+    survivors = []
+    for wing in wings:
+        codes = results(wing)
+        if (WORK / wing / "failed").exists() or not codes:
+            print(f"{wing:<14}  {'mutmut failed' if codes else 'not run'}")
+            totals[0] += max(len(codes), 1)  # counts as not killed
+            continue
+        killed = sum(code in KILLED for code in codes.values())
+        timeout = sum(code in TIMEOUT for code in codes.values())
+        left = sorted(name for name, code in codes.items() if code not in KILLED | TIMEOUT)
+        explained = 0
+        for name in left:
+            ok, why = explain(wing, name, equivalent)
+            explained += ok
+            status = STATUS.get(codes[name], f"exit code {codes[name]}")
+            survivors.append((ok, f"  {name} [{status}]: {why}"))
+        seconds = WORK / wing / "seconds"
+        took = f"{int(seconds.read_text()) // 60}m" if seconds.exists() else "-"
+        share = 100 * (killed + timeout) / len(codes)
+        row = (wing, len(codes), killed, timeout, len(left), explained, f"{share:.1f}", took)
+        print("{:<14}{:>8}{:>8}{:>8}{:>9}{:>11}{:>10}{:>8}".format(*row))
+        for i, n in enumerate((len(codes), killed, timeout, len(left), explained)):
+            totals[i] += n
+    if not totals[0]:
+        print("nothing run yet")
+        return False
+    share = 100 * (totals[1] + totals[2]) / totals[0]
+    print("{:<14}{:>8}{:>8}{:>8}{:>9}{:>11}{:>10}".format("total", *totals, f"{share:.1f}"))
+    if survivors:
+        print("\nsurvivors:")
+        print("\n".join(line for _, line in survivors))
+    unexplained = sum(not ok for ok, _ in survivors)
+    print(f"\n{share:.1f}% killed (target {TARGET:.0f}%), {unexplained} unexplained survivors")
+    return share >= TARGET and not unexplained
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--wing", action="append", choices=WINGS, help="one wing (repeatable)")
+    parser.add_argument("--fast", action="store_true", help=f"the fast subset: {', '.join(FAST)}")
+    parser.add_argument("--report", action="store_true", help="report the last run, run nothing")
+    arguments = parser.parse_args()
+    wings = arguments.wing or (FAST if arguments.fast else list(WINGS))
+    if not arguments.report:
+        for wing in wings:
+            run(wing)
+    sys.exit(0 if report(wings) else 1)
+
+
+if __name__ == "__main__":
+    main()
