@@ -8,11 +8,13 @@ within seconds."""
 
 import datetime
 import json
+from pathlib import Path
 
 import pytest
 
 from web.judgement.clicks import SWEEP
 from web.notifications.delivery import deliver_due
+from web.pixel import spool
 from web.storage.engine import utcnow
 from web.storage.models import DoNotTrack, Event, Link, Notice, NotifyChannel, Pixel
 
@@ -386,3 +388,23 @@ def test_a_do_not_track_recipient_gets_neither_pixel_nor_links(client, auth, use
     )
     assert refused.status_code == 409
     assert Pixel.select().count() == 0 and Link.select().count() == 0
+
+
+def test_a_click_the_database_cannot_take_waits_in_the_spool(app, client, auth, database):
+    answer, pixel = tracked(client, auth)
+    [link] = Link.select().where(Link.destination == INVOICE)
+    database.execute_sql("ALTER TABLE event RENAME TO event_away")
+    try:
+        response = follow(client, answer["links"][0]["url"])
+    finally:
+        database.execute_sql("ALTER TABLE event_away RENAME TO event")
+    # The person goes on at once; the click waits, masked, with its link.
+    assert response.status_code == 302 and response.headers["Location"] == INVOICE
+    assert response.headers["X-Openreceipt"] == "spooled: database unavailable"
+    [line] = (Path(app.config["DATA_DIR"]) / "spool" / "active.jsonl").read_text().splitlines()
+    spooled = json.loads(line)
+    assert (spooled["link_id"], spooled["ip"]) == (link.id, "81.2.69.0")
+    assert spool.replay(app)["recorded"] == 1
+    [event] = Event.select()
+    assert (event.kind, event.link_id) == ("click", link.id)
+    assert Pixel.get_by_id(pixel.id).click_count == 1

@@ -4,7 +4,8 @@ altered or deleted link gets a plain page, not a redirect. The click is judged l
 the pixel (judgement/clicks.py: scanners first), through the pixel's own masking and
 recording, then against the clicks around it (receipts/ledger.settle_clicks). Unlike the
 pixel, a click needs the database to be answered at all (the destination is there): when it is
-away, the person gets a page asking them to try again shortly (503)."""
+away, the person gets a page asking them to try again shortly (503); when it is only busy, the
+click waits in the spool as a fetch does (and its sweep is not looked at)."""
 
 from dataclasses import replace
 
@@ -63,7 +64,8 @@ def record_click(link, services):
             request.environ, link.pixel.public_id, services, current_app.config["SECRET_KEY"]
         )
         fetch = replace(fetch, link_id=link.id, honeypot=link.honeypot)
-        outcome = services.recorder.record_together(fetch)
+        # Stored, or spooled as the pixel's fetches are when the database is busy.
+        outcome = current_app.extensions["openreceipt.pixel"].record(fetch)
         if outcome.startswith("recorded"):
             ledger.settle_clicks(link.pixel.id, fetch.ip, fetch.at)
     except Exception as error:  # noqa: BLE001 - the person still gets where they were going

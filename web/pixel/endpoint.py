@@ -54,7 +54,7 @@ def gif_headers(outcome, debug, secure=False):
 
 def serve_pixels_first(app):
     """Answer /p/ in front of the app's Flask machinery; everything else goes on to Flask."""
-    app.wsgi_app = PixelFirst(app, app.wsgi_app)
+    app.wsgi_app = app.extensions["openreceipt.pixel"] = PixelFirst(app, app.wsgi_app)
 
 
 class PixelFirst:
@@ -104,9 +104,13 @@ class PixelFirst:
         public_id = services.signer.unsign(token.removesuffix(".gif"))
         if public_id is None:
             return "not recorded: invalid signature"
-        fetch = observe(environ, public_id, services, self.config["SECRET_KEY"])
+        return self.record(observe(environ, public_id, services, self.config["SECRET_KEY"]))
+
+    def record(self, fetch):
+        """Store the fetch (of the pixel, or a click: web/clicks.py) now, or spool it when the
+        database cannot take it at once; the outcome."""
         try:
-            return services.recorder.record_together(fetch)
+            return self.services.recorder.record_together(fetch)
         except (DataError, IntegrityError):
             raise  # the fetch itself is at fault: replaying it later would fail the same way
         except DatabaseError as error:
@@ -129,13 +133,11 @@ class PixelFirst:
             self.log_spool_full(reason, full.dropped)
             return "not recorded: database unavailable and spool full"
         except spool.SpoolError as spool_error:
-            self.logger.error(
-                "pixel fetch lost: database: %s; spool: %s", reason, spool_error.strerror
-            )
+            self.logger.error("fetch lost: database: %s; spool: %s", reason, spool_error.strerror)
             return "not recorded: database and spool unavailable"
         if not written:
             return "not recorded: repeat of a fetch seconds ago"
-        self.logger.warning("pixel fetch spooled: database: %s", reason)
+        self.logger.warning("fetch spooled: database: %s", reason)
         return "spooled: database unavailable"
 
     def log_spool_full(self, reason, dropped):
