@@ -28,6 +28,8 @@ from web.storage.engine import close_pool, db
 from web.storage.migrate import MIGRATIONS
 from web.storage.models import MODELS
 
+from .helpers import sign_in
+from .receivers import Receiver
 from .servers import TEST_SERVER_SETTINGS
 
 # UPDATE_DOCS=1: the tests that check generated parts of the docs (the screenshots, the
@@ -330,3 +332,19 @@ def gunicorn(tmp_path, geoip_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def signed_in(client, user):
+    """Signed in before `database` keeps an app context (and so one `g`) around the requests:
+    the sign-in starts a new session, which must not meet a CSRF token cached in `g`."""
+    sign_in(client)
+    return client
+
+
+@pytest.fixture
+def receiver():
+    """A real local HTTP receiver of notices (tests/receivers.py), stopped afterwards."""
+    started = Receiver().start()
+    yield started
+    started.stop()

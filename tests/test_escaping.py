@@ -17,7 +17,7 @@ from markupsafe import escape
 from web.storage.models import ApiToken, Event, Notice, NotifyChannel, Pixel, Setting
 from web.ui.account_settings import TESTED
 
-from .helpers import csrf_token, mint, pixel_path, sign_in
+from .helpers import csrf_token, mint, pixel_path
 
 # An image whose onerror runs a script: the markup every field below is given, with a quote, an
 # apostrophe and an ampersand (attribute values and entities).
@@ -47,12 +47,6 @@ CHROME_CLIENT = ">&bot, Windows"
 def settings(settings):
     """Channels to 127.0.0.1, whose addresses need no DNS (never reached here)."""
     return {**settings, "NOTIFY_ALLOW": "127.0.0.0/8"}
-
-
-@pytest.fixture
-def signed_in(client, user):
-    sign_in(client)
-    return client
 
 
 def page(client, path, status=200):

@@ -18,7 +18,7 @@ from web.pixel import spool
 from web.storage.engine import utcnow
 from web.storage.models import DoNotTrack, Event, Link, Notice, NotifyChannel, Pixel
 
-from .helpers import csrf_token, mint, sign_in
+from .helpers import csrf_token, mint
 from .receivers import Receiver
 
 CHROME = (
@@ -325,12 +325,6 @@ def test_the_receipts_page_and_the_export_show_the_link(signed_in, client, auth,
     assert receipt["events"][0]["link"] == INVOICE and receipt["click_count"] == 1
     csv = client.get("/settings/export.csv").get_data(as_text=True)
     assert "event_link" in csv.splitlines()[0] and INVOICE in csv
-
-
-@pytest.fixture
-def signed_in(client, user):
-    sign_in(client)
-    return client
 
 
 # SQLite: a missing table fails as a database away does (OperationalError); PostgreSQL calls it

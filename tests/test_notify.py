@@ -271,13 +271,6 @@ def test_the_notice_is_written_with_its_event_or_not_at_all(app, client, auth, u
 # --- delivery ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def receiver():
-    started = Receiver().start()
-    yield started
-    started.stop()
-
-
 def deliver(app, at=None):
     with app.app_context():
         return deliver_due(app, now=at or utcnow() + SOON)
@@ -621,14 +614,6 @@ def test_the_oldest_due_notice_is_claimed_first(app, client, auth, user, databas
 
 
 # --- settings ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def signed_in(client, user):
-    """Signed in before `database` keeps an app context (and so one `g`) around the requests:
-    the sign-in starts a new session, which must not meet a CSRF token cached in `g`."""
-    sign_in(client)
-    return client
 
 
 def post_form(client, path, **fields):

@@ -6,8 +6,6 @@ error pages, and bookmarklet names that tell one from another."""
 import datetime
 import re
 
-import pytest
-
 from web.bookmarklet import bookmarklet_token_name
 from web.judgement.classify import FETCHERS
 from web.receipts.display import SOURCE_NAMES, network, source_name
@@ -22,13 +20,6 @@ GMAIL_PROXY = (
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.3.1"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 LONDON = "81.2.69.160"
-
-
-@pytest.fixture
-def signed_in(client, user):
-    """Signed in before `database` keeps an app context (and so one `g`) around the requests."""
-    sign_in(client)
-    return client
 
 
 def fetch(client, pixel, user_agent=GMAIL_PROXY, address=LONDON):

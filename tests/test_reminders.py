@@ -15,8 +15,7 @@ from web.storage.engine import utcnow
 from web.storage.models import Notice, NotifyChannel, Pixel, User
 from web.vocabulary import Scope
 
-from .helpers import csrf_token, mint, pixel_path, sign_in
-from .receivers import Receiver
+from .helpers import csrf_token, mint, pixel_path
 
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
 DAY = datetime.timedelta(days=1)
@@ -26,21 +25,6 @@ SECOND = datetime.timedelta(seconds=1)
 @pytest.fixture
 def settings(settings):
     return {**settings, "NOTIFY_ALLOW": "127.0.0.0/8"}
-
-
-@pytest.fixture
-def signed_in(client, user):
-    """Signed in before `database` keeps an app context around the requests (see
-    tests/test_notify.py)."""
-    sign_in(client)
-    return client
-
-
-@pytest.fixture
-def receiver():
-    started = Receiver().start()
-    yield started
-    started.stop()
 
 
 def sent(client, auth, **body):

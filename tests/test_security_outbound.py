@@ -68,20 +68,6 @@ def settings(settings, allow):
     }
 
 
-@pytest.fixture
-def signed_in(client, user):
-    """Signed in before `database` keeps an app context (and so one `g`) around the requests."""
-    sign_in(client)
-    return client
-
-
-@pytest.fixture
-def receiver():
-    started = Receiver().start()
-    yield started
-    started.stop()
-
-
 @pytest.fixture(scope="module")
 def authority():
     return trustme.CA()
