@@ -13,6 +13,7 @@ from .notifications import reminders
 from .privacy import kept_recipients
 from .receipts import ledger, links, listing, minting
 from .receipts.display import (
+    click_link,
     link_url,
     mail_providers,
     pixel_html,
@@ -124,15 +125,8 @@ def event_json(event):
         "country": event.country,
         "city": event.city,
         "client": event.client,
-        "link": link_of(event),
+        "link": click_link(event),
     }
-
-
-def link_of(event):
-    """A click's link: its destination, or "hidden" for the honeypot; None for a pixel fetch."""
-    if event.link_id is None:
-        return None
-    return "hidden" if event.link.honeypot else event.link.destination
 
 
 def events_of(pixel):

@@ -93,6 +93,17 @@ def link_url(link):
     return f"{public_origin()}{request.script_root}{LINK_PREFIX}{token}"
 
 
+HIDDEN_LINK = "hidden"  # a click's link when it was the honeypot
+
+
+def click_link(event):
+    """A click's link as the API, exports and pages give it: its destination, or "hidden" for
+    the honeypot; None for a fetch of the pixel."""
+    if event.link_id is None:
+        return None
+    return HIDDEN_LINK if event.link.honeypot else event.link.destination
+
+
 def pixel_html(url):
     # A real 1x1 image: Gmail never loads an image hidden with display:none.
     return f'<img src="{escape(url)}" width="1" height="1" alt="">'

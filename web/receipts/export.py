@@ -8,6 +8,7 @@ from peewee import JOIN, chunked, fn
 
 from ..storage.engine import db, iso
 from ..storage.models import ApiToken, DoNotTrack, Event, Link, NotifyChannel, Pixel
+from .display import click_link
 from .donottrack import covers
 from .links import links_of
 
@@ -50,10 +51,7 @@ def pixel_record(pixel):
 def event_record(event):
     record = {name: getattr(event, name) for name in EVENT_FIELDS if name != "link"}
     record["at"] = iso(event.at)
-    # A click's link: its destination, or "hidden" for the honeypot.
-    record["link"] = None
-    if event.link_id is not None:
-        record["link"] = "hidden" if event.link.honeypot else event.link.destination
+    record["link"] = click_link(event)
     return record
 
 

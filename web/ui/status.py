@@ -10,8 +10,10 @@ from werkzeug.exceptions import BadRequest
 from ..notifications import reminders
 from ..receipts import ledger, links, listing, minting
 from ..receipts.display import (
+    HIDDEN_LINK,
     SENT,
     STATUSES,
+    click_link,
     link_url,
     mail_providers,
     network,
@@ -320,9 +322,8 @@ def live_detail(public_id):
 
 def link_shown(event):
     """A click's link as the page shows it ("" for a fetch of the pixel)."""
-    if event.link_id is None:
-        return ""
-    return "the hidden link" if event.link.honeypot else event.link.destination
+    link = click_link(event)
+    return "the hidden link" if link == HIDDEN_LINK else link or ""
 
 
 def event_row(event):
