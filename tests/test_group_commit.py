@@ -2,20 +2,24 @@
 worker's threads bring at the same moment are stored in one transaction, each exactly once and
 in order, repeats within one batch folded, and a fetch the database refuses fails alone."""
 
+import datetime
 import threading
 import time
+from dataclasses import replace
 
 from web.judgement.classify import Fetch
 from web.pixel import recording
 from web.receipts import donottrack, ledger
 from web.storage.engine import utcnow
-from web.storage.models import Event, Pixel
+from web.storage.models import Event, Notice, NotifyChannel, Pixel
 
 from .helpers import mint
 
 GMAIL_PROXY = (
     "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 )
+# Apple Mail Privacy Protection's fetch on delivery (the bare "Mozilla/5.0" of docs/evidence.md)
+APPLE_PROXY = "Mozilla/5.0"
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
 
 
@@ -115,16 +119,14 @@ def test_more_fetches_than_a_batch_are_written_in_turns_and_each_thread_answered
 
 
 def screened(app, fetch):
-    """The fetch judged as the pixel judges it before the write lock: (verdicts, judgement)."""
-    recorder = app.extensions["openreceipt"].recorder
-    verdicts = {}
-    outcome, judged = recorder._screen(fetch, verdicts)
-    assert outcome is None and judged is not None
-    return verdicts, judged
+    """The fetch judged as the pixel judges it before the write lock, still to be stored."""
+    (pending,) = app.extensions["openreceipt"].recorder._screen([fetch])
+    assert pending.outcome is None and pending.judged is not None
+    return pending
 
 
-def write_screened(app, fetch, verdicts, judged):
-    return app.extensions["openreceipt"].recorder._write([(fetch, verdicts, judged)], True)[0]
+def write_screened(app, pending):
+    return app.extensions["openreceipt"].recorder._commit([pending], True)[0]
 
 
 def test_a_twin_stored_after_the_judgement_makes_the_fetch_a_repeat(app, client, auth, database):
@@ -133,13 +135,10 @@ def test_a_twin_stored_after_the_judgement_makes_the_fetch_a_repeat(app, client,
     pixel = mint(client, auth)["id"]
     fetch = fetch_of(pixel, 7, GMAIL_PROXY)
     with app.app_context():
-        verdicts, judged = screened(app, fetch)
+        pending = screened(app, fetch)
         recorder = app.extensions["openreceipt"].recorder
         assert recorder.record_together(fetch_of(pixel, 7, GMAIL_PROXY)) == "recorded: open"
-        assert (
-            write_screened(app, fetch, verdicts, judged)
-            == "not recorded: repeat of a fetch seconds ago"
-        )
+        assert write_screened(app, pending) == "not recorded: repeat of a fetch seconds ago"
         assert Event.select().count() == 1
         assert Pixel.get(Pixel.public_id == pixel).open_count == 1
 
@@ -150,10 +149,10 @@ def test_facts_that_change_after_the_judgement_are_judged_again(app, client, aut
     pixel = mint(client, auth)["id"]
     fetch = fetch_of(pixel, 7, GMAIL_PROXY)
     with app.app_context():
-        verdicts, judged = screened(app, fetch)
-        assert judged[1].kind == "open"
+        pending = screened(app, fetch)
+        assert pending.judged[1].kind == "open"
         ledger.self_view(Pixel.get(Pixel.public_id == pixel), at=fetch.at)
-        assert write_screened(app, fetch, verdicts, judged) == "recorded: self"
+        assert write_screened(app, pending) == "recorded: self"
         stored = Pixel.get(Pixel.public_id == pixel)
         assert (stored.open_count, stored.self_count) == (0, 1)
 
@@ -162,10 +161,84 @@ def test_a_recipient_listed_after_the_judgement_stops_the_fetch(app, client, aut
     pixel = mint(client, auth, recipients=["erin@erase.example"])["id"]
     fetch = fetch_of(pixel, 7)
     with app.app_context():
-        verdicts, judged = screened(app, fetch)
+        pending = screened(app, fetch)
         donottrack.add(user, ["erin@erase.example"])
         assert (
-            write_screened(app, fetch, verdicts, judged)
-            == "not recorded: a recipient is on the do-not-track list"
+            write_screened(app, pending) == "not recorded: a recipient is on the do-not-track list"
         )
         assert Event.select().count() == 0
+
+
+def test_a_receipt_deleted_after_the_judgement_gets_no_event(app, client, auth, database):
+    """The receipt is deleted between the judgement and the store: no event, no error (its
+    row is gone, so it cannot be locked, and the fetch is judged again on what is there)."""
+    pixel = mint(client, auth)["id"]
+    fetch = fetch_of(pixel, 7)
+    with app.app_context():
+        pending = screened(app, fetch)
+        Pixel.delete().where(Pixel.public_id == pixel).execute()
+        assert write_screened(app, pending) == "not recorded: no such pixel"
+        assert Event.select().count() == 0
+
+
+def test_one_batch_counts_each_receipt_once_for_all_its_events(app, client, auth, database):
+    """Many events of one receipt in one batch: every one counted, the first and last open, the
+    delivery and the latest event the outermost of the batch's times (which arrive in any
+    order), and the state the furthest any of them reached."""
+    pixel = mint(client, auth)["id"]
+    other = mint(client, auth, subject="other")["id"]
+    start = utcnow()
+    at = [start + datetime.timedelta(seconds=s) for s in (3, 1, 5, 2, 4)]
+    fetches = [
+        replace(fetch_of(pixel, 1), at=at[0]),
+        replace(fetch_of(pixel, 2), at=at[1]),
+        replace(fetch_of(pixel, 3, GMAIL_PROXY), at=at[2]),
+        replace(fetch_of(pixel, 4, APPLE_PROXY), at=at[3]),  # a delivery, not an open
+        replace(fetch_of(other, 5, APPLE_PROXY), at=at[4]),
+    ]
+    assert together(app, fetches) == ["recorded: open"] * 3 + ["recorded: prefetch"] * 2
+    with app.app_context():
+        stored = Pixel.get(Pixel.public_id == pixel)
+        assert (stored.open_count, stored.prefetch_count, stored.bot_count) == (3, 1, 0)
+        assert (stored.first_open_at, stored.last_open_at) == (at[1], at[2])
+        assert (stored.delivered_at, stored.last_event_at) == (at[1], at[2])
+        assert stored.activity_at == at[2] and stored.state == "opened"
+        only_delivered = Pixel.get(Pixel.public_id == other)
+        assert (only_delivered.open_count, only_delivered.prefetch_count) == (0, 1)
+        assert only_delivered.first_open_at is None and only_delivered.last_open_at is None
+        assert (only_delivered.delivered_at, only_delivered.state) == (at[4], "delivered")
+        assert Event.select().count() == 5
+
+
+def test_a_later_batch_moves_times_outwards_only(app, client, auth, database):
+    """A batch whose events are older than what is counted (a replay of the spool) adds its
+    counts, and moves the first open and the delivery earlier, the last ones never back."""
+    pixel = mint(client, auth)["id"]
+    now = utcnow()
+    assert together(app, [replace(fetch_of(pixel, 1), at=now)]) == ["recorded: open"]
+    older = [replace(fetch_of(pixel, n), at=now - datetime.timedelta(minutes=n)) for n in (2, 3)]
+    assert together(app, older) == ["recorded: open"] * 2
+    with app.app_context():
+        stored = Pixel.get(Pixel.public_id == pixel)
+        assert stored.open_count == 3
+        assert stored.first_open_at == now - datetime.timedelta(minutes=3)
+        assert stored.delivered_at == now - datetime.timedelta(minutes=3)
+        assert stored.last_open_at == stored.last_event_at == stored.activity_at == now
+
+
+def test_opens_of_one_receipt_in_one_batch_notify_once(app, client, auth, user, database):
+    """Two first opens of one receipt in the same batch, its owner notified of the first open
+    only (the default): the second is counted before it asks, and queues no notice."""
+    pixel = mint(client, auth)["id"]
+    with app.app_context():
+        NotifyChannel.create(
+            user=user, kind="webhook", target="http://127.0.0.1:9/hook", secret="s"
+        )
+    assert together(app, [fetch_of(pixel, 1), fetch_of(pixel, 2)]) == ["recorded: open"] * 2
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 2
+        (notice,) = Notice.select()
+        assert (
+            notice.reason == "open"
+            and notice.event_id == Event.select().order_by(Event.id).first().id
+        )
