@@ -1,5 +1,7 @@
 """The JSON API on SQLite and PostgreSQL: auth, ownership, CORS, validation, life cycle."""
 
+import logging
+
 import pytest
 
 from web.accounts import new_token
@@ -106,6 +108,29 @@ def test_list_is_newest_first_and_paginated(client, auth):
     assert first["total"] == 5
     listed = [p["id"] for p in first["pixels"] + second["pixels"] + last["pixels"]]
     assert listed == ids[::-1]
+
+
+def test_list_reads_the_links_of_a_page_at_once(client, auth, caplog):
+    """Each receipt in the list carries its own tracked links, and the list's queries do not
+    grow with the receipts on the page (the links of all of them are one query)."""
+
+    def queries_listing():
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            body = client.get("/api/pixels", headers=auth).get_json()
+        return body, len([r for r in caplog.records if r.name == "peewee"])
+
+    mint(client, auth, subject="first", links=["https://example.org/1"])
+    _, with_one = queries_listing()
+    for n in range(2, 6):
+        mint(
+            client, auth, subject=f"#{n}", links=[f"https://example.org/{n}", "https://a.example/"]
+        )
+    body, with_five = queries_listing()
+    assert with_five == with_one
+    listed = {p["subject"]: [link["destination"] for link in p["links"]] for p in body["pixels"]}
+    assert listed["first"] == ["https://example.org/1"]
+    assert listed["#3"] == ["https://example.org/3", "https://a.example/"]
 
 
 @pytest.mark.parametrize("query", ["page=0", "page=x", "per_page=101", "per_page=-1", "page=²"])

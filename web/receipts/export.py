@@ -10,7 +10,7 @@ from ..storage.engine import db, iso
 from ..storage.models import ApiToken, DoNotTrack, Event, Link, NotifyChannel, Pixel
 from .display import click_link
 from .donottrack import covers
-from .links import links_of
+from .links import links_of_owner
 
 PIXEL_FIELDS = (
     "id",
@@ -76,6 +76,8 @@ def as_json(user):
     """Everything the server holds for `user`, as one JSON document."""
     tokens = ApiToken.select().where(ApiToken.user == user).order_by(ApiToken.id)
     entries = DoNotTrack.select().where(DoNotTrack.user == user).order_by(DoNotTrack.id)
+    pixels = user_pixels(user)
+    tracked = links_of_owner(user)
     document = {
         "user": {"email": user.email, "created_at": iso(user.created_at)},
         "api_tokens": [
@@ -107,10 +109,10 @@ def as_json(user):
         "pixels": [
             {
                 **pixel_record(pixel),
-                "links": [link.destination for link in links_of(pixel)],
+                "links": [link.destination for link in tracked.get(pixel.id, [])],
                 "events": [event_record(event) for event in events],
             }
-            for pixel, events in user_pixels(user)
+            for pixel, events in pixels
         ],
     }
     return json.dumps(document, ensure_ascii=False, indent=2) + "\n"

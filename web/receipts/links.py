@@ -7,7 +7,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from ..storage.engine import write_transaction
-from ..storage.models import Link
+from ..storage.models import Link, Pixel
 from .minting import Refused, check_storable
 
 MAX_LINKS = 20  # a receipt's tracked links, the honeypot aside
@@ -74,4 +74,23 @@ def _new(pixel, destination):
 
 def links_of(pixel):
     """The receipt's tracked links (not the honeypot), oldest first."""
-    return list(Link.select().where(Link.pixel == pixel.id, ~Link.honeypot).order_by(Link.id))
+    return links_of_each([pixel]).get(pixel.id, [])
+
+
+def links_of_each(pixels):
+    """{receipt id: its tracked links, oldest first} for a page of receipts, in one query; a
+    receipt with none is not in it."""
+    return _by_receipt(Link.select().where(Link.pixel.in_([pixel.id for pixel in pixels])))
+
+
+def links_of_owner(user):
+    """{receipt id: its tracked links, oldest first} for all of a user's receipts (an export),
+    in one query."""
+    return _by_receipt(Link.select().join(Pixel).where(Pixel.owner == user))
+
+
+def _by_receipt(query):
+    found = {}
+    for link in query.where(~Link.honeypot).order_by(Link.id):
+        found.setdefault(link.pixel_id, []).append(link)
+    return found
