@@ -67,7 +67,8 @@ class Pixel(BaseModel):
     """One receipt: the image in one message, with counters kept up to date by its events."""
 
     public_id = CharField(max_length=32, unique=True)
-    owner = ForeignKeyField(User, backref="pixels", on_delete="CASCADE")
+    # Indexed as the first column of Meta.indexes' (migration 0013).
+    owner = ForeignKeyField(User, backref="pixels", on_delete="CASCADE", index=False)
     label = CharField(max_length=200, null=True)
     subject = TextField(null=True)
     recipients = JSONListField(default=list)
@@ -111,7 +112,6 @@ class Pixel(BaseModel):
     class Meta:
         indexes = (
             (("owner", "created_at"), False),
-            (("owner", "last_event_at"), False),
             (("owner", "state"), False),
             (("owner", "activity_at"), False),
         )
@@ -131,7 +131,8 @@ class Link(BaseModel):
 class Event(BaseModel):
     """One fetch of a pixel, as stored: masked address and what it meant, never the raw IP."""
 
-    pixel = ForeignKeyField(Pixel, backref="events", on_delete="CASCADE")
+    # Indexed as the first column of (pixel, at) (migration 0013).
+    pixel = ForeignKeyField(Pixel, backref="events", on_delete="CASCADE", index=False)
     at = DateTimeField(default=utcnow)
     kind = CharField(max_length=16)
     source = CharField(max_length=32)
