@@ -238,7 +238,9 @@ def _retried_while_busy(work, database):
 
 # The file beside a SQLite database whose lock the pixel's writers take in turn: "-writers".
 WRITERS_SUFFIX = "-writers"
-_writers_files = {}  # (process id, database file) -> the file, opened once per process
+# (process id, the database's file as configured) -> the file, opened once per process: resolving
+# the database's path again for every batch cost more than the batch's SQL.
+_writers_files = {}
 
 
 @contextmanager
@@ -251,7 +253,7 @@ def writers_turn(database):
     meets SQLite's lock free unless a page or a background job holds it. It is a queue, not a
     lock that anything's correctness rests on: SQLite's own lock does that. A file that cannot
     be opened leaves the writers to SQLite's lock alone."""
-    handle = _writers_file(sqlite_file(database))
+    handle = _writers_file(database)
     if handle is None:
         yield
         return
@@ -262,11 +264,14 @@ def writers_turn(database):
         fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _writers_file(path):
-    if path is None:
-        return None
-    key = (os.getpid(), path)  # each process its own open file: flock excludes between files
+def _writers_file(database):
+    # Each process its own open file: flock excludes between files.
+    key = (os.getpid(), _real(database).database)
     if key not in _writers_files:
+        path = sqlite_file(database)
+        if path is None:
+            _writers_files[key] = None
+            return None
         try:
             flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
             handle = os.open(f"{path}{WRITERS_SUFFIX}", flags, 0o600)
