@@ -402,3 +402,53 @@ def test_a_click_the_database_cannot_take_waits_in_the_spool(app, client, auth, 
     [event] = Event.select()
     assert (event.kind, event.link_id) == ("click", link.id)
     assert Pixel.get_by_id(pixel.id).click_count == 1
+
+
+def test_a_click_is_never_corrected_to_an_open_nor_a_fetch_to_a_click(client, auth, database):
+    """Each refusal says why, and changes nothing."""
+    answer, pixel = tracked(client, auth)
+    follow(client, answer["links"][0]["url"])
+    client.get(
+        answer["url"].split("receipts.example.com", 1)[-1],
+        headers=READER,
+        environ_base={"REMOTE_ADDR": "81.2.70.1"},
+    )
+    clicked = Event.get(Event.pixel == pixel.id, Event.link.is_null(False))
+    fetched = Event.get(Event.pixel == pixel.id, Event.link.is_null())
+    refusals = [
+        (clicked, "open", "a tracked link's request can be a click, not an open"),
+        (fetched, "click", "a fetch of the image can be an open, not a click"),
+    ]
+    for event, kind, why in refusals:
+        refused = client.post(f"/api/events/{event.id}/kind", json={"kind": kind}, headers=auth)
+        assert refused.status_code == 400 and refused.get_json()["error"] == why
+        assert Event.get_by_id(event.id).kind == event.kind
+    assert kinds(pixel) == ["click", "open"]
+
+
+def test_a_persons_open_and_clicks_in_their_other_messages_are_no_sweep(client, auth, database):
+    """What the sweep rule counts is this message's links followed by the same network within
+    seconds: not the image shown as the message opened, not a link of another message read at
+    the same time, not a second link of this one followed an hour later."""
+    answer, pixel = tracked(client, auth)
+    image = client.get(
+        answer["url"].split("receipts.example.com", 1)[-1],
+        headers=READER,
+        environ_base={"REMOTE_ADDR": LONDON},
+    )
+    assert image.headers["X-Openreceipt"] == "recorded: open"
+    follow(client, answer["links"][0]["url"])
+    other_answer, other = tracked(client, auth)
+    follow(client, other_answer["links"][1]["url"])
+    assert kinds(pixel) == ["open", "click"] and kinds(other) == ["click"]
+    an_hour_ago = utcnow() - datetime.timedelta(hours=1)
+    Event.update(at=an_hour_ago).where(Event.pixel == pixel.id).execute()
+    follow(client, answer["links"][1]["url"])
+    assert kinds(pixel) == ["open", "click", "click"]
+
+    # A scanner sweeping a third message makes its own clicks a machine's, and no one else's.
+    swept_answer, swept = tracked(client, auth)
+    for link in swept_answer["links"]:
+        follow(client, link["url"], ip="192.0.2.10")
+    assert kinds(swept) == ["bot", "bot"]
+    assert kinds(pixel) == ["open", "click", "click"] and kinds(other) == ["click"]

@@ -11,11 +11,13 @@ import json
 import re
 import threading
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import trustme
 
 from web.config import ConfigError, smtp_server
+from web.judgement.clicks import SWEEP
 from web.notifications import channels, delivery, outbox, policy
 from web.notifications.delivery import deliver_due
 from web.storage.engine import close_pool, utcnow
@@ -29,10 +31,15 @@ GMAIL_PROXY = (
 )
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
 APPLE_MPP = "Mozilla/5.0"
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
 LONDON = "81.2.69.160"  # in the test GeoIP database
 # A Gmail-proxy open is held GMAIL_HOLD before it is due: deliveries look a little ahead.
 SOON = datetime.timedelta(seconds=20)
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+MINUTE = datetime.timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -946,3 +953,277 @@ def test_email_notices_go_to_the_account_address_only(settings):
             ]
     finally:
         close_pool(app)
+
+
+# --- what a notice waits for, and why one is dropped ----------------------------------------
+
+
+def test_a_click_is_held_until_a_sweep_around_it_would_be_in():
+    now = datetime.datetime(2026, 11, 25, 12, 0)
+    second = datetime.timedelta(seconds=1)
+    assert policy.CLICK_HOLD > SWEEP
+    assert policy.hold("direct", now, now, "click") == policy.CLICK_HOLD
+    assert policy.hold("direct", now - 10 * second, now, "click") == policy.CLICK_HOLD - 10 * second
+    # Held whatever its source, and a click replayed from the spool long after is not held.
+    assert policy.hold("gmail-proxy", now, now, "click") == policy.CLICK_HOLD
+    assert (
+        policy.hold("direct", now - datetime.timedelta(hours=1), now, "click").total_seconds() == 0
+    )
+
+
+def policy_notice(reason, state="waiting", stopped=None, opens="first", delivered=True):
+    """A queued notice as no_longer_wanted() reads it: its receipt and the receipt's owner."""
+    owner = SimpleNamespace(notify_opens=opens, notify_delivered=delivered)
+    pixel = SimpleNamespace(state=state, tracking_stopped_at=stopped, owner=owner)
+    return SimpleNamespace(reason=reason, pixel=pixel)
+
+
+@pytest.mark.parametrize(
+    "notice, kind, why",
+    [
+        (policy_notice("open"), "open", None),
+        (policy_notice("open", opens="every"), "open", None),
+        (policy_notice("open", opens="off"), "open", "notices of opens were turned off"),
+        (
+            policy_notice("open"),
+            "self",
+            "the fetch was judged otherwise since (e.g. it was the sender's own view)",
+        ),
+        (
+            policy_notice("open"),
+            None,
+            "the fetch was judged otherwise since (e.g. it was the sender's own view)",
+        ),
+        (policy_notice("delivered"), "prefetch", None),
+        # Opens off does not silence deliveries, nor deliveries off opens.
+        (policy_notice("delivered", opens="off"), "prefetch", None),
+        (policy_notice("open", delivered=False), "open", None),
+        (
+            policy_notice("delivered", delivered=False),
+            "prefetch",
+            "notices of deliveries were turned off",
+        ),
+        (policy_notice("click", opens="off"), "click", None),
+        (policy_notice("not-opened"), None, None),
+        (policy_notice("not-opened", state="opened"), None, "it was opened since"),
+        (
+            policy_notice("not-opened", stopped=datetime.datetime(2026, 11, 25)),
+            None,
+            "a recipient is on the do-not-track list",
+        ),
+    ],
+)
+def test_why_a_queued_notice_is_no_longer_wanted(notice, kind, why):
+    event = None if kind is None else SimpleNamespace(kind=kind)
+    assert policy.no_longer_wanted(notice, event) == why
+
+
+def test_turning_opens_off_drops_the_queued_notice_and_says_why(app, client, auth, user, database):
+    add_channel(user)
+    open_pixel(client, mint(client, auth))
+    choose(user, notify_opens="off")
+    assert deliver(app) == {"sent": 0, "retry": 0, "failed": 0, "skipped": 1}
+    notice = Notice.get()
+    assert (notice.state, notice.last_error) == ("skipped", "notices of opens were turned off")
+
+
+def test_the_delivery_notice_tells_of_the_first_delivery(client, auth, user, database):
+    add_channel(user)
+    choose(user, notify_delivered=True, notify_quiet_minutes=0)
+    pixel = mint(client, auth)
+    assert open_pixel(client, pixel, APPLE_MPP, "17.58.1.2") == "recorded: prefetch"
+    first = Event.get()
+    assert open_pixel(client, pixel, APPLE_MPP, "17.58.9.9") == "recorded: prefetch"
+    [notice] = notices()
+    assert (notice.reason, notice.event_id) == ("delivered", first.id)
+
+
+def click(client, link, address=LONDON):
+    response = client.get(
+        "/l/" + link["url"].split("/l/", 1)[1],
+        headers={"User-Agent": CHROME},
+        environ_base={"REMOTE_ADDR": address},
+    )
+    assert response.status_code == 302
+    return Event.select().order_by(Event.id.desc()).first()
+
+
+def sent_with_a_link(client, auth):
+    """A receipt with a tracked link, its message sent half an hour ago (no sweep on sending)."""
+    answer = mint(client, auth, links=["https://pay.example.com/invoice/42"])
+    client.post(f"/api/pixels/{answer['id']}/sent", json={}, headers=auth)
+    half_an_hour_ago = utcnow() - datetime.timedelta(minutes=30)
+    Pixel.update(sent_at=half_an_hour_ago).where(Pixel.public_id == answer["id"]).execute()
+    return answer
+
+
+def test_the_first_click_and_the_first_open_each_notify(client, auth, user, database):
+    """With "the first one": the first click notifies after an open did, and the first open
+    after a click did; a click's notice is held until a sweep around it would be in."""
+    channel = add_channel(user)
+    opened_first = sent_with_a_link(client, auth)
+    assert open_pixel(client, opened_first, THUNDERBIRD) == "recorded: open"
+    event = click(client, opened_first["links"][0])
+    assert event.kind == "click"
+    assert [n.reason for n in notices(pixel=event.pixel_id)] == ["open", "click"]
+    [held] = notices(reason="click")
+    assert held.channel_id == channel.id and held.event_id == event.id
+    assert held.due_at - held.created_at >= policy.CLICK_HOLD - datetime.timedelta(seconds=1)
+    # A second click is no first click.
+    click(client, opened_first["links"][0], "81.2.70.1")
+    assert len(notices(pixel=event.pixel_id)) == 2
+
+    clicked_first = sent_with_a_link(client, auth)
+    event = click(client, clicked_first["links"][0])
+    assert open_pixel(client, clicked_first, THUNDERBIRD, "81.2.71.1") == "recorded: open"
+    assert [n.reason for n in notices(pixel=event.pixel_id)] == ["click", "open"]
+
+
+# --- what the settings show of the notices ------------------------------------------------------
+
+
+def test_each_channel_tallies_its_own_notices(client, auth, other_auth, user, database):
+    """Per channel of the user's: how many notices are in each state, when the last one was
+    sent, and the error of the latest try that failed of a notice still being tried; another
+    user's channels and notices play no part."""
+    hook, push, quiet = add_channel(user), add_channel(user, "push"), add_channel(user)
+    other_channel = add_channel(User.get(User.email == "grace@example.com"))
+    # Changed since: listed in the order the channels were added all the same.
+    NotifyChannel.update(secret="whsec_new").where(NotifyChannel.id == hook.id).execute()
+    hook = NotifyChannel.get_by_id(hook.id)
+    pixel = Pixel.get(Pixel.public_id == mint(client, auth)["id"])
+    now = utcnow().replace(microsecond=0)
+
+    def notice(channel, state, sent_ago=None, error=None, due_in=0):
+        sent_at = None if sent_ago is None else now - datetime.timedelta(minutes=sent_ago)
+        return Notice.create(
+            channel=channel,
+            pixel=pixel,
+            reason="open",
+            state=state,
+            sent_at=sent_at,
+            last_error=error,
+            due_at=now + datetime.timedelta(minutes=due_in),
+        )
+
+    notice(hook, "sent", sent_ago=30)
+    notice(hook, "sent", sent_ago=10)
+    notice(hook, "failed", error="gave up: refused")
+    notice(hook, "pending", error="older try: timed out", due_in=60)
+    notice(hook, "pending", error="latest try: 503", due_in=5)
+    notice(hook, "pending")
+    notice(hook, "skipped", error="it was opened since")
+    notice(push, "sent", sent_ago=20)
+    notice(push, "failed", error="could not connect")
+    notice(other_channel, "sent", sent_ago=1)
+    notice(other_channel, "pending", error="not yours")
+
+    assert outbox.channel_tallies(user) == [
+        (
+            hook,
+            {
+                "counts": {"sent": 2, "failed": 1, "pending": 3, "skipped": 1},
+                "last_sent": now - 10 * MINUTE,
+                "error": "latest try: 503",
+            },
+        ),
+        (push, {"counts": {"sent": 1, "failed": 1}, "last_sent": now - 20 * MINUTE, "error": None}),
+        (quiet, {"counts": {}, "last_sent": None, "error": None}),
+    ]
+
+
+def test_the_notices_given_up_are_the_users_own_newest_first(
+    client, auth, other_auth, user, database
+):
+    hook = add_channel(user)
+    other_channel = add_channel(User.get(User.email == "grace@example.com"))
+    mine = Pixel.get(Pixel.public_id == mint(client, auth)["id"])
+    theirs = Pixel.get(Pixel.public_id == mint(client, other_auth)["id"])
+    Notice.create(channel=hook, pixel=mine, reason="open", state="sent")
+    Notice.create(channel=hook, pixel=mine, reason="open", state="pending", last_error="503")
+    failed = [
+        Notice.create(channel=hook, pixel=mine, reason="open", state="failed", last_error=f"#{n}")
+        for n in range(4)
+    ]
+    Notice.create(channel=other_channel, pixel=theirs, reason="open", state="failed")
+    Notice.create(channel=hook, pixel=mine, reason="open", state="skipped", last_error="opened")
+    shown = outbox.given_up(user, 3)
+    assert [notice.id for notice in shown] == [n.id for n in reversed(failed)][:3]
+    assert [(n.channel.id, n.pixel.id) for n in shown] == [(hook.id, mine.id)] * 3
+
+
+# --- a notice whose open turned out to be the sender's own ----------------------------------------
+
+
+def test_the_open_told_of_instead_is_the_first_one_without_a_notice_on_that_channel(
+    app, client, auth, user, receiver, database
+):
+    """The held notice of a Gmail open that the beacon then made the sender's own tells of the
+    first open since that has no notice on the same channel: not an earlier one, not one its
+    channel already told of, not another receipt's; one on another channel only counts."""
+    first_hook = add_channel(user, target=receiver.url + "/a")
+    answer = mint(client, auth, subject="Offer")
+    pixel = Pixel.get(Pixel.public_id == answer["id"])
+    choose(user, notify_opens="off")
+    open_pixel(client, answer, THUNDERBIRD, "81.2.60.1")  # before: no notice
+    choose(user, notify_opens="every", notify_quiet_minutes=0)
+    assert open_pixel(client, answer, GMAIL_PROXY, "66.249.84.10") == "recorded: open"
+    assert open_pixel(client, answer, THUNDERBIRD, LONDON) == "recorded: open"
+    choose(user, notify_opens="off")
+    open_pixel(client, mint(client, auth), THUNDERBIRD, "81.2.80.1")  # another receipt's
+    choose(user, notify_opens="every", notify_quiet_minutes=30)
+    second_hook = add_channel(user, target=receiver.url + "/b")
+    # Within the quiet period of the first channel's notice; the second's first notice.
+    assert open_pixel(client, answer, THUNDERBIRD, "81.2.70.1") == "recorded: open"
+    # A reminder that was let go when the receipt was opened: a notice of no event.
+    Notice.create(channel=first_hook, pixel=pixel, reason="not-opened", state="skipped")
+    _before, gmail, on_both, only_on_second = (
+        Event.select().where(Event.pixel == pixel.id).order_by(Event.id)
+    )
+    assert [n.event_id for n in notices(channel=first_hook.id)] == [gmail.id, on_both.id, None]
+    assert [n.event_id for n in notices(channel=second_hook.id)] == [only_on_second.id]
+
+    assert client.post(f"/api/pixels/{answer['id']}/self-view", headers=auth).status_code == 200
+    held = notices(channel=first_hook.id)[0]
+    gmail = Event.get_by_id(gmail.id)
+    assert gmail.kind == "self"
+    assert outbox.unnoticed_open(held, gmail) == only_on_second
+    # A fetch made at the very moment of the Gmail one, stored later (replayed from the spool).
+    replayed = Event.create(
+        pixel=pixel, at=gmail.at, kind="open", source="direct", reason="an open"
+    )
+    assert outbox.unnoticed_open(held, gmail) == replayed
+
+    assert deliver(app) == {"sent": 3, "retry": 0, "failed": 0, "skipped": 0}
+    assert Notice.get_by_id(held.id).event_id == replayed.id
+    assert sorted(request.path for request in receiver.received) == ["/a", "/a", "/b"]
+
+
+def test_a_gmail_open_told_of_instead_is_held_in_turn(app, client, auth, user, receiver, database):
+    """The open a notice tells of instead is a Gmail one too, fetched a moment ago: the notice
+    waits until the sender's own tab could have said it was them, without counting a try."""
+    add_channel(user, target=receiver.url)
+    answer = mint(client, auth)
+    assert open_pixel(client, answer, GMAIL_PROXY, "66.249.84.10") == "recorded: open"
+    client.post(f"/api/pixels/{answer['id']}/self-view", headers=auth)
+    moment = utcnow() + SOON
+    later = Event.create(
+        pixel=Pixel.get(Pixel.public_id == answer["id"]),
+        at=moment - datetime.timedelta(seconds=2),
+        kind="open",
+        source="gmail-proxy",
+        reason="an open",
+    )
+    assert deliver(app, moment) == {"sent": 0, "retry": 1, "failed": 0, "skipped": 0}
+    notice = Notice.get()
+    assert (notice.state, notice.event_id, notice.attempts, notice.claim) == (
+        "pending",
+        later.id,
+        0,
+        None,
+    )
+    assert notice.due_at == later.at + policy.GMAIL_HOLD and receiver.received == []
+    assert deliver(app, notice.due_at - datetime.timedelta(seconds=1))["sent"] == 0
+    assert deliver(app, notice.due_at)["sent"] == 1
+    notice = Notice.get()
+    assert (notice.state, notice.attempts) == ("sent", 1) and len(receiver.received) == 1

@@ -217,3 +217,130 @@ def test_the_receipts_page_sets_and_shows_a_reminder(signed_in, client, auth, da
     )
     assert "Not changed: days must be a whole number from 1 to 90" in refused.get_data(as_text=True)
     assert Pixel.get_by_id(pixel.id).remind_after_days == 2
+
+
+def test_the_longest_reminder_is_90_days_and_a_refusal_says_why(client, auth, database):
+    assert mint(client, auth, remind_after_days=90)["reminder"]["after_days"] == 90
+    refused = client.post("/api/pixels", json={"remind_after_days": 91}, headers=auth)
+    assert "days must be a whole number from 1 to 90" in refused.get_json()["error"]
+
+
+def test_a_reminder_goes_to_the_owners_channels_only(app, client, auth, other_auth, user, database):
+    NotifyChannel.create(user=user, kind="webhook", target="http://127.0.0.1:9/", secret="s")
+    other = User.get(User.email == "grace@example.com")
+    NotifyChannel.create(user=other, kind="webhook", target="http://127.0.0.1:9/", secret="t")
+    pixel, _ = sent(client, auth, remind_after_days=1)
+    assert queue_due(app, pixel.remind_at) == 1
+    [notice] = Notice.select()
+    assert notice.channel.user_id == user.id and notice.pixel_id == pixel.id
+
+
+def test_setting_or_restarting_a_reminder_changes_that_receipt_only(client, auth, database):
+    first, first_body = sent(client, auth, remind_after_days=2)
+    second = Pixel.get(Pixel.public_id == mint(client, auth, remind_after_days=5)["id"])
+    path = f"/api/pixels/{first_body['id']}/reminder"
+    assert client.post(path, json={"after_days": 3}, headers=auth).status_code == 200
+    assert Pixel.get_by_id(first.id).remind_at == first.sent_at + 3 * DAY
+    assert (Pixel.get_by_id(second.id).remind_after_days, Pixel.get_by_id(second.id).remind_at) == (
+        5,
+        second.created_at + 5 * DAY,
+    )
+    # Marking the second sent moves its reminder, and only its.
+    client.post(f"/api/pixels/{second.public_id}/sent", json={}, headers=auth)
+    second = Pixel.get_by_id(second.id)
+    assert second.remind_at == second.sent_at + 5 * DAY
+    assert Pixel.get_by_id(first.id).remind_at == first.sent_at + 3 * DAY
+
+
+def test_each_round_reminds_the_oldest_due_first_and_at_most_a_batch(
+    app, client, auth, user, monkeypatch, database
+):
+    """Receipts without a reminder, ones already reminded of and ones not due yet take no place
+    in a round: every due one is reminded of (or let go, when opened meanwhile), the longest
+    overdue first, BATCH (here 2) a round."""
+    monkeypatch.setattr(reminders, "BATCH", 2)
+    NotifyChannel.create(user=user, kind="webhook", target="http://127.0.0.1:9/", secret="s")
+    now = utcnow()
+    for _ in range(3):
+        sent(client, auth)  # no reminder
+    for _ in range(2):
+        done, _ = sent(client, auth, remind_after_days=1)
+        Pixel.update(remind_at=now - 5 * DAY, reminded_at=now - 4 * DAY).where(
+            Pixel.id == done.id
+        ).execute()
+    opened, opened_body = sent(client, auth, remind_after_days=1)
+    client.get(
+        pixel_path(opened_body["url"]),
+        headers={"User-Agent": THUNDERBIRD},
+        environ_base={"REMOTE_ADDR": "81.2.69.160"},
+    )
+    later, _ = sent(client, auth, remind_after_days=10)
+    due = []
+    for days_ago in (1, 3, 2):
+        pixel, _ = sent(client, auth, remind_after_days=1)
+        Pixel.update(remind_at=now - days_ago * DAY).where(Pixel.id == pixel.id).execute()
+        due.append(pixel.id)
+    Pixel.update(remind_at=now - 6 * DAY).where(Pixel.id == opened.id).execute()
+
+    def reminded():
+        return [n.pixel_id for n in Notice.select().where(Notice.reason == "not-opened")]
+
+    # The longest overdue: the opened one (nothing to remind of: it is let go), then the one
+    # three days overdue.
+    assert queue_due(app, now) == 1
+    assert Pixel.get_by_id(opened.id).remind_at is None
+    assert reminded() == [due[1]]
+    assert queue_due(app, now) == 2
+    assert sorted(reminded()) == sorted(due)
+    assert queue_due(app, now) == 0
+    # The one not due yet keeps its reminder.
+    assert Pixel.get_by_id(later.id).remind_at == later.sent_at + 10 * DAY
+    assert queue_due(app, later.remind_at) == 1 and len(reminded()) == 4
+
+
+def before_the_first_lock(monkeypatch, action):
+    """Call action(pixel id) once, just before queue_due locks the first receipt it reminds
+    of: what another worker, or the owner, did at that moment."""
+    original = reminders.locked
+
+    def lock(query, *args, **kwargs):
+        if not seen:
+            seen.append(query.sql()[1][0])  # the id the query asks for
+            action(seen[0])
+        return original(query, *args, **kwargs)
+
+    seen = []
+    monkeypatch.setattr(reminders, "locked", lock)
+    return seen
+
+
+def test_a_reminder_moved_later_just_before_its_turn_waits(
+    app, client, auth, user, monkeypatch, database
+):
+    """The owner moves a due reminder a week later while the round is on its way to it: it is
+    not sent now, and the round goes on with the others."""
+    NotifyChannel.create(user=user, kind="webhook", target="http://127.0.0.1:9/", secret="s")
+    pixels = [sent(client, auth, remind_after_days=1)[0] for _ in range(3)]
+    at = max(pixel.remind_at for pixel in pixels)
+
+    def moved(pixel_id):
+        reminders.set_days(Pixel.get_by_id(pixel_id), 7)
+
+    seen = before_the_first_lock(monkeypatch, moved)
+    assert queue_due(app, at) == 2
+    assert sorted(n.pixel_id for n in Notice.select()) == sorted(
+        pixel.id for pixel in pixels if pixel.id != seen[0]
+    )
+    waiting = Pixel.get_by_id(seen[0])
+    assert waiting.reminded_at is None and waiting.remind_at == waiting.sent_at + 7 * DAY
+
+
+def test_a_reminder_another_worker_sent_just_before_is_not_sent_again(
+    app, client, auth, user, monkeypatch, database
+):
+    NotifyChannel.create(user=user, kind="webhook", target="http://127.0.0.1:9/", secret="s")
+    pixels = [sent(client, auth, remind_after_days=1)[0] for _ in range(2)]
+    at = max(pixel.remind_at for pixel in pixels)
+    before_the_first_lock(monkeypatch, lambda _pixel_id: reminders.queue_due(at))
+    assert queue_due(app, at) == 0  # the other worker reminded of both
+    assert sorted(n.pixel_id for n in Notice.select()) == sorted(p.id for p in pixels)

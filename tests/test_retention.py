@@ -4,6 +4,7 @@ one worker; the background purge, `openreceipt purge` and OPENRECEIPT_RETENTION_
 
 import datetime
 import functools
+import logging
 import threading
 from collections import Counter
 
@@ -16,7 +17,7 @@ from web.accounts import create_user
 from web.config import ConfigError, load
 from web.receipts import ledger, minting, retention
 from web.storage.engine import close_pool, utcnow
-from web.storage.models import Event, Pixel
+from web.storage.models import Event, Pixel, Setting
 
 from .conftest import CommandLine
 from .helpers import mint, pixel_path, sign_in, wait_for
@@ -262,6 +263,72 @@ def test_purging_again_archives_nothing_twice(user, database):
         assert summary(pixel.id) == summaries[pixel.id]
 
 
+def test_a_purge_of_more_receipts_than_a_batch_takes_them_all(monkeypatch, user, database):
+    """The receipts are purged in transactions of BATCH each (here 3): every batch is done."""
+    monkeypatch.setattr(retention, "BATCH", 3)
+    now = utcnow()
+    pixels = many_receipts(user, now, count=7)
+    original = {pixel.id: tallies(pixel.id) for pixel in pixels}
+    assert retention.purge(90, now) == (7 * 11, 7)
+    for pixel in pixels:
+        assert len(kinds_left(pixel.id)) == 4 and tallies(pixel.id) == original[pixel.id]
+
+
+def before_the_first_lock(monkeypatch, action):
+    """Call action(pixel id) once, just before the purge locks the first receipt it works on:
+    what another request or run did at that moment."""
+    original = retention.locked
+    seen = []
+
+    def lock(query, *args, **kwargs):
+        if not seen:
+            seen.append(query.sql()[1][0])  # the id the query asks for
+            action(seen[0])
+        return original(query, *args, **kwargs)
+
+    monkeypatch.setattr(retention, "locked", lock)
+    return seen
+
+
+def test_a_receipt_deleted_during_the_purge_does_not_stop_it(monkeypatch, user, database):
+    """The receipt the purge comes to first was deleted by its owner just before: the others
+    are purged all the same."""
+    now = utcnow()
+    pixels = many_receipts(user, now, count=4)
+    summaries = {pixel.id: summary(pixel.id) for pixel in pixels}
+    deleted = before_the_first_lock(
+        monkeypatch, lambda pixel_id: Pixel.get_by_id(pixel_id).delete_instance(recursive=True)
+    )
+    assert retention.purge(90, now) == (3 * 11, 3)
+    assert Pixel.get_or_none(Pixel.id == deleted[0]) is None
+    for pixel in pixels:
+        if pixel.id != deleted[0]:
+            assert len(kinds_left(pixel.id)) == 4 and summary(pixel.id) == summaries[pixel.id]
+
+
+def test_a_receipt_another_run_purged_first_does_not_stop_the_purge(monkeypatch, user, database):
+    """Another run (say `openreceipt purge` while a worker's job runs) archived the old events
+    of the receipt this purge comes to first, just before: this one finds none there and goes
+    on with the others; each event is archived once."""
+    now = utcnow()
+    cutoff = now - 90 * DAY
+    pixels = many_receipts(user, now, count=4)
+    original = {pixel.id: tallies(pixel.id) for pixel in pixels}
+
+    def other_run(pixel_id):
+        old = list(Event.select().where(Event.pixel == pixel_id, Event.at < cutoff))
+        archived = retention.merge(
+            Pixel.get_by_id(pixel_id).archived, [(e.kind, 1, e.at, e.at) for e in old]
+        )
+        Pixel.update(archived=archived).where(Pixel.id == pixel_id).execute()
+        Event.delete().where(Event.id.in_([e.id for e in old])).execute()
+
+    before_the_first_lock(monkeypatch, other_run)
+    assert retention.purge(90, now) == (3 * 11, 3)
+    for pixel in pixels:
+        assert len(kinds_left(pixel.id)) == 4 and tallies(pixel.id) == original[pixel.id]
+
+
 def test_concurrent_purges_archive_each_event_once(app, user, database):
     """Two purges at once (two workers, or the command during the day's run) share the work:
     every old event is deleted and archived exactly once."""
@@ -359,9 +426,15 @@ def test_one_of_many_simultaneous_claims_wins(app, database):
     assert retention.last_run() == now + DAY
 
 
-def test_each_workers_job_claims_the_days_purge_once(settings):
-    """A worker's retention job purges soon after the worker starts; another worker's job the
-    same day finds the day claimed and deletes nothing."""
+def purges_logged(caplog):
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("retention:")]
+
+
+def test_each_workers_job_claims_the_days_purge_once(settings, caplog):
+    """A worker's retention job purges soon after the worker starts, and says in the server's
+    log how much it deleted; another worker's job the same day finds the day claimed and deletes
+    nothing."""
+    caplog.set_level(logging.INFO)
     worker = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 1})
     now = utcnow()
     with worker.app_context():
@@ -374,9 +447,13 @@ def test_each_workers_job_claims_the_days_purge_once(settings):
         with worker.app_context():
             assert wait_for(lambda: kinds_left(pixel.id) == ["open"])
             assert wait_for(lambda: retention.last_run() is not None)
+            assert wait_for(lambda: purges_logged(caplog))
     finally:
         background.stop(worker)
     assert retention_threads() == []
+    assert purges_logged(caplog) == [
+        "retention: deleted 2 events older than 1 days from 1 receipts"
+    ]
 
     with worker.app_context():
         # The run is stamped to the second, after the test began and before now.
@@ -396,11 +473,37 @@ def test_each_workers_job_claims_the_days_purge_once(settings):
         background.stop(other_worker)
         retention.claim_run = original
     assert claims == [False]
+    assert len(purges_logged(caplog)) == 1  # the other worker purged nothing, and said nothing
     with other_worker.app_context():
         assert retention.last_run() == ran
         assert kinds_left(pixel.id) == ["bot", "open"]
     for app in (worker, other_worker):
         app.extensions["openreceipt.database"].close_all()
+
+
+def test_a_worker_that_stays_up_purges_again_when_the_next_day_is_due(settings, monkeypatch):
+    """The job keeps looking (every CHECK_SECONDS, here shortened): a server that runs for days
+    purges once a day, not only after it starts."""
+    monkeypatch.setattr(retention, "CHECK_SECONDS", 0.05)
+    worker = create_app({**settings, "RETENTION_AUTO": True, "RETENTION_DAYS": 1})
+    now = utcnow()
+    with worker.app_context():
+        pixel = minting.mint(create_user("ada@example.com", "correct horse battery"))
+        add_events(pixel.id, ("open", now - 3 * DAY), ("open", now - HOUR))
+    try:
+        background.start_all(worker)
+        with worker.app_context():
+            assert wait_for(lambda: kinds_left(pixel.id) == ["open"])
+            add_events(pixel.id, ("bot", now - 2 * DAY))
+            # A day goes by: the last run is now more than a day ago.
+            a_day_ago = (utcnow() - DAY - HOUR).isoformat(timespec="seconds")
+            Setting.update(value=a_day_ago).where(Setting.name == retention.LAST_RUN).execute()
+            assert wait_for(lambda: kinds_left(pixel.id) == ["open"])
+            assert tallies(pixel.id) == {"open": 2, "bot": 1}
+            assert retention.last_run() > datetime.datetime.fromisoformat(a_day_ago)
+    finally:
+        background.stop(worker)
+        worker.extensions["openreceipt.database"].close_all()
 
 
 def test_requests_never_start_background_work(settings, client, auth):
@@ -429,6 +532,9 @@ def test_retention_days_0_keeps_every_event(settings):
         add_events(pixel.id, ("open", utcnow() - 1000 * DAY))
     [job] = [job for job in background.jobs(keeper) if job.name == "retention"]
     assert not job.in_workers
+    # Run anyway (`openreceipt jobs run` runs the jobs off in the workers), its step says there
+    # is nothing more to do, so it waits for its next round rather than spinning.
+    assert job.step() is False
     background.start_all(keeper)
     assert retention_threads() == []
 

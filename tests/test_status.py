@@ -470,3 +470,12 @@ def test_hsts_only_over_https(client):
     secure = client.get("/privacy", base_url="https://receipts.example.com")
     assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
     assert "Strict-Transport-Security" not in client.get("/privacy").headers
+
+
+def test_each_receipts_page_and_answer_are_its_own(signed_in, auth):
+    first = mint(signed_in, auth, subject="First message")
+    second = mint(signed_in, auth, subject="Second message")
+    for pixel, subject in [(first, "First message"), (second, "Second message")]:
+        assert subject in signed_in.get(f"/m/{pixel['id']}").get_data(as_text=True)
+        answer = signed_in.get(f"/api/pixels/{pixel['id']}", headers=auth).get_json()
+        assert (answer["id"], answer["subject"]) == (pixel["id"], subject)

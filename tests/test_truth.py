@@ -7,7 +7,7 @@ import time
 import pytest
 
 from web.config import parse_nameserver
-from web.judgement.classify import within_self_view
+from web.judgement.classify import SELF_VIEW_REASON, within_self_view
 from web.judgement.mailhosts import GOOGLE, OTHER, UNKNOWN, MailHosts
 from web.receipts import ledger, minting
 from web.storage.engine import utcnow
@@ -441,3 +441,48 @@ def test_a_late_beacon_does_not_move_the_self_view_back(app, user, database):
     ledger.self_view(pixel, at=later)
     ledger.self_view(pixel, at=later - datetime.timedelta(minutes=5))
     assert Pixel.get_by_id(pixel.id).last_self_view_at == later
+
+
+def test_a_beacon_concerns_its_own_receipts_gmail_opens_only(client, auth, minted):
+    """The sender's Gmail tab showing one message makes that message's Gmail-proxy open of the
+    moment the sender's own: not another receipt's (then or later), not a direct open, not an
+    event the sender already said was a machine's."""
+    other = mint(client, auth, subject="Another message")
+    thunderbird = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
+    fetch(client, other, GMAIL_PROXY, "66.249.84.11")
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    fetch(client, minted, GMAIL_PROXY, "66.249.93.5")
+    fetch(client, minted, thunderbird, "203.0.113.80")
+    gmail, machine, direct = detail(client, auth, minted)["events"]
+    client.post(f"/api/events/{machine['id']}/kind", json={"kind": "bot"}, headers=auth)
+
+    beacon = client.post(f"/api/pixels/{minted['id']}/self-view", headers=auth)
+    assert beacon.get_json()["reclassified"] == 1
+    body = detail(client, auth, minted)
+    assert [(e["id"], e["kind"]) for e in body["events"]] == [
+        (gmail["id"], "self"),
+        (machine["id"], "bot"),
+        (direct["id"], "open"),
+    ]
+    assert body["events"][0]["reason"] == SELF_VIEW_REASON
+    assert (body["counts"]["open"], body["counts"]["self"], body["counts"]["bot"]) == (1, 1, 1)
+    # The other message: its open stays one, and a Gmail open of it now is no self-view.
+    assert [e["kind"] for e in detail(client, auth, other)["events"]] == ["open"]
+    fetch(client, other, GMAIL_PROXY, "66.249.90.1")
+    assert [e["kind"] for e in detail(client, auth, other)["events"]] == ["open", "open"]
+
+
+def test_a_correction_says_what_was_judged_in_words_and_fits_its_column(client, auth, minted):
+    fetch(client, minted, GMAIL_PROXY, "66.249.84.10")
+    event = detail(client, auth, minted)["events"][0]
+    path = f"/api/events/{event['id']}/kind"
+    corrected = client.post(path, json={"kind": "self"}, headers=auth).get_json()
+    assert corrected["events"][0]["reason"] == (
+        f"marked as their own view by the sender (judged an open: {event['reason']})"
+    )
+    # Said again and again, the reasons nest: the stored one is cut at the column's 200.
+    for kind in ["bot", "open", "self", "bot"]:
+        corrected = client.post(path, json={"kind": kind}, headers=auth).get_json()
+    reason = corrected["events"][0]["reason"]
+    assert reason.startswith("marked as a machine by the sender (judged their own view: marked")
+    assert len(reason) == 200 == len(Event.get_by_id(event["id"]).reason)
