@@ -286,6 +286,12 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # A worker of pytest-xdist (-n): the run's controller sees every test's report and
+        # decides; the figures of the tests this worker ran go to it.
+        workeroutput["figures"] = _figures()
+        return
     if IN_CI and exitstatus == 0:
         missing = [marker for marker, count in _passed_markers.items() if count == 0]
         if missing:
@@ -304,10 +310,23 @@ def screenshots(tmp_path):
     return tmp_path
 
 
+_workers_figures = []
+
+
+def _figures():
+    """Figures some tests measure (the fetch corpus's precision and recall), as lines."""
+    return list(getattr(sys.modules.get("tests.test_corpus"), "FIGURES", []))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist: a worker is done; keep the figures its tests measured."""
+    _workers_figures.extend(getattr(node, "workeroutput", {}).get("figures", []))
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Figures some tests measure (the fetch corpus's precision and recall), after the run."""
-    corpus = sys.modules.get("tests.test_corpus")
-    for line in getattr(corpus, "FIGURES", []):
+    """The figures some tests measured, after the run (from the workers, with -n)."""
+    for line in _figures() + _workers_figures:
         terminalreporter.write_line(line)
 
 

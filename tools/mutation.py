@@ -103,8 +103,11 @@ def prepare(wing):
         link = folder / name
         if not link.is_symlink():
             link.symlink_to(ROOT / name)
+    options = dict(project["tool"]["pytest"]["ini_options"])
+    # mutmut runs the tests in its own process (and forks one a mutant): not in xdist's.
+    options["addopts"] = options.get("addopts", "").replace("-n 3", "-p no:xdist").strip()
     lines = ["[tool.pytest.ini_options]"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in project["tool"]["pytest"]["ini_options"].items()]
+    lines += [f"{k} = {toml_value(v)}" for k, v in options.items()]
     lines += ["", "[tool.mutmut]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in settings.items()]
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
