@@ -7,11 +7,11 @@ import threading
 import time
 from dataclasses import replace
 
-from web.judgement.classify import Fetch
+from web.judgement.classify import Fetch, Verdict
 from web.pixel import recording
 from web.receipts import donottrack, ledger
 from web.storage.engine import utcnow
-from web.storage.models import Event, Notice, NotifyChannel, Pixel
+from web.storage.models import Event, Notice, NotifyChannel, Pixel, User
 
 from .helpers import mint
 
@@ -242,3 +242,69 @@ def test_opens_of_one_receipt_in_one_batch_notify_once(app, client, auth, user, 
             notice.reason == "open"
             and notice.event_id == Event.select().order_by(Event.id).first().id
         )
+
+
+def test_the_repeat_window_holds_ten_seconds_either_way_and_no_more(app, client, auth, database):
+    """The same fetcher within 10 s of an event, before or after it, exactly 10 s included, is
+    a repeat; a microsecond further is an event of its own."""
+    pixel = mint(client, auth)["id"]
+    now = utcnow()
+    ten, tick = datetime.timedelta(seconds=10), datetime.timedelta(microseconds=1)
+
+    def at(moment):
+        return together(app, [replace(fetch_of(pixel, 1), at=moment)])[0]
+
+    assert at(now) == "recorded: open"
+    assert at(now + ten) == "not recorded: repeat of a fetch seconds ago"
+    assert at(now - ten) == "not recorded: repeat of a fetch seconds ago"
+    assert at(now + ten + tick) == "recorded: open"
+    assert at(now - ten - tick) == "recorded: open"
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 3
+
+
+def test_a_batch_moves_the_state_to_the_furthest_any_of_its_events_reached(
+    app, client, auth, database
+):
+    """The sender's own browser (which shows the receipt is in the message) and a machine's
+    fetch on delivery in one batch: the receipt is delivered, the further of the two states,
+    whatever their names' order."""
+    pixel = mint(client, auth)["id"]
+    with app.app_context():
+        Pixel.update(mint_fingerprint="0" * 32).where(Pixel.public_id == pixel).execute()
+    senders = fetch_of(pixel, 1)  # the minting browser's fingerprint: the sender's own view
+    delivery = replace(fetch_of(pixel, 2, APPLE_PROXY), browser="1" * 32)
+    outcomes = together(app, [senders, delivery])
+    assert outcomes[1] == "recorded: prefetch" and outcomes[0] in {
+        "recorded: preview",
+        "recorded: self",
+    }
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).state == "delivered"
+
+
+def test_a_proxys_fetch_is_stored_with_the_mail_service_as_its_client(
+    app, client, auth, user, database
+):
+    """A mail provider's proxy is named by the service it serves (Gmail), not by the user
+    agent it sends; so on a receipt whose owner is notified, stored event by event, too."""
+    plain, notified = mint(client, auth)["id"], None
+    with app.app_context():
+        other = User.create(email="bo@example.com", password_hash="x")
+        NotifyChannel.create(user=other, kind="webhook", target="http://127.0.0.1:9/h", secret="s")
+        notified = Pixel.create(public_id="notifiedpixel001", owner=other).public_id
+    fetches = [fetch_of(plain, 1, GMAIL_PROXY), fetch_of(notified, 2, GMAIL_PROXY)]
+    assert together(app, fetches) == ["recorded: open"] * 2
+    with app.app_context():
+        assert [event.client for event in Event.select().order_by(Event.id)] == ["Gmail"] * 2
+
+
+def test_a_reason_longer_than_its_column_is_cut_to_fit(app, client, auth, database, monkeypatch):
+    """A verdict's reason can name a program from a bot list: however long, the event keeps
+    its first 200 characters (the column's size, which PostgreSQL enforces)."""
+    pixel = mint(client, auth)["id"]
+    judge = app.extensions["openreceipt"].recorder.judge
+    monkeypatch.setattr(judge, "verdict", lambda *_: Verdict("bot", "automated", "x" * 300))
+    assert together(app, [fetch_of(pixel, 1)]) == ["recorded: bot"]
+    with app.app_context():
+        assert Event.get().reason == "x" * 200

@@ -40,7 +40,13 @@ WINGS = {
     ),
     "recording": (
         ["web/pixel/recording.py"],
-        ["tests/test_pixel.py", "tests/test_group_commit.py", "tests/test_truth.py"],
+        # test_spool.py: the spool's replay, the other way in.
+        [
+            "tests/test_pixel.py",
+            "tests/test_group_commit.py",
+            "tests/test_truth.py",
+            "tests/test_spool.py",
+        ],
     ),
     "state": (
         ["web/receipts/ledger.py"],
@@ -68,6 +74,10 @@ WINGS = {
         ["tests/test_auth.py", "tests/test_security_sessions.py"],
     ),
 }
+
+# Wings whose code has a branch for each database: their tests run on PostgreSQL too (a schema of
+# their own for each mutant's run, as for the suite), not on SQLite alone.
+BOTH_DATABASES = {"recording"}
 
 # The fast subset (a few minutes here), e.g. for CI: pure functions with fast unit tests.
 FAST = ["masking", "signing"]
@@ -97,6 +107,11 @@ def prepare(wing):
     if missing:
         sys.exit(f"{wing}: {sorted(missing)} not in pyproject.toml's [tool.mutmut] only_mutate")
     settings.update(only_mutate=files, pytest_add_cli_args_test_selection=tests)
+    if wing in BOTH_DATABASES:
+        arguments = settings["pytest_add_cli_args"]
+        settings["pytest_add_cli_args"] = [
+            argument.replace(" and not postgresql", "") for argument in arguments
+        ]
     folder = WORK / wing
     folder.mkdir(parents=True, exist_ok=True)
     for name in ["web", "tests", *settings.get("also_copy", [])]:
