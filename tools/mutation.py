@@ -71,7 +71,13 @@ WINGS = {
     "spool": (["web/pixel/spool.py"], ["tests/test_spool.py"]),
     "signin": (
         ["web/ui/signin.py", "web/accounts.py"],
-        ["tests/test_auth.py", "tests/test_security_sessions.py"],
+        # test_api.py and test_cli.py: the API tokens' use, renaming and revoking.
+        [
+            "tests/test_auth.py",
+            "tests/test_security_sessions.py",
+            "tests/test_api.py",
+            "tests/test_cli.py",
+        ],
     ),
 }
 
