@@ -18,6 +18,8 @@ testing") says more."""
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -135,6 +137,12 @@ def prepare(wing):
     return folder
 
 
+# mutmut stops a mutant's run after a limit of CPU time, which a run that waits forever (a mutant
+# that leaves a thread asleep that nobody will wake) never reaches: such a run, which has used
+# no CPU for this long, is killed, and counts as timed out (caught, as a hang).
+HUNG_SECONDS = 90
+
+
 def run(wing):
     """Run mutmut over the wing's mutants, all of them again."""
     folder = prepare(wing)
@@ -143,13 +151,38 @@ def run(wing):
     print(f"{wing}: running mutmut (log: {(folder / 'mutmut.log').relative_to(ROOT)})", flush=True)
     started = time.monotonic()
     with (folder / "mutmut.log").open("w") as log:
-        done = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        mutmut = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        idle = {}
+        while mutmut.poll() is None:
+            kill_hung_runs(mutmut.pid, idle, time.monotonic())
+            time.sleep(5)
     seconds = time.monotonic() - started
     (folder / "seconds").write_text(f"{seconds:.0f}\n")
     (folder / "failed").unlink(missing_ok=True)
-    if done.returncode != 0:
-        (folder / "failed").write_text(f"{done.returncode}\n")
-        print(f"{wing}: mutmut failed ({done.returncode}); see {folder / 'mutmut.log'}")
+    if mutmut.returncode != 0:
+        (folder / "failed").write_text(f"{mutmut.returncode}\n")
+        print(f"{wing}: mutmut failed ({mutmut.returncode}); see {folder / 'mutmut.log'}")
+
+
+def kill_hung_runs(parent, idle, now):
+    """SIGKILL each of mutmut's runs (its child processes) whose CPU time has not moved for
+    HUNG_SECONDS; `idle` keeps {pid: (CPU ticks, since when)} between calls."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) != parent:
+            continue
+        pid, ticks = int(entry.name), int(fields[11]) + int(fields[12])
+        if pid not in idle or idle[pid][0] != ticks:
+            idle[pid] = (ticks, now)
+        elif now - idle[pid][1] > HUNG_SECONDS:
+            print(f"killing mutmut's run {pid}: no CPU used for {HUNG_SECONDS} s", flush=True)
+            os.kill(pid, signal.SIGKILL)
+            del idle[pid]
 
 
 def results(wing):
