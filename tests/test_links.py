@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from web.judgement import clicks
+from web.judgement.classify import Fetch, PixelFacts
 from web.judgement.clicks import SWEEP
+from web.judgement.ranges import Networks
 from web.notifications.delivery import deliver_due
 from web.pixel import spool
 from web.storage.engine import utcnow
@@ -452,3 +455,78 @@ def test_a_persons_open_and_clicks_in_their_other_messages_are_no_sweep(client, 
         follow(client, link["url"], ip="192.0.2.10")
     assert kinds(swept) == ["bot", "bot"]
     assert kinds(pixel) == ["open", "click", "click"] and kinds(other) == ["click"]
+
+
+# judge_click() itself, one request at a time: every verdict's kind, source and the reason the
+# receipt's page shows for it.
+AZURE_ADDRESS = "4.144.0.0"  # Microsoft's cloud (web/judgement/data/ranges/azure.txt)
+THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+MINUTE = datetime.timedelta(minutes=1)
+CLICK_JUDGED = [
+    # (what the request sends, minutes since sending, verdict)
+    ({"honeypot": True}, 60, ("bot", "honeypot", clicks.HONEYPOT_REASON)),
+    ({"method": "HEAD"}, 60, ("bot", "direct", "HEAD request: the link was checked, not followed")),
+    ({"purpose": "prefetch"}, 60, ("prefetch", "direct", "the link was prefetched, not clicked")),
+    (
+        {"user_agent": GMAIL_PROXY},
+        60,
+        ("bot", "gmail-proxy", "a mail provider's image proxy fetched the link: nobody clicked it"),
+    ),
+    (
+        {"user_agent": "Mozilla/5.0"},
+        60,
+        ("prefetch", "machine", "a bare 'Mozilla/5.0' client: a machine"),
+    ),
+    ({"user_agent": ""}, 60, ("bot", "no-user-agent", "no user agent: a script, not a browser")),
+    *[
+        (
+            {"ip": AZURE_ADDRESS},
+            minutes,
+            (
+                "prefetch",
+                "scanner-microsoft",
+                "a browser in Microsoft's cloud within 5 minutes of sending: Defender / Safe "
+                "Links checking the message's links",
+            ),
+        )
+        for minutes in (1, 5, None)  # None: never marked sent
+    ],
+    ({"ip": AZURE_ADDRESS}, 6, ("click", "direct", "a browser followed the link")),
+    (
+        {"user_agent": THUNDERBIRD},
+        60,
+        ("prefetch", "direct", "the mail program fetched the link itself (a preview)"),
+    ),
+    (
+        {"user_agent": "Frobnicator/3.1"},
+        60,
+        ("unknown", "unrecognised", "an unrecognised program followed the link: no click"),
+    ),
+    (
+        {"browser": "sender"},
+        60,
+        (
+            "self",
+            "direct",
+            "the sender's own browser (same browser and network as when the receipt was made)",
+        ),
+    ),
+    ({}, 4, ("prefetch", "direct", clicks.WINDOW_REASON)),
+    ({}, 5, ("prefetch", "direct", clicks.WINDOW_REASON)),
+    ({}, 6, ("click", "direct", "a browser followed the link")),
+    ({}, None, ("click", "direct", "a browser followed the link")),
+]
+
+
+@pytest.mark.parametrize(("sent", "minutes", "expected"), CLICK_JUDGED)
+def test_each_kind_of_click_is_judged_and_says_why(sent, minutes, expected):
+    now = utcnow()
+    request = {"user_agent": CHROME, "ip": "81.2.69.0", "browser": "someone", "link_id": 1}
+    fetch = Fetch(**{**request, **sent})
+    sent_at = None if minutes is None else now - minutes * MINUTE
+    facts = PixelFacts(mint_fingerprint="sender", sent_at=sent_at)
+    verdict = clicks.judge_click(fetch, facts, Networks.default(), now)
+    assert (verdict.kind, verdict.source, verdict.reason) == expected
