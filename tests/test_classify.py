@@ -656,3 +656,96 @@ def test_large_network_set_agrees_with_a_direct_check(random_prefixes, large_set
         assert (str(ipaddress.IPv4Address(value)) in large_set) is scanned
     # IPv6 addresses are never inside a set of IPv4 networks, even with the same integer.
     assert str(ipaddress.IPv6Address(members[0] << 8)) not in large_set
+
+
+# judge() on the fetches each verdict is for: its kind, source and the reason the receipt's
+# page shows.
+JUDGED_WITH_REASONS = [
+    # (user agent, address, facts, verdict)
+    (
+        CHROME_WINDOWS,
+        PLAIN_IP,
+        {},
+        ("open", "direct", "a browser fetched the image as the message was shown"),
+    ),
+    (
+        THUNDERBIRD,
+        PLAIN_IP,
+        {},
+        ("open", "direct", "a mail program fetched the image as the message was shown"),
+    ),
+    (
+        OUTLOOK_2016,
+        PLAIN_IP,
+        {},
+        ("open", "outlook", "Outlook fetched the image directly as the message was opened"),
+    ),
+    (
+        "Frobnicator/3.1",
+        PLAIN_IP,
+        {},
+        (
+            "unknown",
+            "unrecognised",
+            "an unrecognised program fetched the image: not counted as an open",
+        ),
+    ),
+    (
+        APPLE_MPP,
+        PLAIN_IP,
+        {},
+        (
+            "prefetch",
+            "machine",
+            "a bare 'Mozilla/5.0' client outside Apple's ranges: a machine, not a reader",
+        ),
+    ),
+    ("", PLAIN_IP, {}, ("bot", "no-user-agent", "no user agent: a script, not a mail client")),
+    (
+        "Googlebot/2.1 (+http://www.google.com/bot.html)",
+        PLAIN_IP,
+        {},
+        ("bot", "automated", "a crawler, monitor, link preview or HTTP library (Googlebot)"),
+    ),
+    (
+        CHROME_WINDOWS,
+        PLAIN_IP,
+        {"mint_fingerprint": "sender", "sent_at": None},
+        (
+            "preview",
+            "direct",
+            "the sender's own browser showed the draft (same browser and network as when the "
+            "pixel was made, before sending)",
+        ),
+    ),
+    (
+        EDGE,
+        AZURE_IP,
+        {},
+        (
+            "prefetch",
+            "scanner-microsoft",
+            "a browser in Microsoft's cloud within 5 minutes of sending: Defender / Safe Links "
+            "checking the message on delivery",
+        ),
+    ),
+    (
+        GMAIL_PROXY,
+        "66.102.8.0",
+        {"mail_hosting": "other"},
+        (
+            "self",
+            "gmail-proxy",
+            "no recipient's mail is hosted by Google, so only the sender's own Gmail fetches it "
+            "through Gmail's proxy",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("user_agent", "ip", "facts", "expected"), JUDGED_WITH_REASONS)
+def test_each_verdict_says_why(user_agent, ip, facts, expected):
+    """The server's defaults (use_mail_hosting on); the fetch's own fingerprint "sender"."""
+    pixel = PixelFacts(**{"sent_at": SENT, **facts})
+    verdict = judge(Fetch(user_agent, ip), pixel, NETWORKS, SENT, fingerprint="sender")
+    assert (verdict.kind, verdict.source, verdict.reason) == expected
