@@ -1,5 +1,6 @@
 """classify(), client_name() and NetworkSet over real user agents and address ranges."""
 
+import dataclasses
 import datetime
 import ipaddress
 import itertools
@@ -749,3 +750,13 @@ def test_each_verdict_says_why(user_agent, ip, facts, expected):
     pixel = PixelFacts(**{"sent_at": SENT, **facts})
     verdict = judge(Fetch(user_agent, ip), pixel, NETWORKS, SENT, fingerprint="sender")
     assert (verdict.kind, verdict.source, verdict.reason) == expected
+
+
+def test_a_scanner_the_operator_lists_is_a_delivery_not_an_open():
+    """An address in the operator's scanner ranges (scanner-ranges.txt in the data dir)
+    fetches on delivery, whatever browser it claims to be."""
+    networks = dataclasses.replace(NETWORKS, scanners=NetworkSet(["198.51.100.0/24"]))
+    verdict = classify(Fetch(CHROME_WINDOWS, "198.51.100.7"), networks)
+    assert (verdict.kind, verdict.source) == ("prefetch", "scanner")
+    assert verdict.reason == "a mail security scanner (listed by the operator) fetched it"
+    assert classify(Fetch(CHROME_WINDOWS, "198.51.101.7"), networks).kind == "open"

@@ -308,3 +308,14 @@ def test_a_reason_longer_than_its_column_is_cut_to_fit(app, client, auth, databa
     assert together(app, [fetch_of(pixel, 1)]) == ["recorded: bot"]
     with app.app_context():
         assert Event.get().reason == "x" * 200
+
+
+def test_a_mail_programs_fetch_is_stored_with_its_name_and_system(app, client, auth, database):
+    """A fetch by the reader's own mail program is named from its user agent; one with no user
+    agent has no name (never a made-up one)."""
+    pixel = mint(client, auth)["id"]
+    fetches = [fetch_of(pixel, 1), fetch_of(pixel, 2, user_agent="")]
+    assert together(app, fetches) == ["recorded: open", "recorded: bot"]
+    with app.app_context():
+        names = [event.client for event in Event.select().order_by(Event.id)]
+        assert names == ["Thunderbird 128, Linux", None]
