@@ -3,6 +3,7 @@ this server, and sign-in throttling that neither tells which accounts exist nor 
 out."""
 
 import concurrent.futures
+import datetime
 import functools
 import http.client
 import re
@@ -14,9 +15,12 @@ import pytest
 from werkzeug.security import generate_password_hash
 
 import web.accounts
+import web.ui.signin
 from web import create_app
 from web.accounts import create_user
 from web.config import ConfigError
+from web.storage.models import LoginSession, LoginThrottle
+from web.ui.signin import account_key
 
 from .helpers import csrf_token, sign_in
 
@@ -335,3 +339,133 @@ def test_nul_in_the_password_is_a_wrong_password(client, user):
     assert response.status_code == 200
     assert "Wrong email or password" in response.get_data(as_text=True)
     assert sign_in(client, email="nobody\x00@example.com", password="\x00").status_code == 200
+
+
+# Boundaries in time, on a clock of the test's own (signin.utcnow): a session and a throttle
+# window end exactly when their time is up, and what is over is not kept.
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime.datetime(2030, 1, 1, 12, 0, 0, 123456)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, delta):
+        self.now += delta
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(web.ui.signin, "utcnow", clock)
+    return clock
+
+
+MICROSECOND = datetime.timedelta(microseconds=1)
+WINDOW = datetime.timedelta(minutes=15)
+
+
+def test_a_session_ends_exactly_when_its_lifetime_is_over(app, user, clock):
+    client = browser(app)
+    sign_in(client)
+    with client.session_transaction() as cookie:
+        assert len(cookie["session_id"]) == 43  # 32 random bytes, URL-safe base64
+    clock.advance(app.permanent_session_lifetime - MICROSECOND)
+    assert signed_in(client)
+    clock.advance(MICROSECOND)
+    assert not signed_in(client)
+
+
+def test_a_session_over_is_not_kept(app, user, clock):
+    sign_in(browser(app))
+    clock.advance(app.permanent_session_lifetime)
+    sign_in(browser(app))
+    with app.app_context():
+        [session] = LoginSession.select()
+        assert session.expires_at == clock.now + app.permanent_session_lifetime
+
+
+def test_a_session_id_that_is_not_text_is_no_session(app, user):
+    client = browser(app)
+    with client.session_transaction() as cookie:
+        cookie["session_id"] = 12345  # only a holder of the secret key could send this
+    assert client.get("/settings").status_code == 302
+
+
+def test_signing_out_everywhere_leaves_other_users_signed_in(app, user):
+    with app.app_context():
+        create_user("grace@example.com", "another long password")
+    ada, grace = browser(app), browser(app)
+    sign_in(ada)
+    sign_in(grace, email="grace@example.com", password="another long password")
+    ada.post("/logout/everywhere", data={"csrf_token": csrf_token(ada.get("/settings"))})
+    assert not signed_in(ada) and signed_in(grace)
+
+
+def test_the_throttle_window_starts_again_after_exactly_a_quarter_hour(app, user, clock):
+    attacker = browser(app, ATTACKER)
+    fail_sign_ins(attacker, 10)
+    clock.advance(WINDOW - MICROSECOND)
+    assert sign_in(attacker).status_code == 429
+    clock.advance(MICROSECOND)  # a quarter of an hour after the first attempt
+    fail_sign_ins(attacker, 10)  # ten attempts again, no more
+    assert sign_in(attacker).status_code == 429
+
+
+def test_a_sign_in_clears_its_networks_count(app, user):
+    owner = browser(app, OWNER)
+    for _ in range(3):
+        fail_sign_ins(owner, 9)
+        assert sign_in(owner).status_code == 302
+        owner.post("/logout", data={"csrf_token": csrf_token(owner.get("/logout"))})
+
+
+def test_counts_whose_window_is_over_are_not_kept(app, user, clock):
+    fail_sign_ins(browser(app, ATTACKER), 1)
+    clock.advance(WINDOW)
+    fail_sign_ins(browser(app, OWNER), 1)
+    with app.app_context():
+        [count] = LoginThrottle.select()
+        assert count.window_start == clock.now and count.attempts == 1
+
+
+def test_unlock_counts_the_networks_that_wait(app, runner, user, clock):
+    with app.app_context():
+        create_user("grace@example.com", "another long password")
+    fail_sign_ins(browser(app, ATTACKER), 10)  # waits from the next attempt on
+    another = browser(app, "203.0.114.9")
+    fail_sign_ins(another, 10)
+    assert sign_in(another).status_code == 429
+    fail_sign_ins(browser(app, OWNER), 9)  # may still try
+    fail_sign_ins(browser(app, OWNER), 3, email="grace@example.com")
+    grace = runner.invoke(args=["user", "unlock", "grace@example.com"])
+    assert "grace@example.com was not locked from any network" in grace.output
+    ada = runner.invoke(args=["user", "unlock", "ada@example.com"])
+    assert "unlocked ada@example.com: 2 networks may try again" in ada.output
+    fail_sign_ins(browser(app, ATTACKER), 10)
+    clock.advance(WINDOW - MICROSECOND)
+    ada = runner.invoke(args=["user", "unlock", "ada@example.com"])
+    assert "unlocked ada@example.com: 1 networks may try again" in ada.output
+    fail_sign_ins(browser(app, ATTACKER), 10)
+    clock.advance(WINDOW)  # its window is over: nothing to unlock
+    ada = runner.invoke(args=["user", "unlock", "ada@example.com"])
+    assert "ada@example.com was not locked from any network" in ada.output
+
+
+def test_what_is_not_an_address_is_throttled_as_written(app, user):
+    attacker = browser(app, ATTACKER)
+    fail_sign_ins(attacker, 10, email="Straße")
+    assert sign_in(attacker, email=" straße ").status_code == 429  # case and spaces aside
+    fail_sign_ins(attacker, 1, email="strasse")
+    fail_sign_ins(attacker, 1, email="grace")
+    assert sign_in(attacker).status_code == 302
+
+
+def test_account_keys(app):
+    assert account_key(None) == account_key("") == account_key("   ") != account_key("xxxx")
+    assert account_key(" Ada@Example.com") == account_key("ada@example.com")
+    # Surrogates the form never sends, hashed all the same.
+    assert re.fullmatch("[0-9a-f]{64}", account_key("\ud800@example.com"))
+    assert account_key("\ud800") != account_key("\ud801")
