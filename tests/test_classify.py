@@ -18,6 +18,7 @@ from web.judgement.classify import (
     judge,
 )
 from web.judgement.clients import client_name
+from web.judgement.judge import Judge
 from web.judgement.networks import NetworkSet
 from web.judgement.ranges import Networks, builtin_networks
 from web.privacy import anonymize
@@ -504,6 +505,16 @@ def test_client_name_empty_direct_is_none(parser):
     assert client_name("", "direct", parser) is None
 
 
+def test_a_stored_client_name_is_cut_to_its_column(parser):
+    """A recipient writes the user agent: an absurd version number makes a name longer than the
+    event's 100-character column, and the stored name is its first 100 characters."""
+    version = "1" * 120 + ".0"
+    user_agent = f"Mozilla/5.0 (X11; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/{version}"
+    name = client_name(user_agent, "direct", parser)
+    assert len(name) > 100 and name.startswith("Firefox 111")
+    assert Judge(NETWORKS, parser).client(user_agent, "direct") == name[:100]
+
+
 # NetworkSet
 
 
@@ -707,6 +718,14 @@ JUDGED_WITH_REASONS = [
         PLAIN_IP,
         {},
         ("bot", "automated", "a crawler, monitor, link preview or HTTP library (Googlebot)"),
+    ),
+    (
+        # crawler-user-agents (monperrus/crawler-user-agents), pattern "lipperhey", one of its
+        # instances: a machine that only that list knows, by no name, so the reason gives none.
+        "Mozilla/5.0 (compatible; Lipperhey Link Explorer; http://www.lipperhey.com/)",
+        PLAIN_IP,
+        {},
+        ("bot", "automated", "a crawler, monitor, link preview or HTTP library"),
     ),
     (
         CHROME_WINDOWS,

@@ -158,9 +158,13 @@ def run(wing):
     started = time.monotonic()
     with (folder / "mutmut.log").open("w") as log:
         mutmut = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
-        idle = {}
+        idle, last = {}, time.monotonic()
         while mutmut.poll() is None:
-            kill_hung_runs(mutmut.pid, idle, time.monotonic())
+            now = time.monotonic()
+            if now - last > 30:
+                idle.clear()  # this script was stopped (kill -STOP) with its runs: start afresh
+            kill_hung_runs(mutmut.pid, idle, now)
+            last = now
             time.sleep(5)
     seconds = time.monotonic() - started
     (folder / "seconds").write_text(f"{seconds:.0f}\n")
