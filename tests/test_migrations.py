@@ -604,3 +604,24 @@ def test_receipt_count_migration_counts_the_receipts_there_are(empty_database, t
         empty_database.execute_sql("DELETE FROM event")
         empty_database.execute_sql("DELETE FROM pixel WHERE public_id = 'kept-across-upgrades'")
     assert query(empty_database, counts) == [("ada@example.com", 0), ("grace@example.com", 1)]
+
+
+def test_the_migrations_build_the_indexes_the_models_declare(empty_database):
+    """What the queries are written for is what a migrated database holds, index by index: the
+    indexes the models declare (their fields' and their Meta's), no fewer and no more (a
+    forgotten index slows a query down, a stale one every write). Primary keys aside."""
+    migrate(empty_database)
+    with empty_database.connection_context():
+        for model in MODELS:
+            table = model._meta.table_name
+            key = tuple(field.column_name for field in model._meta.get_primary_keys())
+            built = {
+                (tuple(index.columns), index.unique)
+                for index in empty_database.get_indexes(table)
+                if tuple(index.columns) != key
+            }
+            declared = {
+                (tuple(field.column_name for field in index._expressions), index._unique)
+                for index in model._meta.fields_to_index()
+            }
+            assert built == declared, table

@@ -131,7 +131,7 @@ class Link(BaseModel):
 class Event(BaseModel):
     """One fetch of a pixel, as stored: masked address and what it meant, never the raw IP."""
 
-    # Indexed as the first column of (pixel, at) (migration 0013).
+    # Indexed as the first column of (pixel, at, ip) (migrations 0013, 0014).
     pixel = ForeignKeyField(Pixel, backref="events", on_delete="CASCADE", index=False)
     at = DateTimeField(default=utcnow)
     kind = CharField(max_length=16)
@@ -147,7 +147,9 @@ class Event(BaseModel):
     link = ForeignKeyField(Link, null=True, on_delete="CASCADE")
 
     class Meta:
-        indexes = ((("pixel", "at"), False),)
+        # A receipt's events by time (its status page); with the network, who fetched it within
+        # the repeat window, from the index alone (web/pixel/recording.py's read).
+        indexes = ((("pixel", "at", "ip"), False),)
 
     @property
     def place(self):
