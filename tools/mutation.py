@@ -149,14 +149,18 @@ def prepare(wing):
 HUNG_SECONDS = 90
 
 
-def run(wing):
-    """Run mutmut over the wing's mutants, all of them again."""
+def run(wing, children=1, resume=False):
+    """Run mutmut over the wing's mutants, all of them again; with `resume`, only those a stopped
+    run left without a result. `children`: mutants run at once (a run that mostly waits, as the
+    recording wing's on PostgreSQL do, leaves the CPU to others)."""
     folder = prepare(wing)
-    patterns = [f"{module(path)}.*" for path in WINGS[wing][0]]
-    command = ["nice", "-n", "19", str(MUTMUT), "run", "--max-children", "1", *patterns]
+    # Named, every mutant runs again; unnamed, mutmut keeps the results it has (only_mutate
+    # limits it to the wing's files).
+    patterns = [] if resume else [f"{module(path)}.*" for path in WINGS[wing][0]]
+    command = ["nice", "-n", "19", str(MUTMUT), "run", "--max-children", str(children), *patterns]
     print(f"{wing}: running mutmut (log: {(folder / 'mutmut.log').relative_to(ROOT)})", flush=True)
     started = time.monotonic()
-    with (folder / "mutmut.log").open("w") as log:
+    with (folder / "mutmut.log").open("a" if resume else "w") as log:
         mutmut = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
         idle, last = {}, time.monotonic()
         while mutmut.poll() is None:
@@ -292,11 +296,15 @@ def main():
     parser.add_argument("--wing", action="append", choices=WINGS, help="one wing (repeatable)")
     parser.add_argument("--fast", action="store_true", help=f"the fast subset: {', '.join(FAST)}")
     parser.add_argument("--report", action="store_true", help="report the last run, run nothing")
+    parser.add_argument("--children", type=int, default=1, help="mutants run at once (default 1)")
+    parser.add_argument(
+        "--resume", action="store_true", help="go on with a stopped run (results stand)"
+    )
     arguments = parser.parse_args()
     wings = arguments.wing or (FAST if arguments.fast else list(WINGS))
     if not arguments.report:
         for wing in wings:
-            run(wing)
+            run(wing, arguments.children, arguments.resume)
     sys.exit(0 if report(wings) else 1)
 
 
