@@ -1,7 +1,12 @@
 """Small helpers shared by the HTTP tests."""
 
 import re
+import sqlite3
+import threading
 import time
+from contextlib import contextmanager
+
+import psycopg
 
 
 def csrf_token(response):
@@ -38,3 +43,30 @@ def wait_for(condition, seconds=10):
             return False
         time.sleep(0.05)
     return True
+
+
+@contextmanager
+def held(app, public_id):
+    """Another writer holds the receipt far longer than the pixel waits: on SQLite, another
+    process's write lock; on PostgreSQL, another transaction's lock on the receipt's row. Yields
+    a function that lets go before the end (from any thread); the end lets go otherwise."""
+    url = app.config["DATABASE_URL"]
+    if url.startswith("sqlite:///"):
+        other = sqlite3.connect(
+            url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")
+    else:
+        other = psycopg.connect(url)
+        other.execute("SELECT 1 FROM pixel WHERE public_id = %s FOR UPDATE", (public_id,))
+    released = threading.Lock()
+
+    def release():
+        if released.acquire(blocking=False):
+            other.rollback() if isinstance(other, psycopg.Connection) else other.execute("ROLLBACK")
+            other.close()
+
+    try:
+        yield release
+    finally:
+        release()

@@ -3,17 +3,21 @@ worker's threads bring at the same moment are stored in one transaction, each ex
 in order, repeats within one batch folded, and a fetch the database refuses fails alone."""
 
 import datetime
+import logging
 import threading
 import time
 from dataclasses import replace
 
+import pytest
+
 from web.judgement.classify import Fetch, Verdict
+from web.notifications import policy
 from web.pixel import recording
 from web.receipts import donottrack, ledger
 from web.storage.engine import utcnow
 from web.storage.models import Event, Notice, NotifyChannel, Pixel, User
 
-from .helpers import mint
+from .helpers import held, mint
 
 GMAIL_PROXY = (
     "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
@@ -103,19 +107,73 @@ def test_a_fetch_the_database_refuses_fails_alone(app, client, auth, database):
         assert Pixel.get(Pixel.public_id == pixel).open_count == (2 if refused else 3)
 
 
+@pytest.mark.parametrize("count", [14, 5], ids=["many-batches", "one-fetch-more"])
 def test_more_fetches_than_a_batch_are_written_in_turns_and_each_thread_answered(
-    app, client, auth, database, monkeypatch
+    app, client, auth, database, monkeypatch, count
 ):
     """More fetches at once than a batch holds: the writer writes batches until its own fetch is
-    stored, then hands the writing on; every thread returns, and every fetch is stored once."""
+    stored, then hands the writing on; every thread returns, and every fetch is stored once. With
+    one fetch more than a batch, a single thread is left waiting to be handed the writing."""
     monkeypatch.setattr(recording, "MOST_TOGETHER", 4)
     pixels = [mint(client, auth, subject=f"#{n}")["id"] for n in range(3)]
-    fetches = [fetch_of(pixels[n % 3], n) for n in range(14)]
-    assert together(app, fetches) == ["recorded: open"] * 14
+    fetches = [fetch_of(pixels[n % 3], n) for n in range(count)]
+    assert together(app, fetches) == ["recorded: open"] * count
     recorder = app.extensions["openreceipt"].recorder
     assert recorder._waiting == [] and recorder._writer is False
     with app.app_context():
-        assert Event.select().count() == 14
+        assert Event.select().count() == count
+
+
+def test_a_replay_waits_for_a_writer_the_pixel_would_not_wait_for(app, client, auth, database):
+    """The spool's replay has no mail client waiting: it waits for another writer as long as the
+    database's own timeouts allow, where the pixel gives up after PIXEL_WAIT_MS (SQLite) or
+    PIXEL_ROW_WAIT_MS (PostgreSQL) and spools."""
+    pixel = mint(client, auth)["id"]
+    fetch = replace(fetch_of(pixel, 1), key="1" * 32)
+    recorder = app.extensions["openreceipt"].recorder
+    with held(app, pixel) as release:
+        # Let go well after the pixel's longest wait (250 ms), well before the replay's (2 s).
+        timer = threading.Timer(0.75, release)
+        timer.start()
+        with app.app_context():
+            assert recorder.record_replayed([fetch]) == ["recorded: open"]
+        timer.join(10)
+        assert not timer.is_alive()
+    with app.app_context():
+        assert Event.get().spool_key == "1" * 32
+
+
+def test_a_gmail_open_is_noticed_after_gmails_hold_a_mail_programs_at_once(
+    app, client, auth, user, database
+):
+    """An open through Gmail's proxy may still turn out to be the sender's own view: its notice
+    is due GMAIL_HOLD after the fetch. A mail program's open is due when it is queued."""
+    gmail, thunderbird = mint(client, auth)["id"], mint(client, auth)["id"]
+    with app.app_context():
+        NotifyChannel.create(
+            user=user, kind="webhook", target="http://127.0.0.1:9/hook", secret="s"
+        )
+    fetches = [fetch_of(gmail, 1, GMAIL_PROXY), fetch_of(thunderbird, 2)]
+    assert together(app, fetches) == ["recorded: open"] * 2
+    with app.app_context():
+        due = {n.pixel.public_id: (n.created_at, n.due_at) for n in Notice.select()}
+    assert due[gmail][1] == fetches[0].at + policy.GMAIL_HOLD
+    assert due[thunderbird][1] == due[thunderbird][0]
+
+
+def test_on_postgresql_a_batch_nobody_wrote_to_meanwhile_is_read_once(
+    app, client, auth, database, caplog
+):
+    """The batch's read before the write lock still holds under it when no other transaction
+    wrote to its receipts' rows since: PostgreSQL tells by their versions, and the batch is
+    read once. SQLite cannot tell, and reads again under the lock."""
+    pixel = mint(client, auth)["id"]
+    recorder = app.extensions["openreceipt"].recorder
+    with caplog.at_level(logging.DEBUG, logger="peewee"), app.app_context():
+        assert recorder.record_together(fetch_of(pixel, 1)) == "recorded: open"
+    reads = [r for r in caplog.records if "LEFT JOIN event e" in r.getMessage()]
+    postgresql = app.config["DATABASE_URL"].startswith("postgresql")
+    assert len(reads) == (1 if postgresql else 2)
 
 
 def screened(app, fetch):
