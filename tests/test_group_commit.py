@@ -377,3 +377,16 @@ def test_a_mail_programs_fetch_is_stored_with_its_name_and_system(app, client, a
     with app.app_context():
         names = [event.client for event in Event.select().order_by(Event.id)]
         assert names == ["Thunderbird 128, Linux", None]
+
+
+def test_a_spooled_line_found_twice_in_one_replay_is_stored_once(app, client, auth, database):
+    """The same spooled fetch twice in one replay's group (a spool file restored from a backup
+    over lines already there): its key makes it one event, the second already replayed."""
+    pixel = mint(client, auth)["id"]
+    fetch = replace(fetch_of(pixel, 1), key="2" * 32)
+    other = replace(fetch_of(pixel, 2), key="3" * 32)
+    with app.app_context():
+        outcomes = app.extensions["openreceipt"].recorder.record_replayed([fetch, other, fetch])
+        assert outcomes == ["recorded: open", "recorded: open", recording.REPLAYED]
+        assert sorted(e.spool_key for e in Event.select()) == ["2" * 32, "3" * 32]
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 2
