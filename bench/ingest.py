@@ -101,11 +101,11 @@ def print_table(results, args):
         f"{'database':<10} {'load':<15} {'pixel':>6} {'floor':>6} {'ratio':>5} "
         f"{'target':>9}  {'pixel p50/p99':>13} {'floor p50/p99':>13}  "
         f"{'events = answers':<22} {'visible p50/p99':>15} {'> 1 s (spooled)':>15}  "
-        f"{'RSS':>6} {'PSS':>6}"
+        f"{'RSS':>6} {'PSS':>6}  {'CPU/req pixel/floor':>19}"
     )
     units = (
         f"{'':<10} {'':<15} {'req/s':>6} {'req/s':>6} {'':>5} {'':>9}  {'ms':>13} {'ms':>13}  "
-        f"{'':<22} {'ms':>15} {'':>15}  {'MiB':>6} {'MiB':>6}"
+        f"{'':<22} {'ms':>15} {'':>15}  {'MiB':>6} {'MiB':>6}  {'ms':>19}"
     )
     print(header)
     print(units)
@@ -125,7 +125,8 @@ def print_table(results, args):
             f"{f'{floor.p50_ms:.0f} / {floor.p99_ms:.0f}':>13}  "
             f"{('yes ' if ok else 'NO ') + f'{stored:,} / {answered:,}':<22} "
             f"{probes:>15} {late:>15}  "
-            f"{sum(memory.rss) / 1024:6.0f} {sum(value or 0 for value in memory.pss) / 1024:6.0f}"
+            f"{sum(memory.rss) / 1024:6.0f} {sum(value or 0 for value in memory.pss) / 1024:6.0f}  "
+            f"{f'{pixel.cpu_ms:.2f} / {floor.cpu_ms:.2f}':>19}"
         )
     print()
     note = (
@@ -136,7 +137,9 @@ def print_table(results, args):
         f"fresh pixel every {pixel_load.PROBE_INTERVAL * 1000:.0f} ms) to seeing its {rows} "
         f"row in the database; '> {PROBE_TARGET:g} s': probes later than that (the issue's "
         f"bound) or never seen, and of them those answered 'spooled' (written by a replay). "
-        f"RSS, PSS: sums over the pixel's workers."
+        f"RSS, PSS: sums over the pixel's workers. CPU/req: the workers' CPU time (user + "
+        f"system) per answered request, the pixel's and the floor's; the load generator's and "
+        f"the database server's are not in it."
     )
     print(textwrap.fill(note, width=100))
 

@@ -233,10 +233,17 @@ class Load:
     socket_errors: int
     outcomes: Counter
     cut_off: int = 0  # fetches sent and never answered when the load stopped
+    cpu_seconds: float = 0.0  # the server's workers' CPU time (user + system) during the load
 
     @property
     def rate(self):
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms(self):
+        """The workers' CPU time per answered request, in ms: what the server itself spends on
+        one (the load generator and, for the pixel, the database server are not in it)."""
+        return self.cpu_seconds * 1000 / self.requests if self.requests else 0.0
 
     @property
     def errors(self):
@@ -690,10 +697,12 @@ def run(args, url, data_dir):
                 print(f"round {number + 1}: loading {server.name} ({server.app})...", flush=True)
                 if server is pixel:
                     prober.start(args.duration - QUIET_SECONDS)
+                cpu_before = cpu_seconds(server.workers())
                 if args.load == "wrk":
                     load = wrk_load(server, paths, args, data_dir, shift=number)
                 else:
                     load = python_load(server, paths, args, shift=number)
+                load = replace(load, cpu_seconds=cpu_seconds(server.workers()) - cpu_before)
                 if server is pixel:
                     # The probes' fetches are answered fetches too: their answers join the
                     # tally that the stored events are checked against.
@@ -840,6 +849,7 @@ def combined(loads):
         socket_errors=sum(load.socket_errors for load in loads),
         outcomes=sum((load.outcomes for load in loads), Counter()),
         cut_off=sum(load.cut_off for load in loads),
+        cpu_seconds=sum(load.cpu_seconds for load in loads),
     )
 
 
@@ -1147,6 +1157,18 @@ def children(pid):
     return sorted(found)
 
 
+def cpu_seconds(pids):
+    """The CPU time (user + system, all threads) the processes have used so far, in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone (a worker restarted): its time is lost to both sides of the sum
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def worker_memory(server):
     memory = Memory()
     for pid in server.workers():
@@ -1242,7 +1264,7 @@ def report(loads, memory, stored, replay, spool, servers, visibility, target, da
     print()
     header = (
         f"{'':<22} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'non-2xx':>7} {'socket err':>10}"
+        f"{'non-2xx':>7} {'socket err':>10} {'CPU ms/req':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -1250,8 +1272,10 @@ def report(loads, memory, stored, replay, spool, servers, visibility, target, da
         load = loads[server.name]
         print(
             f"{server.name + '  ' + server.app:<22} {load.rate:7.0f} {load.p50_ms:7.1f} "
-            f"{load.p99_ms:7.1f} {load.max_ms:7.0f} {load.not_ok:7d} {load.socket_errors:10d}"
+            f"{load.p99_ms:7.1f} {load.max_ms:7.0f} {load.not_ok:7d} {load.socket_errors:10d} "
+            f"{load.cpu_ms:10.2f}"
         )
+    print("CPU ms/req: the workers' CPU time (user + system) over the rounds, per answered request")
     ratio = pixel.rate / floor.rate if floor.rate else math.nan
     met = "met" if ratio >= target else "not met"
     print(
