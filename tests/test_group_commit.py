@@ -17,7 +17,7 @@ from web.receipts import donottrack, ledger
 from web.storage.engine import utcnow
 from web.storage.models import Event, Notice, NotifyChannel, Pixel, User
 
-from .helpers import held, mint
+from .helpers import held, mint, pixel_path
 
 GMAIL_PROXY = (
     "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
@@ -390,3 +390,42 @@ def test_a_spooled_line_found_twice_in_one_replay_is_stored_once(app, client, au
         assert outcomes == ["recorded: open", "recorded: open", recording.REPLAYED]
         assert sorted(e.spool_key for e in Event.select()) == ["2" * 32, "3" * 32]
         assert Pixel.get(Pixel.public_id == pixel).open_count == 2
+
+
+def test_the_pixel_spools_rather_than_wait_out_a_long_write(app, client, auth, database):
+    """Another writer holds the receipt for over a second: the pixel gives up after its short
+    wait and spools the fetch (a mail client is waiting for the image), where a plain write would
+    have waited for the writer and recorded it."""
+    pixel = mint(client, auth)
+    with held(app, pixel["id"]) as release:
+        timer = threading.Timer(1.5, release)
+        timer.start()
+        response = client.get(
+            pixel_path(pixel["url"]),
+            headers={"User-Agent": THUNDERBIRD},
+            environ_base={"REMOTE_ADDR": "81.2.1.9"},
+        )
+        assert response.headers["X-Openreceipt"] == "spooled: database unavailable"
+        timer.join(10)
+        assert not timer.is_alive()
+
+
+def test_a_receipt_whose_owner_is_notified_leaves_the_batchs_others_stored(
+    app, client, auth, other_auth, user, database
+):
+    """A batch with a receipt whose owner has a channel (its events stored one by one, each asked
+    whether it notifies) and another's receipt (stored with the batch): both are stored."""
+    notified, other = mint(client, auth)["id"], mint(client, other_auth)["id"]
+    with app.app_context():
+        NotifyChannel.create(
+            user=user, kind="webhook", target="http://127.0.0.1:9/hook", secret="s"
+        )
+    # In this order (a replay's group keeps its order, where waiting threads may not).
+    fetches = [fetch_of(notified, 1), fetch_of(other, 2), fetch_of(notified, 3)]
+    fetches = [replace(fetch, key=f"{n:032x}") for n, fetch in enumerate(fetches)]
+    with app.app_context():
+        outcomes = app.extensions["openreceipt"].recorder.record_replayed(fetches)
+        assert outcomes == ["recorded: open"] * 3
+        counts = {p.public_id: p.open_count for p in Pixel.select()}
+        assert counts == {notified: 2, other: 1}
+        assert Event.select().count() == 3
