@@ -255,12 +255,15 @@ def _replay_batch(app, batch, counts):
     them: a replay that competes with the pixel for the write lock takes few turns at it); True
     when it is done (and removed)."""
     lines = []  # (line, Fetch), the unreadable ones set aside at once
-    for line in batch.read_text(encoding="ascii").splitlines():
-        if not line.strip():
+    # Line by line from the bytes: a line damaged on disk (a byte that is no ASCII, which the
+    # spool never writes) is one unreadable line, not a batch that can never be read.
+    for raw in batch.read_bytes().splitlines():
+        if not raw.strip():
             continue
+        line = raw.decode("ascii", "backslashreplace")
         try:
-            lines.append((line, from_json(json.loads(line))))
-        except (ValueError, TypeError, KeyError):
+            lines.append((line, from_json(json.loads(raw.decode("ascii")))))
+        except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
             _reject(batch.parent, line, "unreadable line")
             counts["rejected"] += 1
     recorder = app.extensions["openreceipt"].recorder
