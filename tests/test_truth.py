@@ -14,7 +14,7 @@ from web.storage.engine import utcnow
 from web.storage.models import Event, Pixel
 
 from .dnsserver import DNSServer
-from .helpers import mint, pixel_path
+from .helpers import held, mint, pixel_path
 
 GMAIL_PROXY = (
     "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
@@ -486,3 +486,27 @@ def test_a_correction_says_what_was_judged_in_words_and_fits_its_column(client, 
     reason = corrected["events"][0]["reason"]
     assert reason.startswith("marked as a machine by the sender (judged their own view: marked")
     assert len(reason) == 200 == len(Event.get_by_id(event["id"]).reason)
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+def test_a_receipts_corrections_never_wait_for_another_receipts_writer(app, client, auth, database):
+    """On PostgreSQL a correction locks its own receipt's row, and only it: while another
+    transaction holds another receipt's row, the sender's view, a settled click and a corrected
+    event of this receipt go through. (SQLite holds the whole database for a write: there is no
+    row to lock.)"""
+    mine, other = mint(client, auth, subject="Mine"), mint(client, auth, subject="Other")
+    fetch(client, mine, SENDER_CHROME, "81.2.69.160")
+    with held(app, other["id"]), app.app_context():
+        # A lock that waits past this fails the correction instead of hanging the test.
+        database.execute_sql("SET lock_timeout = '5s'")
+        try:
+            pixel = Pixel.get(Pixel.public_id == mine["id"])
+            ledger.self_view(pixel, at=utcnow())
+            ledger.settle_clicks(pixel.id, "81.2.69.0", utcnow())
+            (event,) = Event.select().where(Event.pixel == pixel.id)
+            ledger.correct(event, "self")
+        finally:
+            database.execute_sql("SET lock_timeout = 0")
+        assert Event.get_by_id(event.id).kind == "self"

@@ -95,7 +95,7 @@ WINGS = {
 
 # Wings whose code has a branch for each database: their tests run on PostgreSQL too (a schema of
 # their own for each mutant's run, as for the suite), not on SQLite alone.
-BOTH_DATABASES = {"recording"}
+BOTH_DATABASES = {"recording", "state", "notifications"}
 
 # The fast subset (a few minutes here), e.g. for CI: pure functions with fast unit tests.
 FAST = ["masking", "signing"]
