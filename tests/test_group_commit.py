@@ -393,12 +393,12 @@ def test_a_spooled_line_found_twice_in_one_replay_is_stored_once(app, client, au
 
 
 def test_the_pixel_spools_rather_than_wait_out_a_long_write(app, client, auth, database):
-    """Another writer holds the receipt for over a second: the pixel gives up after its short
+    """Another writer holds the receipt for seconds: the pixel gives up after its short
     wait and spools the fetch (a mail client is waiting for the image), where a plain write would
     have waited for the writer and recorded it."""
     pixel = mint(client, auth)
     with held(app, pixel["id"]) as release:
-        timer = threading.Timer(1.5, release)
+        timer = threading.Timer(3, release)
         timer.start()
         response = client.get(
             pixel_path(pixel["url"]),
