@@ -6,14 +6,15 @@ the code do the tests notice?
     .venv/bin/python tools/mutation.py --fast               # the fast subset (FAST)
     .venv/bin/python tools/mutation.py --report             # the last run's report, no run
 
-Each wing is run on its own, with the tests that cover it (WINGS) on SQLite only, under
-`nice -n 19` with one worker, in `mutants/<wing>/` (ignored by git): there mutmut finds the
-checkout's `web/` and `tests/` and a pyproject.toml made from the checkout's [tool.mutmut] with
-the wing's files and tests. The report gives per wing the mutants, killed, timed out and
-surviving, the share killed (of all mutants, and of those not listed as equivalent), and every
-survivor (a mutant no test failed for): either equivalent (listed with the reason in
-tools/mutation_equivalent.toml) or UNEXPLAINED. Exit status 1 when under 95% of all the mutants
-were killed or a survivor is unexplained. tests/README.md ("Mutation
+Each wing is run on its own, with the tests that cover it (WINGS), on SQLite only (on both
+databases for BOTH_DATABASES), under `nice -n 19`, one mutant at a time unless `--children N`,
+in `mutants/<wing>/` (ignored by git): there mutmut finds the checkout's `web/` and `tests/`
+and a pyproject.toml made from the checkout's [tool.mutmut] with the wing's files and tests.
+`--resume` goes on with a stopped run. The report gives per wing the mutants, killed, timed out
+and surviving, the share killed (of all mutants, and of those not listed as equivalent), and
+every survivor (a mutant no test failed for): either equivalent (listed with the reason in
+tools/mutation_equivalent.toml) or UNEXPLAINED. Exit status 1 when under 95% of the
+non-equivalent mutants were killed or a survivor is unexplained. tests/README.md ("Mutation
 testing") says more."""
 
 import argparse
