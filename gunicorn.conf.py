@@ -95,4 +95,6 @@ def worker_exit(server, worker):
 
         # A replay stops between two lines, a delivery between two notices; the rest waits.
         background.stop(app)
+        # The fetches answered and queued are stored (or left in the journal for the spool).
+        app.extensions["openreceipt.pixel"].writer.stop()
         app.extensions["openreceipt.database"].close_all()

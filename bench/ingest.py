@@ -132,12 +132,12 @@ def print_table(results, args):
     note = (
         f"ratio: pixel req/s / floor req/s, against the target (every-fetch-new 0.8 on "
         f"SQLite, 0.6 on PostgreSQL; repeat-heavy 0.9). p50/p99: the rounds' medians. events = "
-        f"answers: events stored / fetches answered 'recorded' or 'spooled' (the probes' "
-        f"included), checked as pixel_load.py does. visible: from sending a probe's fetch (a "
-        f"fresh pixel every {pixel_load.PROBE_INTERVAL * 1000:.0f} ms) to seeing its {rows} "
-        f"row in the database; '> {PROBE_TARGET:g} s': probes later than that (the issue's "
-        f"bound) or never seen, and of them those answered 'spooled' (written by a replay). "
-        f"RSS, PSS: sums over the pixel's workers. CPU/req: the workers' CPU time (user + "
+        f"answers: events stored / fetches answered 'recorded', 'queued' or 'spooled' (the "
+        f"probes' included), checked as pixel_load.py does. visible: from sending a probe's "
+        f"fetch (a fresh pixel every {pixel_load.PROBE_INTERVAL * 1000:.0f} ms) to seeing "
+        f"its {rows} row in the database; '> {PROBE_TARGET:g} s': probes later than that (the "
+        f"issue's bound) or never seen, and of them those answered 'spooled' (written by a "
+        f"replay). RSS, PSS: sums over the pixel's workers. CPU/req: the workers' CPU time (user + "
         f"system) per answered request, the pixel's and the floor's; the load generator's and "
         f"the database server's are not in it."
     )
@@ -146,8 +146,9 @@ def print_table(results, args):
 
 def print_kills(results):
     header = (
-        f"{'database':<10} {'kill -9 of':<19} {'answered':>8} {'recorded':>8} {'spooled':>7} "
-        f"{'events':>7} {'spool':>5} {'LOST':>4} {'in flight':>9} {'stored':>6} {'twice':>5}"
+        f"{'database':<10} {'kill -9 of':<19} {'answered':>8} {'recorded':>8} {'queued':>7} "
+        f"{'spooled':>7} {'events':>7} {'keyed':>5} {'LOST':>4} {'in flight':>9} {'stored':>6} "
+        f"{'twice':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -155,16 +156,17 @@ def print_kills(results):
         for kill in result.kills:
             print(
                 f"{result.database:<10} {kill.scenario:<19} {sum(kill.answered.values()):8,} "
-                f"{kill.answered['recorded']:8,} {kill.answered['spooled']:7,} {kill.stored:7,} "
-                f"{kill.replayed:5,} {kill.lost:4,} {kill.in_flight:9,} "
-                f"{kill.in_flight_stored:6,} {kill.twice:5,}"
+                f"{kill.answered['recorded']:8,} {kill.answered['queued']:7,} "
+                f"{kill.answered['spooled']:7,} {kill.stored:7,} {kill.replayed:5,} "
+                f"{kill.lost:4,} {kill.in_flight:9,} {kill.in_flight_stored:6,} {kill.twice:5,}"
             )
     print()
     note = (
         "answered: fetches that got an answer (Python load, every fetch a new event); events: "
-        "stored for them, 'spool' of them replayed from the spool; LOST: answered 'recorded' "
-        "or 'spooled' and not stored (must be 0); in flight: sent and never answered when the "
-        "process died, 'stored' of them stored anyway (not a loss: no answer promised anything)"
+        "stored for them, 'keyed' of them stored by the worker's writer or the spool (spool_key "
+        "set); LOST: answered 'recorded', 'queued' or 'spooled' and not stored (must be 0); in "
+        "flight: sent and never answered when the process died, 'stored' of them stored anyway "
+        "(not a loss: no answer promised anything)"
     )
     print(textwrap.fill(note, width=100))
 

@@ -3,12 +3,12 @@
 nothing else), both with gunicorn.conf.py as it is, driven alike by wrk (or, without wrk, a Python
 load generator) through freshly minted pixels and a mix of mail clients. During the pixel's
 rounds a probe fetches a fresh pixel every 100 ms and times how long its event (and notice) takes
-to appear in the database. Then checks that every fetch answered "recorded" (or "spooled", once
-replayed) is one event in the database. With --kill, kills a worker and then the whole server
-with kill -9 under load and checks that no answered fetch was lost. Not a timed test: run it by
-hand (see bench/README.md). Exits 1 on an answer other than 2xx, a socket error, or events that
-do not add up (or, with --kill, an answered fetch lost); the ratio to the floor and the delays
-are reported, never fatal.
+to appear in the database. Then checks that every fetch answered "recorded" (or "queued" or
+"spooled", once the worker's writer or a replay has stored it) is one event in the database.
+With --kill, kills a worker and then the whole server with kill -9 under load and checks that
+no answered fetch was lost. Not a timed test: run it by hand (see bench/README.md). Exits 1 on
+an answer other than 2xx, a socket error, or events that do not add up (or, with --kill, an
+answered fetch lost); the ratio to the floor and the delays are reported, never fatal.
 
     .venv/bin/python bench/pixel_load.py [--database-url URL] [--duration 15] [--connections 64]
         [--networks one|many] [--notify first|every] [--kill]
@@ -66,6 +66,9 @@ PROBE_TARGET = 1.0
 SOCKET_TIMEOUT = 10  # seconds; a fetch slower than this is an error (wrk's --timeout)
 PROBE_GIVE_UP = SOCKET_TIMEOUT
 COMPARED_HEADERS = ("Content-Type", "Content-Length", "Cache-Control", "Pragma", "Expires")
+# The answers that promise an event: stored before the answer ('recorded'), or after it, by
+# the worker's writer ('queued') or by a replay of the spool ('spooled').
+ANSWERED_STORED = ("recorded:", "queued:", "spooled:")
 
 GMAIL_PROXY = (
     "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
@@ -264,17 +267,19 @@ class Stored:
     """Events in the database."""
 
     total: int
-    replayed: int | None  # events that came from the spool (Event.spool_key), if the column exists
+    # Events with a key (Event.spool_key), if the column exists: stored by the worker's writer
+    # (answered 'queued') or by a replay of the spool (answered 'spooled').
+    replayed: int | None
 
 
 @dataclass
 class Visibility:
-    """Fetch to visible: for each probe answered 'recorded' or 'spooled', the seconds from
-    sending its fetch to seeing its rows in the database."""
+    """Fetch to visible: for each probe answered 'recorded', 'queued' or 'spooled', the seconds
+    from sending its fetch to seeing its rows in the database."""
 
     delays: list = field(default_factory=list)
     recorded: list = field(default_factory=list)  # the delays of those answered 'recorded'
-    unseen: int = 0  # answered 'recorded' or 'spooled', no row within PROBE_GIVE_UP
+    unseen: int = 0  # answered 'recorded', 'queued' or 'spooled', no row within PROBE_GIVE_UP
     late_spooled: int = 0  # of the late ones (or never seen), those answered 'spooled'
     answered_otherwise: Counter = field(default_factory=Counter)  # no row to wait for
     ran_out: bool = False  # every probe pixel was used before the rounds ended
@@ -291,7 +296,7 @@ class Visibility:
         rows = "its event and its notice" if notices else "its event"
         count = len(self.delays) + self.unseen
         if not count:
-            text = "fetch to visible: no probe was answered 'recorded' or 'spooled'"
+            text = "fetch to visible: no probe was answered 'recorded', 'queued' or 'spooled'"
         else:
             text = (
                 f"fetch to visible ({rows} in the database; a fresh pixel fetched every "
@@ -351,7 +356,7 @@ class Probe:
 
     @property
     def expects_rows(self):
-        return self.outcome is None or self.outcome.startswith(("recorded:", "spooled:"))
+        return self.outcome is None or self.outcome.startswith(ANSWERED_STORED)
 
     def read_answer(self):
         try:
@@ -526,7 +531,8 @@ class Result:
     target: float  # the issue's pixel / floor target for this database and load
     loads: dict  # "pixel", "floor" -> Load
     memory: dict  # "pixel", "floor" -> Memory
-    events: tuple  # check_events(): (ok, text, events stored, answered recorded or spooled)
+    # check_events(): (ok, text, events stored, answered recorded, queued or spooled)
+    events: tuple
     visibility: Visibility
     kills: list = field(default_factory=list)  # Kill, with --kill
 
@@ -744,7 +750,13 @@ def run(args, url, data_dir):
         target=target,
         loads=loads,
         memory=memory,
-        events=check_events(loads["pixel"], (before, after), replay, (spool_left, spool_rejected)),
+        events=check_events(
+            loads["pixel"],
+            (before, after),
+            replay,
+            (spool_left, spool_rejected),
+            every_fetch_new=args.networks == "many",
+        ),
         visibility=prober.visibility,
     )
     if args.kill:
@@ -1307,7 +1319,7 @@ def report(loads, memory, stored, replay, spool, servers, visibility, target, da
     if replay is not None:
         print("\nopenreceipt spool replay:")
         print("\n".join(f"  {line}" for line in replay.splitlines()) or "  (no output)")
-    verdict = check_events(pixel, stored, replay, spool)
+    verdict = check_events(pixel, stored, replay, spool, every_fetch_new=args.networks == "many")
     print(f"\n{verdict[1]}")
     if not verdict[0]:
         failures.append("the events do not add up")
@@ -1315,49 +1327,75 @@ def report(loads, memory, stored, replay, spool, servers, visibility, target, da
     if failures:
         print("FAIL: " + "; ".join(failures))
         return 1
-    print("OK: no errors, and every fetch answered 'recorded' or 'spooled' is one stored event")
+    if args.networks == "many":
+        print(
+            "OK: no errors, and every fetch answered 'recorded', 'queued' or 'spooled' is one "
+            "stored event"
+        )
+    else:
+        print(
+            "OK: no errors; every fetch answered 'recorded' is one stored event, and every one "
+            "answered 'queued' or 'spooled' one at most (none if found a repeat when stored)"
+        )
     return 0
 
 
-def check_events(pixel, stored, replay, spool):
-    """(ok, one paragraph, events stored, fetches answered 'recorded' or 'spooled'): do the
-    stored events match the answers? Fetches answered "recorded"
-    are events now; fetches answered "spooled" are events once replayed (unless the replay judges
-    one a repeat, which a live fetch would have been too). Without a spool_key column the two
-    cannot be told apart: then all of them must be there."""
+def check_events(pixel, stored, replay, spool, every_fetch_new=False):
+    """(ok, one paragraph, events stored, fetches answered 'recorded', 'queued' or 'spooled'):
+    do the stored events match the answers? Fetches answered "recorded" are events now, without
+    a key (Event.spool_key); fetches answered "queued" are events once the worker's writer has
+    stored them, and fetches answered "spooled" once replayed, both with a key, unless the writer
+    or the replay judges one a repeat (which a live fetch would have been too). With every fetch
+    new (`every_fetch_new`, --networks many) none can be a repeat: then the keyed events must be
+    as many as those answers. Without a spool_key column the kinds cannot be told apart: then
+    all of them must be there."""
     before, after = stored
-    recorded = sum(n for outcome, n in pixel.outcomes.items() if outcome.startswith("recorded:"))
-    spooled = sum(n for outcome, n in pixel.outcomes.items() if outcome.startswith("spooled:"))
+    counts = Counter()
+    for outcome, n in pixel.outcomes.items():
+        if outcome.startswith(ANSWERED_STORED):
+            counts[outcome.split(":")[0]] += n
+    recorded, queued, spooled = counts["recorded"], counts["queued"], counts["spooled"]
+    answered = recorded + queued + spooled
     left, rejected = spool
     total = after.total - before.total
     slack = pixel.cut_off
     lines = [
         f"events stored: {total:,}; fetches answered 'recorded': {recorded:,}, "
-        f"'spooled': {spooled:,}"
+        f"'queued': {queued:,}, 'spooled': {spooled:,}"
     ]
     if slack:
         lines.append(
             f"  {slack} fetches were cut off in flight when the load stopped: "
             "each may or may not have been stored"
         )
-    if spooled and replay is None:
+    if (queued or spooled) and replay is None:
         lines.append("  no 'openreceipt spool replay' command: only the workers' own replays count")
     if left or rejected:
         lines.append(f"  the spool still holds {left} fetches; {rejected} lines were rejected")
     ok = not left and not rejected
     if after.replayed is None:
-        ok = ok and recorded + spooled <= total <= recorded + spooled + slack
+        ok = ok and answered <= total <= answered + slack
     else:
-        live = total - (after.replayed - (before.replayed or 0))
-        replayed = total - live
+        keyed = after.replayed - (before.replayed or 0)
+        live = total - keyed
+        later = queued + spooled
+        if keyed >= later:
+            missing = ""
+        elif every_fetch_new:
+            missing = f" ({later - keyed:,} not stored, though with every fetch new none repeats)"
+        else:
+            missing = f" ({later - keyed:,} not stored: repeats found when stored)"
         lines.append(
-            f"  recorded live: {live:,} events for {recorded:,} answers; from the spool: "
-            f"{replayed:,} events for {spooled:,} answers"
-            + (f" ({spooled - replayed:,} not recorded on replay)" if replayed < spooled else "")
+            f"  stored live: {live:,} events for {recorded:,} answers 'recorded'; by the writer "
+            f"or the spool: {keyed:,} events for {queued:,} 'queued' + {spooled:,} 'spooled' "
+            f"answers{missing}"
         )
-        ok = ok and recorded <= live <= recorded + slack and replayed <= spooled + slack
+        ok = ok and recorded <= live <= recorded + slack and keyed <= later + slack
+        ok = ok and total <= answered + slack  # a fetch cut off is one event at most
+        if every_fetch_new:
+            ok = ok and keyed >= later
     lines[0] += f": {'OK' if ok else 'MISMATCH'}"
-    return ok, "\n".join(lines), total, recorded + spooled
+    return ok, "\n".join(lines), total, answered
 
 
 # --kill: what a kill -9 under load leaves of the answered fetches.
@@ -1365,7 +1403,6 @@ KILL_SCENARIOS = (
     ("worker", "one worker"),
     ("server", "master and workers"),
 )
-ANSWERED_STORED = ("recorded:", "spooled:")
 
 
 @dataclass
@@ -1374,10 +1411,10 @@ class Kill:
 
     scenario: str
     what: str  # what was killed, when, and how the server came back
-    answered: Counter  # "recorded", "spooled", "other"
+    answered: Counter  # "recorded", "queued", "spooled", "other"
     stored: int  # events of the scenario's fetches
-    replayed: int  # of them, written from the spool (Event.spool_key set)
-    lost: int  # answered 'recorded' or 'spooled', and no event: must be 0
+    replayed: int  # of them, keyed (Event.spool_key set): stored by the writer or the spool
+    lost: int  # answered 'recorded', 'queued' or 'spooled', and no event: must be 0
     in_flight: int  # sent, never answered: may or may not be stored
     in_flight_stored: int
     refused: int  # no connection (the server was down): never sent
@@ -1583,7 +1620,8 @@ def last_event_id(url, sqlite_path):
 
 
 def events_since(url, sqlite_path, first_id):
-    """(masked address, from the spool?) of each event after `first_id`."""
+    """(masked address, keyed? (stored by the writer or the spool)) of each event after
+    `first_id`."""
     with connect(url, sqlite_path) as (connection, p):
         return connection.execute(
             f"SELECT ip, spool_key IS NOT NULL FROM event WHERE id > {p} ORDER BY id", (first_id,)
@@ -1595,9 +1633,9 @@ def report_kills(kills):
     for kill in kills:
         print(f"{kill.scenario}: {kill.what}")
     header = (
-        f"\n{'kill -9 of':<20} {'answered':>8} {'recorded':>8} {'spooled':>8} {'other':>6} "
-        f"{'events':>7} {'spool':>6} {'LOST':>5} {'in flight':>9} {'stored':>7} {'refused':>7} "
-        f"{'twice':>5}"
+        f"\n{'kill -9 of':<20} {'answered':>8} {'recorded':>8} {'queued':>8} {'spooled':>8} "
+        f"{'other':>6} {'events':>7} {'keyed':>6} {'LOST':>5} {'in flight':>9} {'stored':>7} "
+        f"{'refused':>7} {'twice':>5}"
     )
     print(header)
     print("-" * (len(header) - 1))
@@ -1605,15 +1643,16 @@ def report_kills(kills):
         answered = kill.answered
         print(
             f"{kill.scenario:<20} {sum(answered.values()):8,} {answered['recorded']:8,} "
-            f"{answered['spooled']:8,} {answered['other']:6,} {kill.stored:7,} "
-            f"{kill.replayed:6,} {kill.lost:5,} {kill.in_flight:9,} {kill.in_flight_stored:7,} "
-            f"{kill.refused:7,} {kill.twice:5,}"
+            f"{answered['queued']:8,} {answered['spooled']:8,} {answered['other']:6,} "
+            f"{kill.stored:7,} {kill.replayed:6,} {kill.lost:5,} {kill.in_flight:9,} "
+            f"{kill.in_flight_stored:7,} {kill.refused:7,} {kill.twice:5,}"
         )
     note = (
         "(answered: fetches with an answer, by X-Openreceipt; events: stored for this "
-        "scenario's fetches, 'spool' of them replayed from the spool; LOST: answered 'recorded' "
-        "or 'spooled' and not stored; in flight: sent and never answered, 'stored' of them "
-        "stored anyway; refused: no connection while the server was down, never sent)"
+        "scenario's fetches, 'keyed' of them stored by the worker's writer or the spool "
+        "(spool_key set); LOST: answered 'recorded', 'queued' or 'spooled' and not stored; "
+        "in flight: sent and never answered, 'stored' of them stored anyway; refused: no "
+        "connection while the server was down, never sent)"
     )
     print(textwrap.fill(note, width=100))
     for kill in kills:
@@ -1626,7 +1665,10 @@ def report_kills(kills):
                 "or never sent"
             )
     if all(kill.ok for kill in kills):
-        print("OK: every answered fetch 'recorded' or 'spooled' is stored, once, after each kill")
+        print(
+            "OK: every fetch answered 'recorded', 'queued' or 'spooled' is stored, once, after "
+            "each kill"
+        )
     else:
         print("FAIL: answered fetches lost, stored twice, or events that no answer explains")
 

@@ -1,14 +1,13 @@
-"""The pixel's group commit (Recorder.record_together), on SQLite and PostgreSQL: the fetches a
-worker's threads bring at the same moment are stored in one transaction, each exactly once and
-in order, repeats within one batch folded, and a fetch the database refuses fails alone."""
+"""The pixel's batches (web/pixel/recording.py), on SQLite and PostgreSQL: the fetches a
+worker's writer stores at once go in one transaction, each exactly once and in order, repeats
+within one batch folded; what is judged before the write lock is judged again under it where
+the facts changed. (The writer's queue and journal: test_writer.py.)"""
 
 import datetime
 import logging
 import threading
-import time
+import uuid
 from dataclasses import replace
-
-import pytest
 
 from web.judgement.classify import Fetch, Verdict
 from web.notifications import policy
@@ -40,34 +39,11 @@ def fetch_of(public_id, network, user_agent=THUNDERBIRD, city="London"):
 
 
 def together(app, fetches):
-    """Record `fetches` from threads of their own while another thread seems to be writing, so
-    that they all wait and go into one batch; their outcomes (or errors), in order."""
-    recorder = app.extensions["openreceipt"].recorder
-    results = [None] * len(fetches)
-
-    def record(number):
-        with app.app_context():
-            try:
-                results[number] = recorder.record_together(fetches[number])
-            except Exception as error:  # noqa: BLE001 - the test looks at it
-                results[number] = error
-
-    threads = [threading.Thread(target=record, args=(n,)) for n in range(len(fetches))]
-    with recorder._waiting_lock:
-        recorder._writer = True  # as if another thread were writing: each fetch waits
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 10
-    while len(recorder._waiting) < len(fetches):
-        assert time.monotonic() < deadline, "the fetches did not all wait"
-        time.sleep(0.005)
-    # That writer is done: it wakes the first waiting thread, which writes them all.
-    with recorder._waiting_lock:
-        recorder._waiting[0].wake()
-    for thread in threads:
-        thread.join(10)
-        assert not thread.is_alive()
-    return results
+    """Store `fetches` in one batch, as the worker's writer stores the fetches queued at one
+    moment (each with its key); their outcomes, in order."""
+    keyed = [replace(fetch, key=uuid.uuid4().hex) for fetch in fetches]
+    with app.app_context():
+        return app.extensions["openreceipt"].recorder.record_queued(keyed)
 
 
 def test_fetches_waiting_together_are_stored_once_each(app, client, auth, database):
@@ -85,43 +61,10 @@ def test_a_repeat_within_one_batch_is_folded(app, client, auth, database):
     pixel = mint(client, auth)["id"]
     twin = fetch_of(pixel, 7, GMAIL_PROXY)
     outcomes = together(app, [twin, fetch_of(pixel, 7, GMAIL_PROXY), fetch_of(pixel, 8)])
-    # The twins wait in whichever order their threads came: one is stored, the other folded.
-    assert sorted(outcomes[:2]) == ["not recorded: repeat of a fetch seconds ago", "recorded: open"]
+    assert outcomes[:2] == ["recorded: open", "not recorded: repeat of a fetch seconds ago"]
     assert outcomes[2] == "recorded: open"
     with app.app_context():
         assert Pixel.get(Pixel.public_id == pixel).open_count == 2
-
-
-def test_a_fetch_the_database_refuses_fails_alone(app, client, auth, database):
-    """PostgreSQL refuses a city longer than its column: that fetch's thread gets the error
-    (the pixel logs it and answers its GIF), the others of its batch are stored. SQLite stores
-    text of any length: there, all three are."""
-    pixel = mint(client, auth)["id"]
-    outcomes = together(
-        app, [fetch_of(pixel, 1), fetch_of(pixel, 2, city="x" * 5000), fetch_of(pixel, 3)]
-    )
-    assert outcomes[0] == outcomes[2] == "recorded: open"
-    refused = app.config["DATABASE_URL"].startswith("postgresql")
-    assert isinstance(outcomes[1], Exception) if refused else outcomes[1] == "recorded: open"
-    with app.app_context():
-        assert Pixel.get(Pixel.public_id == pixel).open_count == (2 if refused else 3)
-
-
-@pytest.mark.parametrize("count", [14, 5], ids=["many-batches", "one-fetch-more"])
-def test_more_fetches_than_a_batch_are_written_in_turns_and_each_thread_answered(
-    app, client, auth, database, monkeypatch, count
-):
-    """More fetches at once than a batch holds: the writer writes batches until its own fetch is
-    stored, then hands the writing on; every thread returns, and every fetch is stored once. With
-    one fetch more than a batch, a single thread is left waiting to be handed the writing."""
-    monkeypatch.setattr(recording, "MOST_TOGETHER", 4)
-    pixels = [mint(client, auth, subject=f"#{n}")["id"] for n in range(3)]
-    fetches = [fetch_of(pixels[n % 3], n) for n in range(count)]
-    assert together(app, fetches) == ["recorded: open"] * count
-    recorder = app.extensions["openreceipt"].recorder
-    assert recorder._waiting == [] and recorder._writer is False
-    with app.app_context():
-        assert Event.select().count() == count
 
 
 def test_a_replay_waits_for_a_writer_the_pixel_would_not_wait_for(app, client, auth, database):
@@ -161,19 +104,38 @@ def test_a_gmail_open_is_noticed_after_gmails_hold_a_mail_programs_at_once(
     assert due[thunderbird][1] == due[thunderbird][0]
 
 
-def test_on_postgresql_a_batch_nobody_wrote_to_meanwhile_is_read_once(
-    app, client, auth, database, caplog
-):
-    """The batch's read before the write lock still holds under it when no other transaction
-    wrote to its receipts' rows since: PostgreSQL tells by their versions, and the batch is
-    read once. SQLite cannot tell, and reads again under the lock."""
+def test_a_batch_nobody_wrote_to_meanwhile_is_read_once(app, client, auth, database, caplog):
+    """The batch's read before the write lock still holds under it when nothing changed since:
+    PostgreSQL tells by the versions of the receipts' rows, SQLite by reading again only the
+    events stored since (none) and the receipts' facts (the same). Either way, it is judged
+    once."""
     pixel = mint(client, auth)["id"]
     recorder = app.extensions["openreceipt"].recorder
     with caplog.at_level(logging.DEBUG, logger="peewee"), app.app_context():
-        assert recorder.record_together(fetch_of(pixel, 1)) == "recorded: open"
-    reads = [r for r in caplog.records if "LEFT JOIN event e" in r.getMessage()]
+        assert recorder.record_now([fetch_of(pixel, 1)]) == ["recorded: open"]
+    statements = [r.getMessage() for r in caplog.records]
+    assert len([s for s in statements if "LEFT JOIN event e" in s]) == 1
     postgresql = app.config["DATABASE_URL"].startswith("postgresql")
-    assert len(reads) == (1 if postgresql else 2)
+    assert len([s for s in statements if "WHERE e.id >" in s]) == (0 if postgresql else 1)
+
+
+def test_a_batch_whose_receipts_only_counted_others_meanwhile_is_not_judged_again(
+    app, client, auth, database, caplog
+):
+    """Between the screen and the write lock another fetch of the same receipt, from another
+    network, is stored (on PostgreSQL the receipt's row has a new version): the facts are the
+    same and nothing came from the batch's networks, so what the screen judged still holds,
+    and it is not read again."""
+    pixel = mint(client, auth)["id"]
+    recorder = app.extensions["openreceipt"].recorder
+    with app.app_context():
+        pending = screened(app, fetch_of(pixel, 7))
+        assert recorder.record_now([fetch_of(pixel, 8)]) == ["recorded: open"]
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            assert write_screened(app, pending) == "recorded: open"
+        reads = [r for r in caplog.records if "LEFT JOIN event e" in r.getMessage()]
+        assert reads == []
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 2
 
 
 def screened(app, fetch):
@@ -184,7 +146,7 @@ def screened(app, fetch):
 
 
 def write_screened(app, pending):
-    return app.extensions["openreceipt"].recorder._commit([pending], True)[0]
+    return app.extensions["openreceipt"].recorder._commit([pending], recording.SHORT_WAITS)[0]
 
 
 def test_a_twin_stored_after_the_judgement_makes_the_fetch_a_repeat(app, client, auth, database):
@@ -195,7 +157,7 @@ def test_a_twin_stored_after_the_judgement_makes_the_fetch_a_repeat(app, client,
     with app.app_context():
         pending = screened(app, fetch)
         recorder = app.extensions["openreceipt"].recorder
-        assert recorder.record_together(fetch_of(pixel, 7, GMAIL_PROXY)) == "recorded: open"
+        assert recorder.record_now([fetch_of(pixel, 7, GMAIL_PROXY)]) == ["recorded: open"]
         assert write_screened(app, pending) == "not recorded: repeat of a fetch seconds ago"
         assert Event.select().count() == 1
         assert Pixel.get(Pixel.public_id == pixel).open_count == 1

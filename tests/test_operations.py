@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import pytest
 
-from web import create_app
+from web import backup, create_app
 from web.backup import pg_dump_command
 from web.cli import cli
 from web.config import ConfigError
@@ -389,6 +389,8 @@ def test_backup_copies_the_spool_in_whole_lines_and_leaves_out_what_is_transient
     (spool_dir / "batch-00000000000000000001-1.jsonl").write_text('{"b": 1}\n')
     (spool_dir / "dropped").write_text("7\n")
     (spool_dir / "replay.lock").touch()
+    (spool_dir / "journal-77-1.jsonl").write_text('{"j": 1}\n')
+    (spool_dir / ".journal-78-1.jsonl").write_text('{"j": 2}\n')  # a journal being made
     (data_dir / ".secret_key.123.abcd").write_text("half made")
     result = CommandLine(app).invoke(args=["backup", str(tmp_path / "saved")])
     assert result.exit_code == 0, result.output
@@ -400,9 +402,32 @@ def test_backup_copies_the_spool_in_whole_lines_and_leaves_out_what_is_transient
         "spool/active.jsonl",
         "spool/batch-00000000000000000001-1.jsonl",
         "spool/dropped",
+        "spool/journal-77-1.jsonl",
     ]
     assert (saved / "spool" / "active.jsonl").read_text() == '{"a": 1}\n{"a": 2}\n'
     assert (saved / "spool" / "dropped").read_text() == "7\n"
+
+
+def test_backup_leaves_out_a_journal_its_worker_removed_meanwhile(app, tmp_path, monkeypatch):
+    """A worker removes its emptied journal between the backup's listing and its copy: the
+    backup goes on without it."""
+    spool_dir = Path(app.config["DATA_DIR"]) / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "active.jsonl").write_text('{"a": 1}\n')
+    (spool_dir / "journal-77-1.jsonl").write_text("")
+    copy_file = backup._copy_file
+
+    def removed_first(source, copy, whole_lines=False):
+        if source.name.startswith("journal-"):
+            source.unlink()
+        return copy_file(source, copy, whole_lines)
+
+    monkeypatch.setattr(backup, "_copy_file", removed_first)
+    result = CommandLine(app).invoke(args=["backup", str(tmp_path / "saved")])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (tmp_path / "saved" / "spool").iterdir()) == [
+        "active.jsonl"
+    ]
 
 
 def test_backup_refuses_a_place_that_is_not_empty(app, runner, tmp_path):

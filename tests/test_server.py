@@ -424,7 +424,12 @@ def test_no_raw_address_survives_anywhere(request, tmp_path, gunicorn, backend):
             )
         )
     fetches = [(index, outcome) for index, (pair, _) in enumerate(visits) for outcome in pair]
-    recorded = [(index, outcome) for index, outcome in fetches if outcome.startswith("recorded: ")]
+    # Stored before the answer, or queued for the worker's writer (stored within moments).
+    recorded = [
+        (index, outcome)
+        for index, outcome in fetches
+        if outcome.startswith(("recorded: ", "queued: "))
+    ]
     assert {outcome for _, outcome in fetches} - {outcome for _, outcome in recorded} <= {REPEAT}
     assert len(recorded) > 350
     failed_logins = [index for index, (_, login) in enumerate(visits) if login == 200]

@@ -38,17 +38,26 @@ def copy_data_dir(data_dir, target, leave_out):
 
 def _copy_spool(folder, target):
     """Copy the spool's files under the replay lock (web/pixel/spool.py), which every replay
-    takes before it moves or removes a file; appends go on meanwhile. Returns the copies."""
+    takes before it moves or removes a file; appends go on meanwhile. A worker's journal
+    (web/pixel/journal.py) may be emptied or replaced by its worker at any moment: one gone
+    by the time it is read is left out (what it held is stored, or in its new journal).
+    Returns the copies."""
     copies = []
     (target / folder.name).mkdir(mode=0o700, exist_ok=True)
     lock = os.open(folder / spool.LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for source in sorted(folder.iterdir()):
-            if source.is_file() and source.suffix not in TRANSIENT:
-                copy = target / folder.name / source.name
+            hidden = source.name.startswith(".")  # a file being made: journal.py's, say
+            if hidden or source.suffix in TRANSIENT or not source.is_file():
+                continue
+            copy = target / folder.name / source.name
+            try:
                 _copy_file(source, copy, whole_lines=source.suffix == ".jsonl")
-                copies.append(copy)
+            except FileNotFoundError:
+                copy.unlink(missing_ok=True)
+                continue
+            copies.append(copy)
     finally:
         os.close(lock)
     return copies

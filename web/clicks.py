@@ -65,7 +65,7 @@ def record_click(link, services):
         )
         fetch = replace(fetch, link_id=link.id, honeypot=link.honeypot)
         # Stored, or spooled as the pixel's fetches are when the database is busy.
-        outcome = current_app.extensions["openreceipt.pixel"].record(fetch)
+        outcome = current_app.extensions["openreceipt.pixel"].record(fetch, wait=True)
         if outcome.startswith("recorded"):
             ledger.settle_clicks(link.pixel.id, fetch.ip, fetch.at)
     except Exception as error:  # noqa: BLE001 - the person still gets where they were going

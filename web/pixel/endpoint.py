@@ -1,5 +1,6 @@
 """The pixel endpoint, the hot path: always a 200 GIF at once, an event only for a genuine
-pixel; when the database cannot take the event, it waits in the spool (spool.py).
+pixel, stored now or by the worker's writer, or spooled when the database cannot take it
+(writer.py).
 
 Fetches of /p/ are answered here, in front of Flask's request machinery (url matching, request
 and app contexts, the pages' hooks, the session), which they need none of: a mail client's
@@ -7,17 +8,12 @@ request costs what the pixel does and little more. The proxy-trust rule still ap
 ProxyFix (security.trust_proxies) wraps this, so REMOTE_ADDR is already the client's."""
 
 import base64
-import time
-import uuid
-from dataclasses import replace
-
-from peewee import DatabaseError, DataError, IntegrityError
 
 from ..judgement.classify import Fetch
 from ..privacy import MAX_USER_AGENT, anonymize, fingerprint
 from ..security import HSTS
-from ..storage.engine import PIXEL_WAIT_MS, utcnow
-from . import spool
+from ..storage.engine import utcnow
+from .writer import Writer
 
 PREFIX = "/p/"
 GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -32,11 +28,6 @@ GIF_HEADERS = (
     ("X-Content-Type-Options", "nosniff"),
 )
 PREFETCH_HEADERS = ("HTTP_PURPOSE", "HTTP_SEC_PURPOSE", "HTTP_X_PURPOSE", "HTTP_X_MOZ")
-MB = 1024 * 1024
-# While the full spool turns fetches away, the host's first drop is logged, then one line a
-# minute per worker at most: a line a fetch would make the log grow as fast as the spool would.
-SPOOL_FULL_LOG_SECONDS = 60
-_spool_full_logged_at = None
 
 
 def gif_headers(outcome, debug, secure=False):
@@ -67,6 +58,7 @@ class PixelFirst:
         self.config = app.config
         self.logger = app.logger
         self.database = app.extensions["openreceipt.database"]
+        self.writer = Writer(self.services.recorder, app.config, app.logger)
 
     def __call__(self, environ, start_response):
         if not environ.get("PATH_INFO", "").startswith(PREFIX):
@@ -106,57 +98,10 @@ class PixelFirst:
             return "not recorded: invalid signature"
         return self.record(observe(environ, public_id, services, self.config["SECRET_KEY"]))
 
-    def record(self, fetch):
-        """Store the fetch (of the pixel, or a click: web/clicks.py) now, or spool it when the
-        database cannot take it at once; the outcome."""
-        try:
-            return self.services.recorder.record_together(fetch)
-        except (DataError, IntegrityError):
-            raise  # the fetch itself is at fault: replaying it later would fail the same way
-        except DatabaseError as error:
-            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-            if "locked" in reason or "busy" in reason:
-                reason = f"busy for {PIXEL_WAIT_MS} ms"
-            return self.spool(fetch, reason)
-
-    def spool(self, fetch, reason):
-        """Keep the fetch in the spool, to be stored once the database takes it again."""
-        config = self.config
-        try:
-            written = spool.append(
-                config["DATA_DIR"],
-                replace(fetch, key=uuid.uuid4().hex),
-                max_bytes=config["SPOOL_MAX_MB"] * MB,
-                fold_repeats=True,
-            )
-        except spool.SpoolFull as full:
-            self.log_spool_full(reason, full.dropped)
-            return "not recorded: database unavailable and spool full"
-        except spool.SpoolError as spool_error:
-            self.logger.error("fetch lost: database: %s; spool: %s", reason, spool_error.strerror)
-            return "not recorded: database and spool unavailable"
-        if not written:
-            return "not recorded: repeat of a fetch seconds ago"
-        self.logger.warning("fetch spooled: database: %s", reason)
-        return "spooled: database unavailable"
-
-    def log_spool_full(self, reason, dropped):
-        """Say that the full spool dropped a fetch: the host's first drop, then once a minute."""
-        global _spool_full_logged_at
-        now = time.monotonic()
-        recently = _spool_full_logged_at is not None and (
-            now - _spool_full_logged_at < SPOOL_FULL_LOG_SECONDS
-        )
-        if recently and dropped > 1:
-            return
-        _spool_full_logged_at = now
-        self.logger.error(
-            "pixel fetch dropped: database: %s; the spool is full (OPENRECEIPT_SPOOL_MAX_MB=%s): "
-            "it keeps the oldest fetches, %s dropped so far on this host",
-            reason,
-            self.config["SPOOL_MAX_MB"],
-            dropped,
-        )
+    def record(self, fetch, wait=False):
+        """Store the fetch (of the pixel, or a click: web/clicks.py, which `wait`s for it), queue
+        it, or spool it (writer.py); the outcome."""
+        return self.writer.record(fetch, wait)
 
 
 def observe(environ, public_id, services, secret):

@@ -2,9 +2,9 @@
 building a Peewee query costs more than the database takes to run it, and this runs for every
 fetch of every pixel.
 
-The pixel hands each fetch to Recorder.record_together, which stores the fetches a worker's
-threads bring at the same moment together (a group commit, at most MOST_TOGETHER), and answers
-each once its batch is committed: an answered fetch is stored. A batch goes like this:
+The pixel's fetches come here through the worker's writer (writer.py): a fetch alone through
+Recorder.record_now, answered once it is committed; the fetches queued while the worker stores
+others through Recorder.record_queued, many to a transaction. A batch goes like this:
 
 1. Screen, without the write lock: one query reads the facts of the batch's pixels and the
    events from the batch's networks within the repeat window around it; each fetch is judged
@@ -14,10 +14,12 @@ each once its batch is committed: an answered fetch is stored. A batch goes like
    UPDATE, in one order): the same query again, now that no other writer can change what it
    reads, and each fetch judged again where its facts changed (the sender's own view, a
    recipient put on the do-not-track list) or a twin was stored meanwhile by another worker.
-   The events go in with one executemany (psycopg sends them in one round trip), and each
-   pixel's counters, state and times move once for all its events, in one UPDATE that never
-   loses a concurrent count and only moves times outwards (a replayed fetch may be older than
-   one recorded meanwhile).
+   The events go in with one INSERT, and each pixel's counters, state and times move once for
+   all its events, in one UPDATE that never loses a concurrent count and only moves times
+   outwards (a replayed fetch may be older than one recorded meanwhile): each statement takes
+   all its rows in one parameter (SQLite a JSON array, PostgreSQL arrays), so a batch of 200
+   is a few statements, not hundreds of steps, each of which would let go of Python's lock and
+   wait to get it back from the request threads.
 3. In the same transaction, an open or a delivery whose owner wants to hear of it puts a notice
    in the outbox for each of their channels (notifications/outbox.py; sent later). Such a
    pixel's events are stored one by one, each counted before the next asks whether it is the
@@ -28,17 +30,16 @@ that it is stored once. The statements are the same as the Peewee models describ
 (storage/models.py); the tests run every fetch through here and read the results back through
 the models.
 
-In one file on purpose: the SQL, the judgement it feeds and the group commit that runs it are
-one path, every fetch's, and each part's correctness (exactly once, repeats folded, counts never
+In one file on purpose: the SQL, the judgement it feeds and the batches that run it are one
+path, every fetch's, and each part's correctness (exactly once, repeats folded, counts never
 lost) rests on the others."""
 
 import datetime
 import json
-import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from peewee import DataError, IntegrityError, SqliteDatabase, __exception_wrapper__
+from peewee import SqliteDatabase
 
 from ..judgement.classify import PixelFacts
 from ..notifications import outbox
@@ -47,6 +48,7 @@ from ..storage.engine import (
     PIXEL_ROW_WAIT_MS,
     db,
     dialect_statements,
+    in_writers_turn,
     sql_time,
     with_short_lock_waits,
     write_transaction,
@@ -54,9 +56,26 @@ from ..storage.engine import (
 from ..storage.models import Pixel
 from ..vocabulary import KINDS, SHOWS_DELIVERY, STATE_REACHED, STATES, Kind
 
-# PostgreSQL: the batch's waits, for this transaction only, sent with its BEGIN.
-PIXEL_TIMEOUTS = (
-    f"SET LOCAL lock_timeout = '{PIXEL_ROW_WAIT_MS}ms'; SET LOCAL statement_timeout = '2s'"
+
+@dataclass(frozen=True)
+class Waits:
+    """How long a batch waits for other writers: `run(write)` runs the transaction (SQLite: in
+    the pixel writers' turn, storage/engine.py); `settings` go to PostgreSQL with its BEGIN,
+    for this transaction only."""
+
+    run: object
+    settings: str
+
+
+# A fetch whose answer waits on it: another writer is waited for PIXEL_WAIT_MS (SQLite) or
+# PIXEL_ROW_WAIT_MS (PostgreSQL) at most, then the fetch is spooled.
+SHORT_WAITS = Waits(
+    with_short_lock_waits,
+    f"SET LOCAL lock_timeout = '{PIXEL_ROW_WAIT_MS}ms'; SET LOCAL statement_timeout = '2s'",
+)
+# Fetches already answered (a worker's writer): as long as the database's own limits allow.
+LONG_WAITS = Waits(
+    in_writers_turn, "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '10s'"
 )
 # Mail clients and proxies often fetch an image twice: the same fetcher within 10 s is one event.
 REPEAT_WINDOW = datetime.timedelta(seconds=10)
@@ -76,6 +95,7 @@ class Statements:
     read: str
     lock: str | None
     replayed: str
+    since: str | None
     insert: str
     count: str
     sqlite: bool
@@ -110,13 +130,17 @@ COUNT_COLUMNS = {
 
 
 def _rows(sqlite, columns):
-    """Where a statement takes its rows: SQLite runs it once a row (executemany, named
-    parameters); PostgreSQL once for all, each column an array, unnest()ed to rows `d` (one
-    statement, one round trip, one plan). ({column: value expression}, the FROM clause)."""
+    """Where a statement takes its rows: all of them in one parameter, as a table `d` (one
+    statement, one step, one plan): SQLite reads a JSON array of rows, PostgreSQL a column of
+    values for each parameter, unnest()ed. ({column: value expression}, the FROM clause)."""
+    value = {name: f"d.{name}" for name in columns}
     if sqlite:
-        return {name: f":{name}" for name in columns}, ""
+        picked = ", ".join(
+            f"json_extract(value, '$[{n}]') AS {name}" for n, name in enumerate(columns)
+        )
+        return value, f"(SELECT {picked} FROM json_each(?)) AS d"
     arrays = ", ".join(f"%s::{kind}[]" for kind in columns.values())
-    return {name: f"d.{name}" for name in columns}, f"unnest({arrays}) AS d({', '.join(columns)})"
+    return value, f"unnest({arrays}) AS d({', '.join(columns)})"
 
 
 def _count_statement(sqlite):
@@ -146,8 +170,7 @@ def _count_statement(sqlite):
         f"state = CASE WHEN {rank('state')} < {rank(value['reached'])} "
         f"THEN {value['reached']} ELSE state END",
     ]
-    where = f"id = {value['id']}" if sqlite else f"pixel.id = {value['id']}"
-    return f"UPDATE pixel SET {', '.join(parts)}{' FROM ' + rows if rows else ''} WHERE {where}"
+    return f"UPDATE pixel SET {', '.join(parts)} FROM {rows} WHERE pixel.id = {value['id']}"
 
 
 def statements(database):
@@ -156,10 +179,12 @@ def statements(database):
     # A list of values as one parameter: SQLite reads a JSON array, PostgreSQL an array.
     in_list = f"IN (SELECT value FROM json_each({p}))" if sqlite else f"= ANY({p})"
     notified = "EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id)"
-    # PostgreSQL: the row's version (xmin) too, which every write to it changes (_Seen).
-    version = "NULL" if sqlite else "p.xmin::text"
+    # A version of what was read (_Seen): PostgreSQL, the row's (xmin), which every write to it
+    # changes; SQLite, the newest event's id, which every stored event moves on.
+    version = "coalesce((SELECT max(id) FROM event), 0)" if sqlite else "p.xmin::text"
     value, rows = _rows(sqlite, EVENT_COLUMNS)
     columns = ", ".join(EVENT_COLUMNS)
+
     return Statements(
         # The facts of the batch's pixels, whether their owners have a channel to notify, and
         # who fetched them from the batch's networks within the repeat window: one row per such
@@ -174,20 +199,36 @@ def statements(database):
         ),
         # PostgreSQL: lock the pixels' rows first, all in one order (two hosts' batches never
         # wait for each other in a circle). Their versions say whether anything wrote to them
-        # since they were read (_Seen.changed); if so, they are read again in a statement of
-        # its own, whose snapshot (READ COMMITTED) sees what was committed while we waited.
+        # since they were read (_Seen.changed), and their facts as they are now what it was.
         lock=None
         if sqlite
         else (
-            "SELECT public_id, xmin::text FROM pixel WHERE public_id = ANY(%s) "
-            "ORDER BY public_id FOR UPDATE"
+            f"SELECT p.public_id, p.xmin::text, p.id, "
+            f"{', '.join('p.' + name for name in FACT_COLUMNS)}, p.tracking_stopped_at, "
+            f"{notified} FROM pixel p WHERE p.public_id = ANY(%s) ORDER BY p.public_id FOR UPDATE"
         ),
         replayed=f"SELECT spool_key FROM event WHERE spool_key {in_list}",
-        insert=(
-            f"INSERT INTO event ({columns}) VALUES ({', '.join(value.values())})"
-            if sqlite
-            else f"INSERT INTO event ({columns}) SELECT {columns} FROM {rows}"
+        # Under the write lock, whether the screen's judgement still holds (_Seen.holds).
+        # SQLite: the pixels' facts again, and whether an event from the batch's networks was
+        # stored for them since the screen's read (one with a newer id; the unary + keeps
+        # SQLite walking the few newest rows rather than the pixels' index). PostgreSQL, once
+        # the pixels' rows are locked (so that every event of theirs is committed or not yet
+        # begun) and in a statement of its own (whose snapshot sees what was committed while
+        # it waited): how many events the read would find now.
+        since=(
+            f"SELECT p.public_id, EXISTS (SELECT 1 FROM event e WHERE e.id > {p} "
+            f"AND +e.pixel_id IN (SELECT id FROM pixel WHERE public_id {in_list}) "
+            f"AND (e.ip IS NULL OR +e.ip {in_list})), p.id, "
+            f"{', '.join('p.' + name for name in FACT_COLUMNS)}, p.tracking_stopped_at, "
+            f"{notified} FROM pixel p WHERE p.public_id {in_list}"
+        )
+        if sqlite
+        else (
+            "SELECT count(*) FROM pixel p JOIN event e ON e.pixel_id = p.id "
+            "AND e.at BETWEEN %s AND %s AND (e.ip IS NULL OR e.ip = ANY(%s)) "
+            "WHERE p.public_id = ANY(%s)"
         ),
+        insert=f"INSERT INTO event ({columns}) SELECT {columns} FROM {rows}",
         count=_count_statement(sqlite),
         sqlite=sqlite,
     )
@@ -202,15 +243,29 @@ def _listed(sql, values):
 
 
 def _put(sql, statement, rows):
-    """Run the statement for each row ({column: value}), in one go: SQLite with executemany,
-    PostgreSQL once with a column of values for each parameter. The cursor."""
+    """Run the statement for all the rows ({column: value}, in the statement's order) at once.
+    The cursor."""
+    return db.execute_sql(statement, _params(sql, rows))
+
+
+def _params(sql, rows):
+    """The rows as a statement's parameters: for SQLite one JSON array of rows, for PostgreSQL
+    a column of values for each parameter."""
     if sql.sqlite:
-        with __exception_wrapper__:
-            cursor = db.cursor()
-            cursor.executemany(statement, rows)
-        return cursor
-    columns = [[row[name] for row in rows] for name in rows[0]]
-    return db.execute_sql(statement, columns)
+        return (json.dumps([list(row.values()) for row in rows]),)
+    return [[row[name] for row in rows] for name in rows[0]]
+
+
+@dataclass
+class _Plan:
+    """What storing a batch's fresh fetches takes, worked out before it is done: the outcomes
+    {id(pending): outcome}, the events of receipts whose owners are notified (stored one by
+    one), and the parameters of the INSERT of the others and of their counters' UPDATE."""
+
+    outcomes: dict
+    notified: list
+    events: object = None
+    counts: object = None
 
 
 @dataclass
@@ -232,25 +287,43 @@ class _Seen:
     network, link, source, client), to which the fetches the batch stores are added as it
     goes."""
 
-    def __init__(self, sql, rows):
+    def __init__(self, sql, rows, params=None):
         self.sql = sql
+        self.params = params  # the read's
+        self.events = 0  # how many events the read found
         self.pixels = {}
         self.versions = {}
+        self.read_facts = {}  # public id -> the facts' columns as read
+        self.plan = None  # (the pending fetches it is for, their _Plan): made by the screen
         self.fetched = defaultdict(list)
         for public_id, version, pixel_id, *facts, at, ip, link, source, client in rows:
             if public_id not in self.pixels:
                 self.pixels[public_id] = _facts(pixel_id, *facts)
                 self.versions[public_id] = version
+                self.read_facts[public_id] = (pixel_id, *facts)  # as holds() reads them
             if source is not None:
                 self.fetched[(pixel_id, ip, link, source, client)].append(sql_time(at, sql.sqlite))
+                self.events += 1
 
     def changed(self, versions, wanted):
         """Whether one of the `wanted` pixels' rows was written to (or deleted) since it was
         read, given their versions [(public id, version)] as they are now (PostgreSQL: every
         transaction that writes a row gives it a new xmin; a stored event always moves its
         pixel's counters, and a do-not-track stop or the sender's own view is written on it)."""
-        now = dict(versions)
+        now = {public_id: version for public_id, version, *_ in versions}
         return set(now) != wanted or any(self.versions.get(key) != now[key] for key in now)
+
+    def holds(self, rows, wanted, stored_since):
+        """Whether the judgements on this read still hold for the `wanted` pixels, given their
+        `rows` (public id, anything, pixel id, facts...) read under the write lock, and whether
+        an event from the batch's networks was `stored_since`: the same pixels with the same
+        facts, and no such event."""
+        now = {public_id: tuple(facts) for public_id, _, *facts in rows}
+        return (
+            not stored_since
+            and set(now) == wanted
+            and all(self.read_facts[key] == now[key] for key in now)
+        )
 
     def repeat(self, fetcher, at):
         """Whether `fetcher` fetched within the repeat window around `at`; if not, that it did
@@ -287,7 +360,7 @@ def _read(sql, fetches):
     low = _window(sql, min(fetch.at for fetch in fetches))[0]
     high = _window(sql, max(fetch.at for fetch in fetches))[1]
     params = (low, high, _listed(sql, ips), _listed(sql, public_ids))
-    return _Seen(sql, db.execute_sql(sql.read, params).fetchall())
+    return _Seen(sql, db.execute_sql(sql.read, params).fetchall(), params)
 
 
 def _event(fetch, facts, verdict, client, sql):
@@ -329,153 +402,105 @@ def _counting(pixel_id, events, sql):
     return count
 
 
-def _held_lock():
-    lock = threading.Lock()
-    lock.acquire()
-    return lock
+def _screen_holds(sql, todo, fresh, versions):
+    """Under the write lock: whether the judgements the screen made without it still hold for
+    the `fresh` fetches (of the `todo` ones), so that they need not be read and judged again:
+    nothing wrote to their pixels' rows since (PostgreSQL: their `versions` as locked), or
+    nothing changed their facts and no event was stored from their networks since (SQLite)."""
+    screens = {one.seen for one in fresh}
+    if len(screens) != 1 or None in screens:
+        return False
+    (screen,) = screens
+    if not sql.sqlite:
+        wanted = {one.fetch.public_id for one in todo}
+        if versions is None or not screen.changed(versions, wanted):
+            return versions is not None
+        # Written to since (under load, mostly another batch's counts): by what?
+        (events,) = db.execute_sql(sql.since, screen.params).fetchone()
+        return screen.holds(versions, wanted, events != screen.events)
+    fetches = [one.fetch for one in fresh]
+    ips = _listed(sql, sorted({fetch.ip for fetch in fetches if fetch.ip is not None}))
+    public_ids = _listed(sql, sorted({fetch.public_id for fetch in fetches}))
+    newest = max(screen.versions.values())
+    rows = db.execute_sql(sql.since, (newest, public_ids, ips, public_ids)).fetchall()
+    stored_since = any(row[1] for row in rows)
+    return screen.holds(rows, {fetch.public_id for fetch in fetches}, stored_since)
 
 
-# The most fetches one transaction stores (record_together). A batch holds SQLite's one write
-# lock while it is written, and the other workers' fetches wait for it PIXEL_WAIT_MS at most
-# before they are spooled: 20 keeps a batch well within that.
+# The most fetches one transaction stores for the pixel's own thread (a fetch alone) or for the
+# spool's replay: a replay that competes with the pixel for the write lock takes few turns at it.
 MOST_TOGETHER = 20
 
 
-@dataclass
-class _Waiting:
-    """A fetch waiting in record_together, and what came of it. Its thread sleeps in sleep()
-    until woken, once: when its fetch is done, or when it is to write the next batches. (A bare
-    lock, held until then: far cheaper to make, wait on and wake than a threading.Event, and
-    there is one a fetch.)"""
-
-    fetch: object
-    outcome: str | None = None
-    error: BaseException | None = None
-    done: bool = False
-    _asleep: object = field(default_factory=_held_lock)
-
-    def sleep(self):
-        self._asleep.acquire()
-
-    def wake(self):
-        self._asleep.release()
-
-
 class Recorder:
-    """Judges and stores fetches with this server's judge: built once at start-up, called by
-    the pixel endpoint for each fetch (record_together) and by the spool's replay for the
-    spooled ones (record_replayed)."""
+    """Judges and stores fetches with this server's judge: built once at start-up, called for a
+    fetch the pixel answers once it is stored (record_now), for the fetches a worker's writer
+    stores after their answers went out (record_queued, web/pixel/writer.py) and for the spooled
+    ones (record_replayed)."""
 
     def __init__(self, judge):
         self.judge = judge
-        self._waiting = []
-        self._waiting_lock = threading.Lock()  # guards _waiting and _writer
-        self._writer = False  # whether a thread is writing batches
+
+    def record_now(self, fetches):
+        """Store the fetches in one transaction, waiting PIXEL_WAIT_MS at most for another
+        writer (a mail client waits for the answer); their outcomes."""
+        return self._commit(self._screen(fetches), waits=SHORT_WAITS)
+
+    def record_queued(self, fetches):
+        """Store answered fetches (each with its key, kept with its event) in one transaction,
+        waiting for the database as long as it takes: nobody's answer waits on them; their
+        outcomes. A fetch the database refuses fails them all (the caller tries each alone)."""
+        return self._commit(self._screen(fetches), waits=LONG_WAITS)
 
     def record_replayed(self, fetches):
         """Store spooled fetches (each with its key) in one transaction, in order, each exactly
         once; their outcomes. A fetch the database refuses fails them all (the caller tries
         each alone)."""
-        return self._commit([_Pending(fetch) for fetch in fetches], short_waits=False)
-
-    def record_together(self, fetch):
-        """The pixel's way: store this fetch in one transaction with those this process's
-        other threads are storing at the same moment (group commit), and return its outcome
-        once that transaction is committed. A thread that finds nobody writing becomes the
-        writer: it writes the waiting fetches, MOST_TOGETHER at a time, until its own is
-        stored, then hands the writing to the next waiting thread, if any. Each other thread
-        sleeps until its fetch is stored (or it is handed the writing): it is woken once, not
-        at every batch. Under load, one read, one transaction and one turn at the write lock
-        serve many fetches; alone, a fetch is written at once."""
-        me = _Waiting(fetch)
-        with self._waiting_lock:
-            self._waiting.append(me)
-            writer, self._writer = not self._writer, True
-        if not writer:
-            me.sleep()
-        if not me.done:
-            self._write_until_done(me)
-        if me.error is not None:
-            raise me.error
-        return me.outcome
-
-    def _write_until_done(self, me):
-        """Write the waiting fetches in batches until `me` is stored, then wake the next
-        waiting thread to go on writing, or say that nobody is."""
-        while not me.done:
-            with self._waiting_lock:
-                batch = self._waiting[:MOST_TOGETHER]
-                del self._waiting[:MOST_TOGETHER]
-            self._write_together(batch, me)
-        with self._waiting_lock:
-            if self._waiting:
-                self._waiting[0].wake()
-            else:
-                self._writer = False
-
-    def _write_together(self, batch, writer):
-        """Write a batch in one transaction, and wake each of its threads but the writer's."""
-        try:
-            outcomes = self._write([waiting.fetch for waiting in batch])
-        except (DataError, IntegrityError):
-            # One fetch is at fault (the database refuses it): it alone must fail, so each is
-            # written on its own.
-            for waiting in batch:
-                try:
-                    waiting.outcome = self._write([waiting.fetch])[0]
-                except Exception as error:  # noqa: BLE001 - handed to the fetch's own thread
-                    waiting.error = error
-        except Exception as error:  # noqa: BLE001 - the database is away: each thread spools
-            for waiting in batch:
-                waiting.error = error
-        else:
-            for waiting, outcome in zip(batch, outcomes, strict=True):
-                waiting.outcome = outcome
-        finally:
-            for waiting in batch:
-                waiting.done = True
-                if waiting is not writer:
-                    waiting.wake()
-
-    def _write(self, fetches):
-        """Screen the pixel's fetches, then commit those still to be stored; their outcomes."""
-        return self._commit(self._screen(fetches), short_waits=True)
+        return self._commit([_Pending(fetch) for fetch in fetches], waits=None)
 
     def _screen(self, fetches):
         """Step 1, without the write lock: the fetches as _Pending, each judged, with its
         outcome when it is not to be stored (most repeats end here)."""
-        seen = _read(_sql(), fetches)
+        sql = _sql()
+        seen = _read(sql, fetches)
         pending = [_Pending(fetch, seen=seen) for fetch in fetches]
         for one in pending:
             one.outcome, one.judged = self._judge(one, seen)
+        # What to write, made now, without the lock: under it, only the writing is left when
+        # the judgements still hold (_screen_holds), as they mostly do.
+        todo = [one for one in pending if one.outcome is None]
+        if todo:
+            seen.plan = (todo, self._plan(sql, todo, [(None, one.judged) for one in todo]))
         return pending
 
-    def _commit(self, pending, short_waits):
+    def _commit(self, pending, waits):
         """Step 2, under the write lock: store the pending fetches that have no outcome yet, in
-        one transaction, in order; the outcomes of all."""
+        one transaction, in order; the outcomes of all. `waits`: SHORT_WAITS, LONG_WAITS, or
+        None for the spool's replay, whose fetches' keys are looked up first (a replay cut
+        short, or a journal taken over, may hold fetches already stored)."""
         sql = _sql()
         todo = [one for one in pending if one.outcome is None]
         outcomes = {}
 
         def write():
-            with write_transaction(settings=PIXEL_TIMEOUTS if short_waits else None):
+            with write_transaction(settings=waits.settings if waits else None):
                 versions = None
                 if sql.lock:
                     ids = sorted({one.fetch.public_id for one in todo})
                     versions = db.execute_sql(sql.lock, (ids,)).fetchall()
-                return self._store(sql, todo, versions)
+                return self._store(sql, todo, versions, check_keys=waits is None)
 
         if todo:
-            outcomes = with_short_lock_waits(write) if short_waits else write()
+            outcomes = waits.run(write) if waits else write()
         return [outcomes.get(id(one), one.outcome) for one in pending]
 
-    def _store(self, sql, todo, versions):
+    def _store(self, sql, todo, versions, check_keys):
         """Under the write lock: judge the fetches again on what the database holds now, and
         store those that are still new events; {id(pending): outcome}. On PostgreSQL,
         `versions` are the pixels' rows' versions as locked: when no other transaction wrote
         to them since the screen read them, its judgement still holds as it is."""
         outcomes = {}
-        keys = [one.fetch.key for one in todo if one.fetch.key is not None]
+        keys = [one.fetch.key for one in todo if one.fetch.key is not None and check_keys]
         replayed = set()
         if keys:
             rows = db.execute_sql(sql.replayed, (_listed(sql, keys),)).fetchall()
@@ -490,32 +515,41 @@ class Recorder:
                 fresh.append(one)
         if not fresh:
             return outcomes
-        screens = {one.seen for one in fresh}
-        (screen,) = screens if len(screens) == 1 else (None,)
-        wanted = {one.fetch.public_id for one in todo}
-        if screen is None or versions is None or screen.changed(versions, wanted):
+        if not _screen_holds(sql, todo, fresh, versions):
             seen = _read(sql, [one.fetch for one in fresh])
-            judgements = [self._judge(one, seen) for one in fresh]
+            plan = self._plan(sql, fresh, [self._judge(one, seen) for one in fresh])
+        elif fresh[0].seen.plan[0] == fresh:
+            plan = fresh[0].seen.plan[1]
         else:
-            judgements = [(one.outcome, one.judged) for one in fresh]
+            plan = self._plan(sql, fresh, [(one.outcome, one.judged) for one in fresh])
+        for event in plan.notified:
+            self._store_notified(sql, *event)
+        if plan.events is not None:
+            db.execute_sql(sql.insert, plan.events)
+            db.execute_sql(sql.count, plan.counts)
+        outcomes.update(plan.outcomes)
+        return outcomes
+
+    def _plan(self, sql, fresh, judgements):
+        """The _Plan that stores the fresh fetches as judged: [(outcome, judged)] in order."""
+        outcomes = {}
         stored = defaultdict(list)  # pixel id -> [(fetch, facts, verdict, client)]
         for one, (outcome, judged) in zip(fresh, judgements, strict=True):
             if outcome is None:
                 stored[judged[0]["id"]].append((one.fetch, *judged))
                 outcome = f"recorded: {judged[1].kind}"
             outcomes[id(one)] = outcome
+        plan = _Plan(outcomes, [])
         events, counts = [], []
         for pixel_id, found in stored.items():
             if found[0][1]["notified"]:
-                for event in found:
-                    self._store_notified(sql, *event)
+                plan.notified += found
                 continue
             events += [_event(*event, sql) for event in found]
             counts.append(_counting(pixel_id, [(v.kind, f.at) for f, _, v, _ in found], sql))
         if events:
-            _put(sql, sql.insert, events)
-            _put(sql, sql.count, counts)
-        return outcomes
+            plan.events, plan.counts = _params(sql, events), _params(sql, counts)
+        return plan
 
     def _judge(self, one, seen):
         """(outcome, None) when the fetch is not to be stored, else (None, (facts, verdict,
@@ -545,8 +579,8 @@ class Recorder:
         reason = REASONS.get(verdict.kind)
         notices = outbox.to_notify(pixel_id, reason, verdict.source, fetch.at) if reason else []
         event = [_event(fetch, facts, verdict, client, sql)]
-        if sql.sqlite:  # (executemany leaves lastrowid unset)
-            event_id = db.execute_sql(sql.insert, event[0]).lastrowid
+        if sql.sqlite:
+            event_id = _put(sql, sql.insert, event).lastrowid
         else:
             event_id = _put(sql, f"{sql.insert} RETURNING id", event).fetchone()[0]
         _put(sql, sql.count, [_counting(pixel_id, [(verdict.kind, fetch.at)], sql)])

@@ -9,7 +9,9 @@ pixel's facts as they were at the time of the fetch, exactly as it would have be
 Files, in `<DATA_DIR>/spool/`:
 - `active.jsonl`: appended to by every worker of this host; each append holds an flock on the
   file and checks that the file is still the active one (a replay may have just moved it);
-- `batch-<ns>-<pid>.jsonl`: the active file moved aside by a replay, replayed in name order;
+- `batch-<ns>-<pid>.jsonl`: the active file moved aside by a replay, or the journal of a worker
+  that died with fetches still to be stored (journal.py), replayed in name order;
+- `journal-<pid>-<ns>.jsonl`: each worker's journal, while the worker lives;
 - `rejected.jsonl`: lines the database refused for good (never expected), kept for the operator;
 - `replay.lock`: held by the one replay of this host that runs at a time;
 - `dropped`: how many fetches the spool had no room for, in all (see below).
@@ -33,13 +35,13 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from peewee import DataError, IntegrityError
 
 from .. import background
 from ..judgement.classify import Fetch
+from . import journal
 from .recording import MOST_TOGETHER, REPEAT_WINDOW
 
 ACTIVE = "active.jsonl"
@@ -73,7 +75,7 @@ class SpoolFull(SpoolError):
 
 def to_json(fetch):
     """A spool line's data: the Fetch, its time as ISO text."""
-    return {**asdict(fetch), "at": fetch.at.isoformat()}
+    return {**vars(fetch), "at": fetch.at.isoformat()}
 
 
 def from_json(data):
@@ -207,7 +209,13 @@ def batches(data_dir, include_active=False):
 
 def has_work(data_dir):
     folder = directory(data_dir)
-    return (folder / ACTIVE).exists() or any(folder.glob("batch-*.jsonl"))
+    return (
+        (folder / ACTIVE).exists() or any(folder.glob("batch-*.jsonl")) or journal.orphans(folder)
+    )
+
+
+def _batch_name():
+    return f"batch-{time.time_ns():020d}-{os.getpid()}.jsonl"
 
 
 def _rotate(folder):
@@ -220,7 +228,7 @@ def _rotate(folder):
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         if os.fstat(descriptor).st_size:
-            os.rename(path, folder / f"batch-{time.time_ns():020d}-{os.getpid()}.jsonl")
+            os.rename(path, folder / _batch_name())
     finally:
         os.close(descriptor)
 
@@ -238,6 +246,7 @@ def replay(app, wait=False):
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             return None
+        journal.adopt_orphans(folder, _batch_name)
         _rotate(folder)
         counts = {"recorded": 0, "not_recorded": 0, "rejected": 0, "left": 0}
         with app.app_context():

@@ -217,6 +217,15 @@ def with_short_lock_waits(work, database=db):
         return _retried_while_busy(work, database)
 
 
+def in_writers_turn(work, database=db):
+    """work() in the pixel writers' turn (writers_turn), waiting for the database's lock as long
+    as any other writer does: for a writer nobody's answer waits on (web/pixel/writer.py)."""
+    if not isinstance(_real(database), SqliteDatabase):
+        return work()
+    with writers_turn(database):
+        return work()
+
+
 def _retried_while_busy(work, database):
     deadline = time.monotonic() + PIXEL_WAIT_MS / 1000
     database.execute_sql("PRAGMA busy_timeout = 1")

@@ -1,0 +1,358 @@
+"""The worker's writer (web/pixel/writer.py) and its journal (web/pixel/journal.py), on SQLite
+and PostgreSQL: a fetch alone is stored before its answer; fetches that arrive while the worker
+stores another are journaled, answered at once and stored by the writer, many to a transaction,
+each exactly once; what the database cannot take goes to the spool; a journal whose worker is
+gone is replayed by the spool. (A worker really killed under load: test_journal_kill.py.)"""
+
+import json
+import logging
+import os
+import stat
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from peewee import OperationalError
+
+from web.judgement.classify import Fetch
+from web.pixel import journal, spool, writer
+from web.storage.engine import utcnow
+from web.storage.models import Event, Pixel
+
+from .helpers import mint, pixel_path, wait_for
+
+THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
+
+
+@pytest.fixture(autouse=True)
+def queue_never_too_old(monkeypatch):
+    """The queue's age limit is tried in its own test: elsewhere a slow moment of the machine
+    must not make a fetch wait for room."""
+    monkeypatch.setattr(writer, "MOST_QUEUED_SECONDS", 600)
+
+
+def fetch_of(public_id, network, city="London"):
+    return Fetch(
+        user_agent=THUNDERBIRD,
+        ip=f"81.2.{network}.0",
+        public_id=public_id,
+        at=utcnow(),
+        browser=f"{network:032x}",  # the keyed hash of user agent and network
+        country="GB",
+        city=city,
+    )
+
+
+def writer_of(app):
+    return app.extensions["openreceipt.pixel"].writer
+
+
+def spool_dir(app):
+    return Path(app.config["DATA_DIR"]) / "spool"
+
+
+def journals(app):
+    return sorted(spool_dir(app).glob("journal-*.jsonl"))
+
+
+def journal_keys(path):
+    return [json.loads(line)["key"] for line in path.read_text(encoding="ascii").splitlines()]
+
+
+def queued_while_busy(app, fetches):
+    """Record `fetches` while another fetch of the worker is being stored (its thread holds the
+    writing): each is queued. Their outcomes; the writing is still held."""
+    busy = writer_of(app)
+    with busy._lock:
+        assert not busy._writing
+        busy._writing = True
+    with app.app_context():
+        return [busy.record(fetch) for fetch in fetches]
+
+
+def stored_alone_and_handed_over(app):
+    """The fetch stored alone is done: what was queued meanwhile is the writer's; wait for it."""
+    busy = writer_of(app)
+    busy._hand_over()
+    assert busy.drain(10)
+
+
+def stored_keys(app):
+    with app.app_context():
+        return sorted(event.spool_key for event in Event.select())
+
+
+def test_a_fetch_alone_is_stored_before_its_answer_and_needs_no_journal(
+    app, client, auth, database
+):
+    pixel = mint(client, auth)
+    response = client.get(
+        pixel_path(pixel["url"]),
+        headers={"User-Agent": THUNDERBIRD},
+        environ_base={"REMOTE_ADDR": "81.2.1.9"},
+    )
+    assert response.headers["X-Openreceipt"] == "recorded: open"
+    with app.app_context():
+        assert Event.get().spool_key is None
+    assert journals(app) == []
+
+
+def test_fetches_while_the_worker_stores_another_are_journaled_then_stored_once_each(
+    app, client, auth, database
+):
+    pixels = [mint(client, auth, subject=f"#{n}")["id"] for n in range(3)]
+    fetches = [fetch_of(pixels[n % 3], n) for n in range(12)]
+    assert queued_while_busy(app, fetches) == [writer.QUEUED] * 12
+    # Before they are stored, each is in the journal, with a key of its own.
+    (path,) = journals(app)
+    keys = journal_keys(path)
+    assert len(set(keys)) == 12 and stored_keys(app) == []
+    lines = [json.loads(line) for line in path.read_text(encoding="ascii").splitlines()]
+    assert [line["ip"] for line in lines] == [fetch.ip for fetch in fetches]
+    stored_alone_and_handed_over(app)
+    assert stored_keys(app) == sorted(keys)
+    with app.app_context():
+        assert {p.public_id: p.open_count for p in Pixel.select()} == dict.fromkeys(pixels, 4)
+    # Everything in it is stored: the journal is empty again, and stays the worker's.
+    assert path.stat().st_size == 0 and not spool.has_work(app.config["DATA_DIR"])
+
+
+def test_the_journal_is_readable_by_its_owner_only(app, client, auth, database):
+    pixel = mint(client, auth)["id"]
+    queued_while_busy(app, [fetch_of(pixel, 1)])
+    (path,) = journals(app)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(spool_dir(app).stat().st_mode) == 0o700
+    stored_alone_and_handed_over(app)
+
+
+def test_the_queue_is_stored_many_fetches_to_a_transaction(
+    app, client, auth, database, monkeypatch
+):
+    """More fetches queued than a transaction takes: stored in turns, oldest first, until the
+    queue is empty; then nobody in the worker is writing, and the next fetch is stored alone."""
+    monkeypatch.setattr(writer, "MOST_AT_ONCE", 4)
+    recorder = app.extensions["openreceipt"].recorder
+    batches, record_queued = [], recorder.record_queued
+
+    def counted(fetches):
+        batches.append([fetch.ip for fetch in fetches])
+        return record_queued(fetches)
+
+    monkeypatch.setattr(recorder, "record_queued", counted)
+    pixels = [mint(client, auth, subject=f"#{n}")["id"] for n in range(3)]
+    fetches = [fetch_of(pixels[n % 3], n) for n in range(14)]
+    queued_while_busy(app, fetches)
+    stored_alone_and_handed_over(app)
+    assert [len(batch) for batch in batches] == [4, 4, 4, 2]
+    assert sum(batches, []) == [fetch.ip for fetch in fetches]
+    busy = writer_of(app)
+    assert not busy._queue and not busy._writing
+    with app.app_context():
+        assert Event.select().count() == 14
+        assert busy.record(fetch_of(pixels[0], 99)) == "recorded: open"
+
+
+def test_a_full_queue_makes_the_next_fetch_wait_for_room(app, client, auth, database, monkeypatch):
+    """The writer is behind: past MOST_QUEUED a fetch waits until the writer takes fetches off
+    the queue, then is queued and answered."""
+    monkeypatch.setattr(writer, "MOST_QUEUED", 2)
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+    assert queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)]) == [writer.QUEUED] * 2
+    outcome = []
+
+    def third():
+        with app.app_context():
+            outcome.append(busy.record(fetch_of(pixel, 2)))
+
+    thread = threading.Thread(target=third)
+    thread.start()
+    assert wait_for(lambda: busy._room._waiters)  # it waits for room
+    assert outcome == []
+    stored_alone_and_handed_over(app)
+    thread.join(10)
+    assert outcome == [writer.QUEUED]
+    assert busy.drain(10)
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 3
+
+
+def test_a_fetch_that_finds_no_room_within_its_wait_is_spooled(
+    app, client, auth, database, monkeypatch
+):
+    """The writer makes no room (its database stuck): the fetch goes to the spool, with a key
+    of its own, and is stored by a replay."""
+    monkeypatch.setattr(writer, "MOST_QUEUED", 2)
+    monkeypatch.setattr(writer, "ROOM_WAIT_SECONDS", 0.05)
+    pixel = mint(client, auth)["id"]
+    outcomes = queued_while_busy(app, [fetch_of(pixel, n) for n in range(3)])
+    assert outcomes == [writer.QUEUED] * 2 + ["spooled: database unavailable"]
+    stored_alone_and_handed_over(app)
+    assert spool.replay(app)["recorded"] == 1
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 3
+        assert Event.select().where(Event.spool_key.is_null()).count() == 0
+
+
+def test_a_queue_whose_oldest_fetch_waits_too_long_has_no_room(
+    app, client, auth, database, monkeypatch
+):
+    """What a worker answers is on the status page within a second: once the oldest queued
+    fetch has waited MOST_QUEUED_SECONDS, the next one waits for room (here, finding none in
+    time, it is spooled)."""
+    monkeypatch.setattr(writer, "MOST_QUEUED_SECONDS", 0.05)
+    monkeypatch.setattr(writer, "ROOM_WAIT_SECONDS", 0.05)
+    pixel = mint(client, auth)["id"]
+    assert queued_while_busy(app, [fetch_of(pixel, 1)]) == [writer.QUEUED]
+    busy = writer_of(app)
+    assert wait_for(lambda: not busy._has_room())
+    with app.app_context():
+        assert busy.record(fetch_of(pixel, 2)) == "spooled: database unavailable"
+    stored_alone_and_handed_over(app)
+    assert spool.replay(app)["recorded"] == 1
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 2
+
+
+def test_a_click_is_stored_before_its_redirect_even_while_the_worker_is_busy(
+    app, client, auth, database
+):
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+    queued_while_busy(app, [])
+    with app.app_context():
+        assert busy.record(fetch_of(pixel, 1), wait=True) == "recorded: open"
+    stored_alone_and_handed_over(app)
+
+
+def test_a_queued_fetch_the_database_refuses_fails_alone(app, client, auth, database, caplog):
+    """PostgreSQL refuses a city longer than its column: that fetch is logged as not recorded,
+    the others of its batch are stored. SQLite stores text of any length: there, all three
+    are."""
+    pixel = mint(client, auth)["id"]
+    fetches = [fetch_of(pixel, 1), fetch_of(pixel, 2, city="x" * 5000), fetch_of(pixel, 3)]
+    queued_while_busy(app, fetches)
+    stored_alone_and_handed_over(app)
+    refused = app.config["DATABASE_URL"].startswith("postgresql")
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == (2 if refused else 3)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len([m for m in logged if m.startswith("pixel fetch not recorded: DataError")]) == (
+        1 if refused else 0
+    )
+
+
+def test_queued_fetches_the_database_cannot_take_wait_in_the_spool(
+    app, client, auth, database, monkeypatch
+):
+    """The database is away when the writer comes to a batch: each of its fetches goes to the
+    spool with its key, and a replay stores each once."""
+    recorder = app.extensions["openreceipt"].recorder
+
+    def away(fetches):
+        raise OperationalError("could not connect to server: Connection refused")
+
+    pixel = mint(client, auth)["id"]
+    queued_while_busy(app, [fetch_of(pixel, n) for n in range(3)])
+    keys = journal_keys(journals(app)[0])
+    monkeypatch.setattr(recorder, "record_queued", away)
+    stored_alone_and_handed_over(app)
+    monkeypatch.undo()
+    assert stored_keys(app) == [] and spool.pending(app.config["DATA_DIR"]) == 3
+    counts = spool.replay(app)
+    assert (counts["recorded"], counts["left"]) == (3, 0)
+    assert stored_keys(app) == sorted(keys)
+
+
+def test_a_journal_whose_worker_is_gone_is_replayed_and_nothing_stored_twice(
+    app, client, auth, database
+):
+    """A worker died with fetches in its journal, one of them already stored by its writer: the
+    replay stores the others, and the stored one is known by its key."""
+    pixel = mint(client, auth)["id"]
+    fetches = [replace(fetch_of(pixel, n), key=f"{n:032x}") for n in range(3)]
+    with app.app_context():
+        app.extensions["openreceipt"].recorder.record_queued(fetches[:1])
+    folder = spool_dir(app)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    orphan = folder / "journal-999999-1.jsonl"
+    orphan.write_bytes(b"".join((json.dumps(spool.to_json(f)) + "\n").encode() for f in fetches))
+    assert spool.has_work(app.config["DATA_DIR"])
+    counts = spool.replay(app)
+    assert (counts["recorded"], counts["not_recorded"], counts["left"]) == (2, 1, 0)
+    assert stored_keys(app) == [f"{n:032x}" for n in range(3)]
+    assert not orphan.exists() and journals(app) == []
+
+
+def test_an_empty_journal_whose_worker_is_gone_is_removed(app):
+    folder = spool_dir(app)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    (folder / "journal-999999-1.jsonl").write_bytes(b"")
+    assert spool.replay(app)["left"] == 0
+    assert journals(app) == []
+
+
+def test_a_journal_whose_worker_lives_is_left_to_it(app, client, auth, database):
+    """This process's own journal, locked by it: the replay neither takes nor removes it."""
+    pixel = mint(client, auth)["id"]
+    queued_while_busy(app, [fetch_of(pixel, 1)])
+    (path,) = journals(app)
+    assert not journal.orphans(spool_dir(app))
+    assert not spool.has_work(app.config["DATA_DIR"])
+    assert spool.replay(app)["recorded"] == 0
+    assert journals(app) == [path] and stored_keys(app) == []
+    stored_alone_and_handed_over(app)
+    assert len(stored_keys(app)) == 1
+
+
+def test_past_its_limit_the_journal_keeps_only_what_is_still_to_be_stored(
+    app, client, auth, database, monkeypatch
+):
+    """Under a load that never lets the queue run empty, the journal is written anew, before
+    each batch, with that batch and the queue behind it: a new file takes the old one's
+    place."""
+    monkeypatch.setattr(writer, "MOST_AT_ONCE", 2)
+    monkeypatch.setattr(writer, "REWRITE_BYTES", 1)
+    recorder = app.extensions["openreceipt"].recorder
+    seen, record_queued = [], recorder.record_queued
+
+    def looked_at(fetches):
+        (path,) = journals(app)
+        seen.append((path.name, journal_keys(path), [fetch.key for fetch in fetches]))
+        return record_queued(fetches)
+
+    monkeypatch.setattr(recorder, "record_queued", looked_at)
+    pixel = mint(client, auth)["id"]
+    queued_while_busy(app, [fetch_of(pixel, n) for n in range(5)])
+    keys = journal_keys(journals(app)[0])
+    stored_alone_and_handed_over(app)
+    assert [held for _, held, _ in seen] == [keys, keys[2:], keys[4:]]
+    assert [batch for _, _, batch in seen] == [keys[:2], keys[2:4], keys[4:]]
+    assert len({name for name, _, _ in seen}) == 3
+    assert stored_keys(app) == sorted(keys)
+
+
+def test_a_stopping_worker_stores_its_queue_and_removes_its_journal(app, client, auth, database):
+    pixel = mint(client, auth)["id"]
+    queued_while_busy(app, [fetch_of(pixel, n) for n in range(3)])
+    busy = writer_of(app)
+    busy._hand_over()
+    busy.stop()
+    assert len(stored_keys(app)) == 3
+    assert journals(app) == []
+
+
+def test_a_journal_that_cannot_be_written_leaves_no_half_line(tmp_path, monkeypatch):
+    kept = journal.Journal(tmp_path / "spool")
+    kept.append(b"one\n")
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:2]))
+    with pytest.raises(OSError):
+        kept.append(b"two\n")
+    monkeypatch.undo()
+    kept.append(b"three\n")
+    assert kept.path.read_bytes() == b"one\nthree\n"
+    kept.close()
+    assert kept.path.exists()  # it still holds a fetch: left to the spool's replay
