@@ -50,15 +50,24 @@ def held(app, public_id):
     """Another writer holds the receipt far longer than the pixel waits: on SQLite, another
     process's write lock; on PostgreSQL, another transaction's lock on the receipt's row. Yields
     a function that lets go before the end (from any thread); the end lets go otherwise."""
-    url = app.config["DATABASE_URL"]
-    if url.startswith("sqlite:///"):
+    with held_in(app.config["DATABASE_URL"], [public_id]) as release:
+        yield release
+
+
+@contextmanager
+def held_in(database_url, public_ids):
+    """held() for the receipts `public_ids` of the database at `database_url` (a server's)."""
+    if database_url.startswith("sqlite:///"):
         other = sqlite3.connect(
-            url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+            database_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
         )
         other.execute("BEGIN IMMEDIATE")
     else:
-        other = psycopg.connect(url)
-        other.execute("SELECT 1 FROM pixel WHERE public_id = %s FOR UPDATE", (public_id,))
+        other = psycopg.connect(database_url)
+        locked = other.execute(
+            "SELECT public_id FROM pixel WHERE public_id = ANY(%s) FOR UPDATE", (public_ids,)
+        ).fetchall()
+        assert len(locked) == len(public_ids)
     released = threading.Lock()
 
     def release():

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from web.pixel import journal, spool
 from web.pixel.writer import QUEUED
 from web.vocabulary import KINDS
 
-from .helpers import wait_for
+from .helpers import held_in, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,32 +50,10 @@ def start(gunicorn, database_url, pixels=3, **settings):
     return server, minted
 
 
-@contextmanager
 def writes_held(database_url, pixels):
     """Another writer holds what the pixel's writers need far longer than they wait: on SQLite
-    the write lock (BEGIN IMMEDIATE), on PostgreSQL the pixels' rows (FOR UPDATE). Yields a
-    function that lets go before the end; the end lets go otherwise."""
-    public_ids = [pixel["id"] for pixel in pixels]
-    if database_url.startswith("sqlite:///"):
-        other = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-    else:
-        other = psycopg.connect(database_url)
-        locked = other.execute(
-            "SELECT public_id FROM pixel WHERE public_id = ANY(%s) FOR UPDATE", (public_ids,)
-        ).fetchall()
-        assert len(locked) == len(public_ids)
-    released = threading.Lock()
-
-    def release():
-        if released.acquire(blocking=False):
-            other.rollback() if isinstance(other, psycopg.Connection) else other.execute("ROLLBACK")
-            other.close()
-
-    try:
-        yield release
-    finally:
-        release()
+    the write lock (BEGIN IMMEDIATE), on PostgreSQL the pixels' rows (FOR UPDATE)."""
+    return held_in(database_url, [pixel["id"] for pixel in pixels])
 
 
 def fetch(server, pixel, n):

@@ -59,7 +59,13 @@ WINGS = {
             "tests/test_group_commit.py",
             "tests/test_truth.py",
             "tests/test_spool.py",
+            "tests/test_writer.py",
         ],
+    ),
+    # The worker's writer: its queue, its journal, and the journals the spool takes over.
+    "writer": (
+        ["web/pixel/writer.py", "web/pixel/journal.py"],
+        ["tests/test_writer.py", "tests/test_spool.py"],
     ),
     "state": (
         ["web/receipts/ledger.py"],
@@ -96,7 +102,7 @@ WINGS = {
 
 # Wings whose code has a branch for each database: their tests run on PostgreSQL too (a schema of
 # their own for each mutant's run, as for the suite), not on SQLite alone.
-BOTH_DATABASES = {"recording", "state", "notifications"}
+BOTH_DATABASES = {"recording", "writer", "state", "notifications"}
 
 # The fast subset (a few minutes here), e.g. for CI: pure functions with fast unit tests.
 FAST = ["masking", "signing"]
