@@ -216,6 +216,31 @@ def test_a_queue_whose_oldest_fetch_waits_too_long_has_no_room(
         assert Pixel.get(Pixel.public_id == pixel).open_count == 2
 
 
+def test_a_fetch_the_journal_cannot_take_is_stored_before_its_answer(
+    app, client, auth, database, monkeypatch, caplog
+):
+    """The journal cannot be written (the disk full): a fetch while the worker is busy is not
+    answered `queued` (nothing would keep it if the worker died), but stored first; the log
+    says so once, not once a fetch."""
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+
+    def full(line):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(busy.journal, "append", full)
+    outcomes = queued_while_busy(app, [fetch_of(pixel, 1), fetch_of(pixel, 2)])
+    assert outcomes == ["recorded: open"] * 2
+    logged = [r.getMessage() for r in caplog.records if "journal not written" in r.getMessage()]
+    assert logged == [
+        "journal not written (fetches stored before their answers meanwhile): "
+        "No space left on device"
+    ]
+    stored_alone_and_handed_over(app)
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 2
+
+
 def test_a_click_is_stored_before_its_redirect_even_while_the_worker_is_busy(
     app, client, auth, database
 ):

@@ -14,17 +14,17 @@ What an answered fetch is promised: it is stored, or on its way to be. A fetch a
 `recorded` is committed; one answered `queued` is in the journal, a file the operating system
 has even if the worker is killed the next moment (kill -9, or the host's whole process tree):
 a journal whose worker is gone is taken over by the spool's replay, and each fetch's key keeps
-what the writer did store from being stored twice. A power cut may lose what the operating
-system had not yet written out: neither the journal nor the spool is fsynced (nor is SQLite's
-write-ahead log at every commit: synchronous=NORMAL).
+what the writer did store from being stored twice. While the journal cannot be written (the
+disk full), fetches are stored before their answers, as one alone is. A power cut may lose
+what the operating system had not yet written out: neither the journal nor the spool is
+fsynced (nor is SQLite's write-ahead log at every commit: synchronous=NORMAL).
 
 When the queue holds MOST_QUEUED fetches, or its oldest was queued MOST_QUEUED_SECONDS ago, the
 writer is behind the requests: a fetch then waits for room before it is queued and answered, so
-that a worker answers as fast as it stores, no faster, and what it answered is on the status
-page within a second; one that finds no room within ROOM_WAIT_SECONDS (the database stuck) is
-spooled. A batch
-the database cannot take (away, or busy past its limits) goes to the spool, as a fetch alone
-does."""
+that a worker answers as fast as it stores, no faster, and what it answered is soon on the
+status page; one that finds no room within ROOM_WAIT_SECONDS (the database stuck) is spooled. A
+batch the database cannot take (away, or busy past its limits) goes to the spool, as a fetch
+alone does."""
 
 import collections
 import json
@@ -74,6 +74,7 @@ class Writer:
         self._wake = threading.Semaphore(0)  # the writer's turn: the queue is its to store
         self._thread = None
         self._spool_full_logged_at = None
+        self._journal_error_logged_at = None
 
     def record(self, fetch, wait=False):
         """Store the fetch now, or queue it while this worker stores others (unless `wait`: a
@@ -84,12 +85,18 @@ class Writer:
             alone = not self._writing
             if alone:
                 self._writing = True
-            elif self._room_within(ROOM_WAIT_SECONDS):
-                self._queue_fetch(fetch)
+            elif not self._room_within(ROOM_WAIT_SECONDS):
+                # The writer made no room for a second: its database is stuck.
+                room = False
+            elif self._queue_fetch(fetch):
                 return QUEUED
-        if not alone:
-            # The writer made no room for a second: its database is stuck.
+            else:
+                room = True
+        if not alone and not room:
             return self.spool(replace(fetch, key=uuid.uuid4().hex), "the worker's writer is behind")
+        if not alone:
+            # No journal to promise it in (the disk full, say): stored before its answer.
+            return self._store_now(fetch)
         try:
             return self._store_now(fetch)
         finally:
@@ -122,20 +129,28 @@ class Writer:
         )
 
     def _queue_fetch(self, fetch):
-        """Under the lock: the fetch with a key of its own, into the journal and the queue."""
+        """Under the lock: the fetch with a key of its own, into the journal and the queue;
+        whether it went in (not when the journal cannot be written)."""
         fetch = replace(fetch, key=ordered_key())
         line = (json.dumps(spool.to_json(fetch), ensure_ascii=True) + "\n").encode()
         try:
             self.journal.append(line)
         except OSError as error:
-            # Still stored within moments, unless the worker dies before: say so.
-            self.logger.error("fetch queued without its journal: %s", error.strerror or error)
+            now = time.monotonic()
+            if self._journal_error_logged_at is None or now - self._journal_error_logged_at > 60:
+                self._journal_error_logged_at = now  # once a minute at most, not once a fetch
+                self.logger.error(
+                    "journal not written (fetches stored before their answers meanwhile): %s",
+                    error.strerror or error,
+                )
+            return False
         self._queue.append((fetch, line, time.monotonic()))
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(
                 target=self._run, name="openreceipt-writer", daemon=True
             )
             self._thread.start()
+        return True
 
     def _hand_over(self):
         """A fetch stored alone: the fetches queued meanwhile are the writer's to store."""
