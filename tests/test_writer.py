@@ -369,6 +369,69 @@ def test_a_stopping_worker_stores_its_queue_and_removes_its_journal(app, client,
     assert journals(app) == []
 
 
+def test_a_batch_that_fails_for_another_reason_waits_in_the_spool_and_says_why(
+    app, client, auth, database, monkeypatch, caplog
+):
+    """Not the database: something else fails the batch (a fault of the server's own). Its
+    fetches go to the spool with their keys, the log says what failed, and the writer goes on
+    to the next fetches."""
+    recorder = app.extensions["openreceipt"].recorder
+    record_queued = recorder.record_queued
+
+    def faulty(fetches):
+        raise RuntimeError("a fault of the server's own")
+
+    pixel = mint(client, auth)["id"]
+    queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)])
+    keys = journal_keys(journals(app)[0])
+    monkeypatch.setattr(recorder, "record_queued", faulty)
+    stored_alone_and_handed_over(app)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == ["queued fetches spooled: RuntimeError: a fault of the server's own"]
+    lines = (spool_dir(app) / "active.jsonl").read_text(encoding="ascii").splitlines()
+    spooled = [json.loads(line)["key"] for line in lines]
+    assert spooled == keys
+    monkeypatch.setattr(recorder, "record_queued", record_queued)
+    queued_while_busy(app, [fetch_of(pixel, 5)])
+    stored_alone_and_handed_over(app)
+    assert len(stored_keys(app)) == 1
+
+
+def test_a_journal_that_cannot_be_emptied_or_rewritten_is_logged_and_the_writer_goes_on(
+    app, client, auth, database, monkeypatch, caplog
+):
+    busy = writer_of(app)
+    monkeypatch.setattr(writer, "REWRITE_BYTES", 1)
+
+    def failing(*args):
+        raise OSError(5, "Input/output error")
+
+    pixel = mint(client, auth)["id"]
+    queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)])
+    monkeypatch.setattr(busy.journal, "rewrite", failing)
+    monkeypatch.setattr(busy.journal, "empty", failing)
+    stored_alone_and_handed_over(app)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == [
+        "journal not rewritten: Input/output error",
+        "journal not emptied: Input/output error",
+    ]
+    assert len(stored_keys(app)) == 2
+
+
+def test_a_journal_rewritten_in_vain_leaves_no_file_of_its_own(tmp_path, monkeypatch):
+    """The new journal cannot be written in full: it goes, and the old one stays in place."""
+    kept = journal.Journal(tmp_path / "spool")
+    kept.append(b"one\n")
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:1]))
+    with pytest.raises(OSError):
+        kept.rewrite([b"one\n", b"two\n"])
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == [kept.path.name]
+    assert kept.path.read_bytes() == b"one\n"
+
+
 def test_a_journal_that_cannot_be_written_leaves_no_half_line(tmp_path, monkeypatch):
     kept = journal.Journal(tmp_path / "spool")
     kept.append(b"one\n")

@@ -63,9 +63,15 @@ WINGS = {
         ],
     ),
     # The worker's writer: its queue, its journal, and the journals the spool takes over.
+    # test_pixel.py and test_group_commit.py: the pixel's way in, a fetch alone and the spool.
     "writer": (
         ["web/pixel/writer.py", "web/pixel/journal.py"],
-        ["tests/test_writer.py", "tests/test_spool.py"],
+        [
+            "tests/test_writer.py",
+            "tests/test_spool.py",
+            "tests/test_pixel.py",
+            "tests/test_group_commit.py",
+        ],
     ),
     "state": (
         ["web/receipts/ledger.py"],
