@@ -63,7 +63,8 @@ WINGS = {
         ],
     ),
     # The worker's writer: its queue, its journal, and the journals the spool takes over.
-    # test_pixel.py and test_group_commit.py: the pixel's way in, a fetch alone and the spool.
+    # test_pixel.py and test_group_commit.py: the pixel's way in, a fetch alone and the spool;
+    # test_security_server.py: the full spool's drops and their log.
     "writer": (
         ["web/pixel/writer.py", "web/pixel/journal.py"],
         [
@@ -71,6 +72,7 @@ WINGS = {
             "tests/test_spool.py",
             "tests/test_pixel.py",
             "tests/test_group_commit.py",
+            "tests/test_security_server.py",
         ],
     ),
     "state": (
