@@ -432,6 +432,58 @@ def test_a_journal_rewritten_in_vain_leaves_no_file_of_its_own(tmp_path, monkeyp
     assert kept.path.read_bytes() == b"one\n"
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OperationalError("database is locked"), "busy for 45 ms"),
+        (OperationalError("database is busy\nand more"), "busy for 45 ms"),
+        (
+            OperationalError("server closed the connection\nunexpectedly"),
+            "server closed the connection",
+        ),
+        (OperationalError("x" * 300), "x" * 200),
+        (OperationalError(), "OperationalError"),
+    ],
+    ids=["locked", "busy", "first-line", "cut", "no-message"],
+)
+def test_a_fetch_the_database_cannot_take_is_spooled_with_the_reason_in_one_short_line(
+    app, client, auth, database, monkeypatch, caplog, error, reason
+):
+    recorder = app.extensions["openreceipt"].recorder
+
+    def away(fetches):
+        raise error
+
+    monkeypatch.setattr(recorder, "record_now", away)
+    pixel = mint(client, auth)["id"]
+    with app.app_context():
+        assert writer_of(app).record(fetch_of(pixel, 1)) == "spooled: database unavailable"
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fetch ")]
+    assert logged == [f"fetch spooled: database: {reason}"]
+    assert spool.pending(app.config["DATA_DIR"]) == 1
+
+
+def test_a_fetch_neither_the_database_nor_the_spool_takes_is_said_lost(
+    app, client, auth, database, monkeypatch, caplog
+):
+    recorder = app.extensions["openreceipt"].recorder
+
+    def away(fetches):
+        raise OperationalError("database is locked")
+
+    def no_spool(*args, **kwargs):
+        raise spool.SpoolError(30, "Read-only file system")
+
+    monkeypatch.setattr(recorder, "record_now", away)
+    monkeypatch.setattr(spool, "append", no_spool)
+    pixel = mint(client, auth)["id"]
+    with app.app_context():
+        outcome = writer_of(app).record(fetch_of(pixel, 1))
+    assert outcome == "not recorded: database and spool unavailable"
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == ["fetch lost: database: busy for 45 ms; spool: Read-only file system"]
+
+
 def test_a_journal_that_cannot_be_written_leaves_no_half_line(tmp_path, monkeypatch):
     kept = journal.Journal(tmp_path / "spool")
     kept.append(b"one\n")
