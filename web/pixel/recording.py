@@ -268,7 +268,7 @@ class _Plan:
     counts: object = None
 
 
-@dataclass
+@dataclass(eq=False)  # one fetch's own: compared by identity (the screen's plan is for these)
 class _Pending:
     """A fetch on its way through a batch: its judgement per set of facts (unchanged facts are
     not judged again), what it was judged against facts (facts, verdict, client), and what came
@@ -515,13 +515,11 @@ class Recorder:
                 fresh.append(one)
         if not fresh:
             return outcomes
-        if not _screen_holds(sql, todo, fresh, versions):
-            seen = _read(sql, [one.fetch for one in fresh])
-            plan = self._plan(sql, fresh, [self._judge(one, seen) for one in fresh])
-        elif fresh[0].seen.plan[0] == fresh:
+        if _screen_holds(sql, todo, fresh, versions) and fresh[0].seen.plan[0] == fresh:
             plan = fresh[0].seen.plan[1]
         else:
-            plan = self._plan(sql, fresh, [(one.outcome, one.judged) for one in fresh])
+            seen = _read(sql, [one.fetch for one in fresh])
+            plan = self._plan(sql, fresh, [self._judge(one, seen) for one in fresh])
         for event in plan.notified:
             self._store_notified(sql, *event)
         if plan.events is not None:

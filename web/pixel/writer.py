@@ -31,7 +31,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from dataclasses import replace
 
 from peewee import DatabaseError, DataError, IntegrityError
@@ -51,9 +50,10 @@ ROOM_WAIT_SECONDS = 1  # the longest a fetch waits for room before it is spooled
 # fetch to be stored alone (which, under load, costs far more than a moment's wait).
 LINGER_SECONDS = 0.005
 MB = 1024 * 1024
-# While the full spool turns fetches away, the host's first drop is logged, then one line a
-# minute per worker at most: a line a fetch would make the log grow as fast as the spool would.
-SPOOL_FULL_LOG_SECONDS = 60
+# A failure that repeats at every fetch (the full spool turning fetches away, the journal that
+# cannot be written) is logged once a minute per worker at most: a line a fetch would make the
+# log grow as fast as the fetches come.
+LOG_EVERY_SECONDS = 60
 
 
 class Writer:
@@ -73,8 +73,7 @@ class Writer:
         self._writing = False  # a thread of this worker is storing fetches
         self._wake = threading.Semaphore(0)  # the writer's turn: the queue is its to store
         self._thread = None
-        self._spool_full_logged_at = None
-        self._journal_error_logged_at = None
+        self._logged_at = {}  # what -> when last logged (_log_due)
 
     def record(self, fetch, wait=False):
         """Store the fetch now, or queue it while this worker stores others (unless `wait`: a
@@ -85,22 +84,20 @@ class Writer:
             alone = not self._writing
             if alone:
                 self._writing = True
-            elif not self._room_within(ROOM_WAIT_SECONDS):
-                # The writer made no room for a second: its database is stuck.
-                room = False
-            elif self._queue_fetch(fetch):
-                return QUEUED
             else:
-                room = True
-        if not alone and not room:
-            return self.spool(replace(fetch, key=uuid.uuid4().hex), "the worker's writer is behind")
-        if not alone:
-            # No journal to promise it in (the disk full, say): stored before its answer.
-            return self._store_now(fetch)
-        try:
-            return self._store_now(fetch)
-        finally:
-            self._hand_over()
+                room = self._room_within(ROOM_WAIT_SECONDS)
+                if room and self._queue_fetch(fetch):
+                    return QUEUED
+        if alone:
+            try:
+                return self._store_now(fetch)
+            finally:
+                self._hand_over()
+        if not room:
+            # The writer made no room for a second: its database is stuck.
+            return self.spool(replace(fetch, key=ordered_key()), "the worker's writer is behind")
+        # No journal to promise it in (the disk full, say): stored before its answer.
+        return self._store_now(fetch)
 
     def _room_within(self, seconds):
         """Under the lock: whether the queue has room, waiting up to `seconds` for the writer to
@@ -136,9 +133,7 @@ class Writer:
         try:
             self.journal.append(line)
         except OSError as error:
-            now = time.monotonic()
-            if self._journal_error_logged_at is None or now - self._journal_error_logged_at > 60:
-                self._journal_error_logged_at = now  # once a minute at most, not once a fetch
+            if self._log_due("journal"):
                 self.logger.error(
                     "journal not written (fetches stored before their answers meanwhile): %s",
                     error.strerror or error,
@@ -239,7 +234,7 @@ class Writer:
         except (DataError, IntegrityError):
             raise  # the fetch itself is at fault: replaying it later would fail the same way
         except DatabaseError as error:
-            return self.spool(replace(fetch, key=uuid.uuid4().hex), _reason(error))
+            return self.spool(replace(fetch, key=ordered_key()), _reason(error))
 
     def spool(self, fetch, reason):
         """Keep the fetch (with its key) in the spool, to be stored once the database takes it
@@ -260,13 +255,20 @@ class Writer:
         self.logger.warning("fetch spooled: database: %s", reason)
         return "spooled: database unavailable"
 
+    def _log_due(self, what, first=False):
+        """Whether to log `what` now (a failure that may repeat at every fetch): when it is the
+        `first` of its kind, or was not logged within LOG_EVERY_SECONDS; if so, it is now."""
+        now = time.monotonic()
+        logged = self._logged_at.get(what)
+        if not first and logged is not None and now - logged < LOG_EVERY_SECONDS:
+            return False
+        self._logged_at[what] = now
+        return True
+
     def _log_spool_full(self, reason, dropped):
         """Say that the full spool dropped a fetch: the host's first drop, then once a minute."""
-        now = time.monotonic()
-        logged = self._spool_full_logged_at
-        if logged is not None and now - logged < SPOOL_FULL_LOG_SECONDS and dropped > 1:
+        if not self._log_due("spool full", first=dropped <= 1):
             return
-        self._spool_full_logged_at = now
         self.logger.error(
             "pixel fetch dropped: database: %s; the spool is full (OPENRECEIPT_SPOOL_MAX_MB=%s): "
             "it keeps the oldest fetches, %s dropped so far on this host",
