@@ -78,6 +78,27 @@ def stored_alone_and_handed_over(app):
     assert busy.drain(10)
 
 
+def failing_with(error):
+    """A stand-in for a function that fails with `error`, whatever it is given."""
+
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+def queued_then_failed(app, pixel, count, error):
+    """`count` fetches of `pixel` queued while the worker is busy, their batch then failing with
+    `error` when the writer stores it (the writer deals with that); their journal keys."""
+    recorder = app.extensions["openreceipt"].recorder
+    queued_while_busy(app, [fetch_of(pixel, n) for n in range(count)])
+    keys = journal_keys(journals(app)[0])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recorder, "record_queued", failing_with(error))
+        stored_alone_and_handed_over(app)
+    return keys
+
+
 def stored_keys(app):
     with app.app_context():
         return sorted(event.spool_key for event in Event.select())
@@ -224,11 +245,9 @@ def test_a_fetch_the_journal_cannot_take_is_stored_before_its_answer(
     says so once, not once a fetch."""
     pixel = mint(client, auth)["id"]
     busy = writer_of(app)
-
-    def full(line):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(busy.journal, "append", full)
+    monkeypatch.setattr(
+        busy.journal, "append", failing_with(OSError(28, "No space left on device"))
+    )
     outcomes = queued_while_busy(app, [fetch_of(pixel, 1), fetch_of(pixel, 2)])
     assert outcomes == ["recorded: open"] * 2
     logged = [r.getMessage() for r in caplog.records if "journal not written" in r.getMessage()]
@@ -274,17 +293,9 @@ def test_queued_fetches_the_database_cannot_take_wait_in_the_spool(
 ):
     """The database is away when the writer comes to a batch: each of its fetches goes to the
     spool with its key, and a replay stores each once."""
-    recorder = app.extensions["openreceipt"].recorder
-
-    def away(fetches):
-        raise OperationalError("could not connect to server: Connection refused")
-
     pixel = mint(client, auth)["id"]
-    queued_while_busy(app, [fetch_of(pixel, n) for n in range(3)])
-    keys = journal_keys(journals(app)[0])
-    monkeypatch.setattr(recorder, "record_queued", away)
-    stored_alone_and_handed_over(app)
-    monkeypatch.undo()
+    away = OperationalError("could not connect to server: Connection refused")
+    keys = queued_then_failed(app, pixel, 3, away)
     assert stored_keys(app) == [] and spool.pending(app.config["DATA_DIR"]) == 3
     counts = spool.replay(app)
     assert (counts["recorded"], counts["left"]) == (3, 0)
@@ -375,23 +386,13 @@ def test_a_batch_that_fails_for_another_reason_waits_in_the_spool_and_says_why(
     """Not the database: something else fails the batch (a fault of the server's own). Its
     fetches go to the spool with their keys, the log says what failed, and the writer goes on
     to the next fetches."""
-    recorder = app.extensions["openreceipt"].recorder
-    record_queued = recorder.record_queued
-
-    def faulty(fetches):
-        raise RuntimeError("a fault of the server's own")
-
     pixel = mint(client, auth)["id"]
-    queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)])
-    keys = journal_keys(journals(app)[0])
-    monkeypatch.setattr(recorder, "record_queued", faulty)
-    stored_alone_and_handed_over(app)
+    keys = queued_then_failed(app, pixel, 2, RuntimeError("a fault of the server's own"))
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert logged == ["queued fetches spooled: RuntimeError: a fault of the server's own"]
     lines = (spool_dir(app) / "active.jsonl").read_text(encoding="ascii").splitlines()
     spooled = [json.loads(line)["key"] for line in lines]
     assert spooled == keys
-    monkeypatch.setattr(recorder, "record_queued", record_queued)
     queued_while_busy(app, [fetch_of(pixel, 5)])
     stored_alone_and_handed_over(app)
     assert len(stored_keys(app)) == 1
@@ -403,9 +404,7 @@ def test_a_journal_that_cannot_be_emptied_or_rewritten_is_logged_and_the_writer_
     busy = writer_of(app)
     monkeypatch.setattr(writer, "REWRITE_BYTES", 1)
 
-    def failing(*args):
-        raise OSError(5, "Input/output error")
-
+    failing = failing_with(OSError(5, "Input/output error"))
     pixel = mint(client, auth)["id"]
     queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)])
     monkeypatch.setattr(busy.journal, "rewrite", failing)
@@ -419,12 +418,17 @@ def test_a_journal_that_cannot_be_emptied_or_rewritten_is_logged_and_the_writer_
     assert len(stored_keys(app)) == 2
 
 
+def writes_cut_to(monkeypatch, length):
+    """Every os.write from now on writes its first `length` bytes only (a disk that fills)."""
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:length]))
+
+
 def test_a_journal_rewritten_in_vain_leaves_no_file_of_its_own(tmp_path, monkeypatch):
     """The new journal cannot be written in full: it goes, and the old one stays in place."""
     kept = journal.Journal(tmp_path / "spool")
     kept.append(b"one\n")
-    real_write = os.write
-    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:1]))
+    writes_cut_to(monkeypatch, 1)
     with pytest.raises(OSError):
         kept.rewrite([b"one\n", b"two\n"])
     monkeypatch.undo()
@@ -450,11 +454,7 @@ def test_a_fetch_the_database_cannot_take_is_spooled_with_the_reason_in_one_shor
     app, client, auth, database, monkeypatch, caplog, error, reason
 ):
     recorder = app.extensions["openreceipt"].recorder
-
-    def away(fetches):
-        raise error
-
-    monkeypatch.setattr(recorder, "record_now", away)
+    monkeypatch.setattr(recorder, "record_now", failing_with(error))
     pixel = mint(client, auth)["id"]
     with app.app_context():
         assert writer_of(app).record(fetch_of(pixel, 1)) == "spooled: database unavailable"
@@ -467,15 +467,12 @@ def test_a_fetch_neither_the_database_nor_the_spool_takes_is_said_lost(
     app, client, auth, database, monkeypatch, caplog
 ):
     recorder = app.extensions["openreceipt"].recorder
-
-    def away(fetches):
-        raise OperationalError("database is locked")
-
-    def no_spool(*args, **kwargs):
-        raise spool.SpoolError(30, "Read-only file system")
-
-    monkeypatch.setattr(recorder, "record_now", away)
-    monkeypatch.setattr(spool, "append", no_spool)
+    monkeypatch.setattr(
+        recorder, "record_now", failing_with(OperationalError("database is locked"))
+    )
+    monkeypatch.setattr(
+        spool, "append", failing_with(spool.SpoolError(30, "Read-only file system"))
+    )
     pixel = mint(client, auth)["id"]
     with app.app_context():
         outcome = writer_of(app).record(fetch_of(pixel, 1))
@@ -487,8 +484,7 @@ def test_a_fetch_neither_the_database_nor_the_spool_takes_is_said_lost(
 def test_a_journal_that_cannot_be_written_leaves_no_half_line(tmp_path, monkeypatch):
     kept = journal.Journal(tmp_path / "spool")
     kept.append(b"one\n")
-    real_write = os.write
-    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:2]))
+    writes_cut_to(monkeypatch, 2)
     with pytest.raises(OSError):
         kept.append(b"two\n")
     monkeypatch.undo()
