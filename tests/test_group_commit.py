@@ -114,7 +114,7 @@ def test_a_batch_nobody_wrote_to_meanwhile_is_read_once(app, client, auth, datab
     with caplog.at_level(logging.DEBUG, logger="peewee"), app.app_context():
         assert recorder.record_now([fetch_of(pixel, 1)]) == ["recorded: open"]
     statements = [r.getMessage() for r in caplog.records]
-    assert len([s for s in statements if "LEFT JOIN event e" in s]) == 1
+    assert len([s for s in statements if "LEFT JOIN" in s]) == 1
     postgresql = app.config["DATABASE_URL"].startswith("postgresql")
     assert len([s for s in statements if "WHERE e.id >" in s]) == (0 if postgresql else 1)
 
@@ -133,7 +133,7 @@ def test_a_batch_whose_receipts_only_counted_others_meanwhile_is_not_judged_agai
         assert recorder.record_now([fetch_of(pixel, 8)]) == ["recorded: open"]
         with caplog.at_level(logging.DEBUG, logger="peewee"):
             assert write_screened(app, pending) == "recorded: open"
-        reads = [r for r in caplog.records if "LEFT JOIN event e" in r.getMessage()]
+        reads = [r for r in caplog.records if "LEFT JOIN" in r.getMessage()]
         assert reads == []
         assert Pixel.get(Pixel.public_id == pixel).open_count == 2
 

@@ -6,9 +6,9 @@ The pixel's fetches come here through the worker's writer (writer.py): a fetch a
 Recorder.record_now, answered once it is committed; the fetches queued while the worker stores
 others through Recorder.record_queued, many to a transaction. A batch goes like this:
 
-1. Screen, without the write lock: one query reads the facts of the batch's pixels and the
-   events from the batch's networks within the repeat window around it; each fetch is judged
-   against them. A repeat of a fetch seconds ago (most of what mail proxies send) stops here,
+1. Screen, without the write lock: one query reads the facts of the batch's pixels and, for
+   each (pixel, network) pair of the batch, that pixel's events from that network within the
+   repeat window around it; each fetch is judged against them. A repeat of a fetch seconds ago (most of what mail proxies send) stops here,
    and a batch of repeats never waits for the write lock.
 2. Commit, under the write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: the pixels' rows, FOR
    UPDATE, in one order): the same query again, now that no other writer can change what it
@@ -17,9 +17,13 @@ others through Recorder.record_queued, many to a transaction. A batch goes like 
    The events go in with one INSERT, and each pixel's counters, state and times move once for
    all its events, in one UPDATE that never loses a concurrent count and only moves times
    outwards (a replayed fetch may be older than one recorded meanwhile): each statement takes
-   all its rows in one parameter (SQLite a JSON array, PostgreSQL arrays), so a batch of 200
-   is a few statements, not hundreds of steps, each of which would let go of Python's lock and
-   wait to get it back from the request threads.
+   all its rows in one parameter (a JSON array), so a batch of 200 is a few statements, not
+   hundreds of steps, each of which would let go of Python's lock and wait to get it back
+   from the request threads. On PostgreSQL, when the screen's plan stands, the whole
+   transaction goes to the server as one message (Recorder._wrote_at_once): the rows stay
+   locked only while the server works, never while the writer waits for its turn at Python's
+   lock between two statements (which, with five workers' writers locking the same busy
+   receipts, made them queue behind each other for a tenth of a second a batch).
 3. In the same transaction, an open or a delivery whose owner wants to hear of it puts a notice
    in the outbox for each of their channels (notifications/outbox.py; sent later). Such a
    pixel's events are stored one by one, each counted before the next asks whether it is the
@@ -39,7 +43,8 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from peewee import SqliteDatabase
+import psycopg
+from peewee import SqliteDatabase, __exception_wrapper__
 
 from ..judgement.classify import PixelFacts
 from ..notifications import outbox
@@ -60,22 +65,22 @@ from ..vocabulary import KINDS, SHOWS_DELIVERY, STATE_REACHED, STATES, Kind
 @dataclass(frozen=True)
 class Waits:
     """How long a batch waits for other writers: `run(write)` runs the transaction (SQLite: in
-    the pixel writers' turn, storage/engine.py); `settings` go to PostgreSQL with its BEGIN,
-    for this transaction only."""
+    the pixel writers' turn, storage/engine.py); `settings` ("SET LOCAL ..." statements) go to
+    PostgreSQL with its BEGIN, for this transaction only."""
 
     run: object
-    settings: str
+    settings: tuple
 
 
 # A fetch whose answer waits on it: another writer is waited for PIXEL_WAIT_MS (SQLite) or
 # PIXEL_ROW_WAIT_MS (PostgreSQL) at most, then the fetch is spooled.
 SHORT_WAITS = Waits(
     with_short_lock_waits,
-    f"SET LOCAL lock_timeout = '{PIXEL_ROW_WAIT_MS}ms'; SET LOCAL statement_timeout = '2s'",
+    (f"SET LOCAL lock_timeout = '{PIXEL_ROW_WAIT_MS}ms'", "SET LOCAL statement_timeout = '2s'"),
 )
 # Fetches already answered (a worker's writer): as long as the database's own limits allow.
 LONG_WAITS = Waits(
-    in_writers_turn, "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '10s'"
+    in_writers_turn, ("SET LOCAL lock_timeout = '5s'", "SET LOCAL statement_timeout = '10s'")
 )
 # Mail clients and proxies often fetch an image twice: the same fetcher within 10 s is one event.
 REPEAT_WINDOW = datetime.timedelta(seconds=10)
@@ -98,6 +103,7 @@ class Statements:
     since: str | None
     insert: str
     count: str
+    write_at_once: str | None
     sqlite: bool
 
 
@@ -130,17 +136,20 @@ COUNT_COLUMNS = {
 
 
 def _rows(sqlite, columns):
-    """Where a statement takes its rows: all of them in one parameter, as a table `d` (one
-    statement, one step, one plan): SQLite reads a JSON array of rows, PostgreSQL a column of
-    values for each parameter, unnest()ed. ({column: value expression}, the FROM clause)."""
+    """Where a statement takes its rows: all of them in one parameter, a JSON array of rows
+    (_params), as a table `d` (one statement, one step, one plan; and json.dumps is the
+    cheapest way there is to hand a database a few hundred values from Python). ({column:
+    value expression}, the FROM clause)."""
     value = {name: f"d.{name}" for name in columns}
     if sqlite:
         picked = ", ".join(
             f"json_extract(value, '$[{n}]') AS {name}" for n, name in enumerate(columns)
         )
         return value, f"(SELECT {picked} FROM json_each(?)) AS d"
-    arrays = ", ".join(f"%s::{kind}[]" for kind in columns.values())
-    return value, f"unnest({arrays}) AS d({', '.join(columns)})"
+    picked = ", ".join(
+        f"(v->>{n})::{kind} AS {name}" for n, (name, kind) in enumerate(columns.items())
+    )
+    return value, f"(SELECT {picked} FROM json_array_elements(%s::json) AS v) AS d"
 
 
 def _count_statement(sqlite):
@@ -176,26 +185,63 @@ def _count_statement(sqlite):
 def statements(database):
     sqlite = isinstance(database, SqliteDatabase)
     p = database.param
-    # A list of values as one parameter: SQLite reads a JSON array, PostgreSQL an array.
-    in_list = f"IN (SELECT value FROM json_each({p}))" if sqlite else f"= ANY({p})"
+    # A list of values as one parameter, a JSON array (_listed).
+    in_list = (
+        f"IN (SELECT value FROM json_each({p}))"
+        if sqlite
+        else f"IN (SELECT json_array_elements_text({p}::json))"
+    )
     notified = "EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id)"
     # A version of what was read (_Seen): PostgreSQL, the row's (xmin), which every write to it
     # changes; SQLite, the newest event's id, which every stored event moves on.
     version = "coalesce((SELECT max(id) FROM event), 0)" if sqlite else "p.xmin::text"
+    # PostgreSQL: a pixel's facts as one text, which the read gives and write_at_once compares.
+    facts_row = (
+        "NULL"
+        if sqlite
+        else f"ROW({', '.join('p.' + name for name in FACT_COLUMNS)}, "
+        f"p.tracking_stopped_at, {notified})::text"
+    )
     value, rows = _rows(sqlite, EVENT_COLUMNS)
     columns = ", ".join(EVENT_COLUMNS)
+    # The batch's (public id, network) pairs as a table `f` (_pairs gives the parameters), and
+    # the events from each pair's network within the repeat window (an event without a network
+    # matches every pair of its pixel).
+    if sqlite:
+        pairs = (
+            "(SELECT DISTINCT json_extract(value, '$[0]') AS public_id, "
+            "json_extract(value, '$[1]') AS ip FROM json_each(?)) AS f"
+        )
+    else:
+        pairs = (
+            "(SELECT DISTINCT v->>0 AS public_id, v->>1 AS ip "
+            "FROM json_array_elements(%s::json) AS v) AS f"
+        )
+    fetched = f"e.pixel_id = p.id AND e.at BETWEEN {p} AND {p} AND (e.ip IS NULL OR e.ip = f.ip)"
+    # PostgreSQL: a LATERAL subquery that the planner may not merge into the join (OFFSET 0),
+    # so that each pair's events are looked up through the index, whatever its statistics say
+    # (on a table filled since the last ANALYZE they say "empty", and it would scan the whole
+    # table instead, which under load is thousands of events a batch).
+    fetched_from = (
+        f"event e ON {fetched}"
+        if sqlite
+        else "LATERAL (SELECT e.at, e.ip, e.link_id, e.source, e.client FROM event e "
+        f"WHERE {fetched} OFFSET 0) e ON true"
+    )
 
     return Statements(
         # The facts of the batch's pixels, whether their owners have a channel to notify, and
-        # who fetched them from the batch's networks within the repeat window: one row per such
-        # event (at, network, link, source, client), or one row of NULLs after the facts.
+        # who fetched each from the networks its fetches came from, within the repeat window:
+        # one row per such event (at, network, link, source, client), or one row of NULLs after
+        # the facts. Read by (pixel, network) pair, so that a pixel fetched hundreds of times a
+        # window costs a look at its events from the batch's few networks, not a comparison of
+        # every event of the window with every network of the batch.
         read=(
             f"SELECT p.public_id, {version}, p.id, "
             f"{', '.join('p.' + name for name in FACT_COLUMNS)}, p.tracking_stopped_at, "
-            f"{notified}, e.at, e.ip, e.link_id, e.source, e.client "
-            "FROM pixel p LEFT JOIN event e ON e.pixel_id = p.id "
-            f"AND e.at BETWEEN {p} AND {p} AND (e.ip IS NULL OR e.ip {in_list}) "
-            f"WHERE p.public_id {in_list}"
+            f"{notified}, e.at, e.ip, e.link_id, e.source, e.client, {facts_row} "
+            f"FROM {pairs} JOIN pixel p ON p.public_id = f.public_id "
+            f"LEFT JOIN {fetched_from}"
         ),
         # PostgreSQL: lock the pixels' rows first, all in one order (two hosts' batches never
         # wait for each other in a circle). Their versions say whether anything wrote to them
@@ -205,7 +251,7 @@ def statements(database):
         else (
             f"SELECT p.public_id, p.xmin::text, p.id, "
             f"{', '.join('p.' + name for name in FACT_COLUMNS)}, p.tracking_stopped_at, "
-            f"{notified} FROM pixel p WHERE p.public_id = ANY(%s) ORDER BY p.public_id FOR UPDATE"
+            f"{notified} FROM pixel p WHERE p.public_id {in_list} ORDER BY p.public_id FOR UPDATE"
         ),
         replayed=f"SELECT spool_key FROM event WHERE spool_key {in_list}",
         # Under the write lock, whether the screen's judgement still holds (_Seen.holds).
@@ -223,13 +269,28 @@ def statements(database):
             f"{notified} FROM pixel p WHERE p.public_id {in_list}"
         )
         if sqlite
-        else (
-            "SELECT count(*) FROM pixel p JOIN event e ON e.pixel_id = p.id "
-            "AND e.at BETWEEN %s AND %s AND (e.ip IS NULL OR e.ip = ANY(%s)) "
-            "WHERE p.public_id = ANY(%s)"
-        ),
+        else f"SELECT count(*) FROM {pairs} JOIN pixel p ON p.public_id = f.public_id "
+        f"JOIN {fetched_from}",
         insert=f"INSERT INTO event ({columns}) SELECT {columns} FROM {rows}",
         count=_count_statement(sqlite),
+        # PostgreSQL, once the pixels' rows are locked: the batch's events and counts as the
+        # screen planned them, in one statement, if its read still holds (the pixels' facts as
+        # they were, as many events from the batch's pairs as it found); whether it did.
+        write_at_once=None
+        if sqlite
+        else (
+            "WITH unchanged AS (SELECT count(*) = %s "
+            f"AND coalesce(bool_and(x.pair->>1 = {facts_row}), true) AS yes "
+            "FROM json_array_elements(%s::json) AS x(pair) "
+            "JOIN pixel p ON p.public_id = x.pair->>0), "
+            "holds AS (SELECT (SELECT yes FROM unchanged) AND (SELECT count(*) "
+            f"FROM {pairs} JOIN pixel p ON p.public_id = f.public_id JOIN {fetched_from}) = %s "
+            "AS yes), "
+            f"stored AS (INSERT INTO event ({columns}) SELECT {columns} FROM {rows} "
+            "WHERE (SELECT yes FROM holds)), "
+            f"counted AS ({_count_statement(sqlite)} AND (SELECT yes FROM holds)) "
+            "SELECT yes FROM holds"
+        ),
         sqlite=sqlite,
     )
 
@@ -237,9 +298,9 @@ def statements(database):
 _sql = dialect_statements(statements)
 
 
-def _listed(sql, values):
+def _listed(values):
     """A list of values as the statements' one parameter for it."""
-    return json.dumps(values) if sql.sqlite else values
+    return json.dumps(values)
 
 
 def _put(sql, statement, rows):
@@ -249,11 +310,12 @@ def _put(sql, statement, rows):
 
 
 def _params(sql, rows):
-    """The rows as a statement's parameters: for SQLite one JSON array of rows, for PostgreSQL
-    a column of values for each parameter."""
-    if sql.sqlite:
-        return (json.dumps([list(row.values()) for row in rows]),)
-    return [[row[name] for row in rows] for name in rows[0]]
+    """The rows as a statement's parameters: one JSON array of rows (times in ISO 8601)."""
+    return (json.dumps([list(row.values()) for row in rows], default=_iso),)
+
+
+def _iso(value):
+    return value.isoformat()
 
 
 @dataclass
@@ -294,12 +356,14 @@ class _Seen:
         self.pixels = {}
         self.versions = {}
         self.read_facts = {}  # public id -> the facts' columns as read
+        self.facts_rows = {}  # public id -> the facts as one text (PostgreSQL)
         self.plan = None  # (the pending fetches it is for, their _Plan): made by the screen
         self.fetched = defaultdict(list)
-        for public_id, version, pixel_id, *facts, at, ip, link, source, client in rows:
+        for public_id, version, pixel_id, *facts, at, ip, link, source, client, row in rows:
             if public_id not in self.pixels:
                 self.pixels[public_id] = _facts(pixel_id, *facts)
                 self.versions[public_id] = version
+                self.facts_rows[public_id] = row
                 self.read_facts[public_id] = (pixel_id, *facts)  # as holds() reads them
             if source is not None:
                 self.fetched[(pixel_id, ip, link, source, client)].append(sql_time(at, sql.sqlite))
@@ -355,12 +419,16 @@ def _window(sql, at):
 
 def _read(sql, fetches):
     """_Seen for the fetches: one query for all of them."""
-    ips = sorted({fetch.ip for fetch in fetches if fetch.ip is not None})
-    public_ids = sorted({fetch.public_id for fetch in fetches})
     low = _window(sql, min(fetch.at for fetch in fetches))[0]
     high = _window(sql, max(fetch.at for fetch in fetches))[1]
-    params = (low, high, _listed(sql, ips), _listed(sql, public_ids))
+    params = (*_pairs(sql, fetches), low, high)
     return _Seen(sql, db.execute_sql(sql.read, params).fetchall(), params)
+
+
+def _pairs(sql, fetches):
+    """The fetches' (public id, network) pairs, each once, as the statements' one parameter for
+    them (a JSON array)."""
+    return (json.dumps(sorted({(fetch.public_id, fetch.ip) for fetch in fetches}, key=str)),)
 
 
 def _event(fetch, facts, verdict, client, sql):
@@ -419,8 +487,8 @@ def _screen_holds(sql, todo, fresh, versions):
         (events,) = db.execute_sql(sql.since, screen.params).fetchone()
         return screen.holds(versions, wanted, events != screen.events)
     fetches = [one.fetch for one in fresh]
-    ips = _listed(sql, sorted({fetch.ip for fetch in fetches if fetch.ip is not None}))
-    public_ids = _listed(sql, sorted({fetch.public_id for fetch in fetches}))
+    ips = _listed(sorted({fetch.ip for fetch in fetches if fetch.ip is not None}))
+    public_ids = _listed(sorted({fetch.public_id for fetch in fetches}))
     newest = max(screen.versions.values())
     rows = db.execute_sql(sql.since, (newest, public_ids, ips, public_ids)).fetchall()
     stored_since = any(row[1] for row in rows)
@@ -483,16 +551,54 @@ class Recorder:
         outcomes = {}
 
         def write():
-            with write_transaction(settings=waits.settings if waits else None):
+            with write_transaction(settings="; ".join(waits.settings) if waits else None):
                 versions = None
                 if sql.lock:
                     ids = sorted({one.fetch.public_id for one in todo})
-                    versions = db.execute_sql(sql.lock, (ids,)).fetchall()
+                    versions = db.execute_sql(sql.lock, (_listed(ids),)).fetchall()
                 return self._store(sql, todo, versions, check_keys=waits is None)
 
-        if todo:
+        if todo and waits and self._wrote_at_once(sql, todo, waits):
+            outcomes = todo[0].seen.plan[1].outcomes
+        elif todo:
             outcomes = waits.run(write) if waits else write()
         return [outcomes.get(id(one), one.outcome) for one in pending]
+
+    def _wrote_at_once(self, sql, todo, waits):
+        """PostgreSQL: store the `todo` fetches as the screen planned them, the whole transaction
+        sent at once (psycopg's pipeline: BEGIN, its settings, the pixels' rows locked, the
+        writing, COMMIT), so that the rows are held only while the server works, never while
+        this thread waits for its turn at Python's lock to send the next statement. Whether it
+        stored them: not when the read no longer holds (the transaction then wrote nothing,
+        and the fetches are judged again under the lock, as on SQLite), nor when the plan has
+        notices to queue (stored one by one) or is not the screen's for these fetches."""
+        screen = todo[0].seen
+        if sql.sqlite or screen is None or screen.plan is None or screen.plan[0] != todo:
+            return False
+        plan = screen.plan[1]
+        if plan.notified or plan.events is None:
+            return False
+        wanted = sorted({one.fetch.public_id for one in todo})
+        facts = [(public_id, screen.facts_rows[public_id]) for public_id in wanted]
+        params = (len(wanted), _listed(facts), *screen.params, screen.events)
+        transaction = ";".join(["BEGIN", *waits.settings, sql.lock, sql.write_at_once, "COMMIT"])
+        with __exception_wrapper__:
+            cursor = psycopg.ClientCursor(db.connection())
+            try:
+                cursor.execute(
+                    transaction,
+                    (_listed(wanted), *params, *plan.events, *plan.counts),
+                    prepare=False,
+                )
+            except BaseException:
+                if not db.is_closed():
+                    db.rollback()
+                raise
+            # The results: BEGIN, the settings, the lock, the writing, COMMIT.
+            for _ in range(2 + len(waits.settings)):
+                cursor.nextset()
+            wrote = cursor.fetchone()[0]
+        return wrote
 
     def _store(self, sql, todo, versions, check_keys):
         """Under the write lock: judge the fetches again on what the database holds now, and
@@ -503,7 +609,7 @@ class Recorder:
         keys = [one.fetch.key for one in todo if one.fetch.key is not None and check_keys]
         replayed = set()
         if keys:
-            rows = db.execute_sql(sql.replayed, (_listed(sql, keys),)).fetchall()
+            rows = db.execute_sql(sql.replayed, (_listed(keys),)).fetchall()
             replayed = {key for (key,) in rows}
         fresh = []
         for one in todo:
