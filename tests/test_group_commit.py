@@ -9,6 +9,9 @@ import threading
 import uuid
 from dataclasses import replace
 
+import pytest
+from peewee import OperationalError
+
 from web.judgement.classify import Fetch, Verdict
 from web.notifications import policy
 from web.pixel import recording
@@ -161,6 +164,39 @@ def test_a_twin_stored_after_the_judgement_makes_the_fetch_a_repeat(app, client,
         assert write_screened(app, pending) == "not recorded: repeat of a fetch seconds ago"
         assert Event.select().count() == 1
         assert Pixel.get(Pixel.public_id == pixel).open_count == 1
+
+
+def test_postgresql_writes_a_plan_that_holds_with_its_lock_in_one_message(
+    app, client, auth, database
+):
+    """PostgreSQL: a plan whose read still holds once the receipts' rows are locked goes to the
+    server with the lock and the COMMIT as one message and is stored; one whose twin was stored
+    meanwhile writes nothing that way (and is judged again under the lock: a repeat); one that
+    finds the row held past its wait fails as a whole and leaves the connection fit for the
+    next. SQLite writes every plan under its lock, statement by statement."""
+    pixel = mint(client, auth)["id"]
+    recorder = app.extensions["openreceipt"].recorder
+    postgresql = app.config["DATABASE_URL"].startswith("postgresql")
+    with app.app_context():
+        sql = recording._sql()
+        first = screened(app, fetch_of(pixel, 7))
+        assert recorder._wrote_at_once(sql, [first], recording.LONG_WAITS) is postgresql
+        assert Event.select().count() == (1 if postgresql else 0)
+
+        twin = screened(app, fetch_of(pixel, 8, GMAIL_PROXY))
+        assert recorder.record_now([fetch_of(pixel, 8, GMAIL_PROXY)]) == ["recorded: open"]
+        stored = Event.select().count()
+        assert recorder._wrote_at_once(sql, [twin], recording.LONG_WAITS) is False
+        assert Event.select().count() == stored
+        assert write_screened(app, twin) == "not recorded: repeat of a fetch seconds ago"
+
+        late = screened(app, fetch_of(pixel, 9))
+        if postgresql:
+            with held(app, pixel), pytest.raises(OperationalError, match="lock timeout"):
+                recorder._wrote_at_once(sql, [late], recording.SHORT_WAITS)
+        assert write_screened(app, late) == "recorded: open"
+        assert Event.select().count() == stored + 1
+        assert Pixel.get(Pixel.public_id == pixel).open_count == stored + 1
 
 
 def test_facts_that_change_after_the_judgement_are_judged_again(app, client, auth, database):

@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,6 +174,33 @@ def test_the_queue_is_stored_many_fetches_to_a_transaction(
     with app.app_context():
         assert Event.select().count() == 14
         assert busy.record(fetch_of(pixels[0], 99)) == "recorded: open"
+
+
+def test_the_writer_gathers_a_moments_fetches_into_one_batch(
+    app, client, auth, database, monkeypatch
+):
+    """Fewer fetches queued than a batch takes: the writer waits until the oldest was queued
+    GATHER_SECONDS ago, and those queued meanwhile go in the same transaction."""
+    monkeypatch.setattr(writer, "GATHER_SECONDS", 0.5)
+    recorder = app.extensions["openreceipt"].recorder
+    batches, record_queued = [], recorder.record_queued
+
+    def counted(fetches):
+        batches.append(len(fetches))
+        return record_queued(fetches)
+
+    monkeypatch.setattr(recorder, "record_queued", counted)
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+    assert queued_while_busy(app, [fetch_of(pixel, 1)]) == [writer.QUEUED]
+    busy._hand_over()  # the writer's turn: it waits for more
+    time.sleep(0.1)
+    with app.app_context():
+        assert [busy.record(fetch_of(pixel, n)) for n in (2, 3)] == [writer.QUEUED] * 2
+    assert busy.drain(10)
+    assert batches == [3]
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 3
 
 
 def test_a_full_queue_makes_the_next_fetch_wait_for_room(app, client, auth, database, monkeypatch):
