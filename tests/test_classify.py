@@ -779,3 +779,25 @@ def test_a_scanner_the_operator_lists_is_a_delivery_not_an_open():
     assert (verdict.kind, verdict.source) == ("prefetch", "scanner")
     assert verdict.reason == "a mail security scanner (listed by the operator) fetched it"
     assert classify(Fetch(CHROME_WINDOWS, "198.51.101.7"), networks).kind == "open"
+
+
+def test_the_servers_judge_classifies_each_request_once_and_tells_requests_apart(parser):
+    """Judge keeps classify()'s verdict per request (the same proxies fetch over and over): a
+    request seen before is not classified again, and one that differs in its user agent,
+    network, method or prefetch hint is, with the verdict it would get on its own."""
+    server_judge = Judge(NETWORKS, parser)
+    facts = PixelFacts(sent_at=SENT)
+    later = SENT + datetime.timedelta(hours=1)
+    microsoft = next(iter(builtin_networks("microsoft-protection"))).split("/")[0]
+    requests = [
+        Fetch(THUNDERBIRD, "81.2.69.0"),
+        Fetch(THUNDERBIRD, "81.2.69.0", method="HEAD"),
+        Fetch(THUNDERBIRD, "81.2.69.0", purpose="prefetch"),
+        Fetch(APPLE_MPP, "81.2.69.0"),
+        Fetch(THUNDERBIRD, microsoft),
+    ]
+    for fetch in requests * 2:
+        assert server_judge.verdict(fetch, facts, later) == judge(fetch, facts, NETWORKS, later)
+    assert len({server_judge.verdict(fetch, facts, later) for fetch in requests}) == len(requests)
+    cached = server_judge._classified.cache_info()
+    assert (cached.misses, cached.hits) == (len(requests), len(requests) * 2)

@@ -229,11 +229,12 @@ def within_self_view(fetched_at, beacon_at):
 SELF_VIEW_REASON = "the sender's own Gmail tab showed the message (self-view beacon)"
 
 
-def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True):
-    """The Verdict for a fetch of a known pixel: classify() on the request, then what the pixel's
-    history says about the sender's own views. `fingerprint` is the fetch's, as privacy.fingerprint
-    computes it for the mint request."""
-    verdict = classify(fetch, networks)
+def judge(fetch, facts, networks, now, fingerprint=None, use_mail_hosting=True, classified=None):
+    """The Verdict for a fetch of a known pixel: classify() on the request (or `classified`, its
+    verdict when the caller has it already), then what the pixel's history says about the
+    sender's own views. `fingerprint` is the fetch's, as privacy.fingerprint computes it for
+    the mint request."""
+    verdict = classified or classify(fetch, networks)
     if verdict.kind != Kind.OPEN:
         return verdict
     if (

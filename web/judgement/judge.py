@@ -3,11 +3,13 @@ link was (classify.judge, clicks.judge_click), and the name of the client that m
 
 import functools
 
-from .classify import judge
+from .classify import Fetch, classify, judge
 from .clicks import judge_click
 from .clients import client_name, printable
 
 CLIENT_NAMES_CACHED = 4096  # (user agent, source) pairs: 4 MB at most (user agents are cut to 1 KB)
+# (user agent, network, method, purpose) of pixel fetches: 4 MB at most, as above.
+REQUESTS_CLASSIFIED_CACHED = 4096
 
 
 class Judge:
@@ -20,15 +22,25 @@ class Judge:
         self.parser = parser
         self.use_mail_hosting = use_mail_hosting
         self.name_clients = name_clients
-        # Mail is fetched by a few clients over and over: each name is worked out once.
+        # Mail is fetched by a few clients over and over: each name is worked out once, and so
+        # is what a request says of its fetcher (classify() reads nothing else: the ranges are
+        # loaded once, at start-up).
         self._client_names = functools.lru_cache(maxsize=CLIENT_NAMES_CACHED)(self._client_name)
+        self._classified = functools.lru_cache(maxsize=REQUESTS_CLASSIFIED_CACHED)(self._classify)
 
     def verdict(self, fetch, facts, now):
         """The Verdict for a fetch of a pixel (or of one of its tracked links) whose facts are
         `facts`, arriving at `now`."""
         if fetch.link_id is not None:
             return judge_click(fetch, facts, self.networks, now)
-        return judge(fetch, facts, self.networks, now, fetch.browser, self.use_mail_hosting)
+        classified = self._classified(fetch.user_agent, fetch.ip, fetch.method, fetch.purpose)
+        return judge(
+            fetch, facts, self.networks, now, fetch.browser, self.use_mail_hosting, classified
+        )
+
+    def _classify(self, user_agent, ip, method, purpose):
+        request = Fetch(user_agent=user_agent, ip=ip, method=method, purpose=purpose)
+        return classify(request, self.networks)
 
     def client(self, user_agent, source):
         """The client's name as stored with the event (short, printable), or None."""

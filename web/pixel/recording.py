@@ -8,8 +8,9 @@ others through Recorder.record_queued, many to a transaction. A batch goes like 
 
 1. Screen, without the write lock: one query reads the facts of the batch's pixels and, for
    each (pixel, network) pair of the batch, that pixel's events from that network within the
-   repeat window around it; each fetch is judged against them. A repeat of a fetch seconds ago (most of what mail proxies send) stops here,
-   and a batch of repeats never waits for the write lock.
+   repeat window around it; each fetch is judged against them. A repeat of a fetch seconds
+   ago (most of what mail proxies send) stops here, and a batch of repeats never waits for
+   the write lock.
 2. Commit, under the write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: the pixels' rows, FOR
    UPDATE, in one order): the same query again, now that no other writer can change what it
    reads, and each fetch judged again where its facts changed (the sender's own view, a
