@@ -567,9 +567,11 @@ class Recorder:
 
     def _wrote_at_once(self, sql, todo, waits):
         """PostgreSQL: store the `todo` fetches as the screen planned them, the whole transaction
-        sent at once (psycopg's pipeline: BEGIN, its settings, the pixels' rows locked, the
-        writing, COMMIT), so that the rows are held only while the server works, never while
-        this thread waits for its turn at Python's lock to send the next statement. Whether it
+        (BEGIN, its settings, the pixels' rows locked, the writing, COMMIT) sent as one message
+        (psycopg's client-side binding, one simple query), so that the rows are held only while
+        the server works, never while this thread waits for its turn at Python's lock to send
+        the next statement. Each statement of it sees what was committed before it began: the
+        writing's check sees every event stored by whoever held the rows before. Whether it
         stored them: not when the read no longer holds (the transaction then wrote nothing,
         and the fetches are judged again under the lock, as on SQLite), nor when the plan has
         notices to queue (stored one by one) or is not the screen's for these fetches."""

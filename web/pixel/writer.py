@@ -5,8 +5,9 @@ A fetch that finds nobody in its worker storing fetches is stored at once, by it
 answered once it is committed (its outcome in the debug header is what became of it). A fetch
 that arrives while its worker is storing others does not wait for them: it is written to the
 worker's journal (journal.py), put in the worker's queue and answered at once; the worker's
-writer, a thread of its own, stores the queue MOST_AT_ONCE fetches to a transaction until it is
-empty, then empties the journal. Under load, then, no request thread waits for another's
+writer, a thread of its own, stores the queue MOST_AT_ONCE fetches to a transaction (once the
+oldest has waited GATHER_SECONDS for others to join it) until it is empty, then empties the
+journal. Under load, then, no request thread waits for another's
 transaction, and each transaction stores many fetches: one read, one INSERT and one counters
 UPDATE a batch (recording.py).
 
