@@ -87,13 +87,17 @@ class Writer:
         click's redirect waits for its event); the outcome, as the debug header says it."""
         if wait:
             return self._store_now(fetch)
+        # Its journal line is made before the lock, which every request thread of the worker
+        # takes: only the queue's own work is done holding it.
+        keyed = replace(fetch, key=ordered_key())
+        line = (json.dumps(spool.to_json(keyed), ensure_ascii=True) + "\n").encode()
         with self._lock:
             alone = not self._writing
             if alone:
                 self._writing = True
             else:
                 room = self._room_within(ROOM_WAIT_SECONDS)
-                if room and self._queue_fetch(fetch):
+                if room and self._queue_fetch(keyed, line):
                     return QUEUED
         if alone:
             try:
@@ -102,7 +106,7 @@ class Writer:
                 self._hand_over()
         if not room:
             # The writer made no room for a second: its database is stuck.
-            return self.spool(replace(fetch, key=ordered_key()), "the worker's writer is behind")
+            return self.spool(keyed, "the worker's writer is behind")
         # No journal to promise it in (the disk full, say): stored before its answer.
         return self._store_now(fetch)
 
@@ -132,11 +136,9 @@ class Writer:
             len(queue) < MOST_QUEUED and time.monotonic() - queue[0][2] < MOST_QUEUED_SECONDS
         )
 
-    def _queue_fetch(self, fetch):
-        """Under the lock: the fetch with a key of its own, into the journal and the queue;
+    def _queue_fetch(self, fetch, line):
+        """Under the lock: the fetch (with its key) into the journal, as `line`, and the queue;
         whether it went in (not when the journal cannot be written)."""
-        fetch = replace(fetch, key=ordered_key())
-        line = (json.dumps(spool.to_json(fetch), ensure_ascii=True) + "\n").encode()
         try:
             self.journal.append(line)
         except OSError as error:
