@@ -304,13 +304,13 @@ def _listed(values):
     return json.dumps(values)
 
 
-def _put(sql, statement, rows):
+def _put(statement, rows):
     """Run the statement for all the rows ({column: value}, in the statement's order) at once.
     The cursor."""
-    return db.execute_sql(statement, _params(sql, rows))
+    return db.execute_sql(statement, _params(rows))
 
 
-def _params(sql, rows):
+def _params(rows):
     """The rows as a statement's parameters: one JSON array of rows (times in ISO 8601)."""
     return (json.dumps([list(row.values()) for row in rows], default=_iso),)
 
@@ -422,14 +422,14 @@ def _read(sql, fetches):
     """_Seen for the fetches: one query for all of them."""
     low = _window(sql, min(fetch.at for fetch in fetches))[0]
     high = _window(sql, max(fetch.at for fetch in fetches))[1]
-    params = (*_pairs(sql, fetches), low, high)
+    params = (_pairs(fetches), low, high)
     return _Seen(sql, db.execute_sql(sql.read, params).fetchall(), params)
 
 
-def _pairs(sql, fetches):
+def _pairs(fetches):
     """The fetches' (public id, network) pairs, each once, as the statements' one parameter for
     them (a JSON array)."""
-    return (json.dumps(sorted({(fetch.public_id, fetch.ip) for fetch in fetches}, key=str)),)
+    return json.dumps(sorted({(fetch.public_id, fetch.ip) for fetch in fetches}, key=str))
 
 
 def _event(fetch, facts, verdict, client, sql):
@@ -655,7 +655,7 @@ class Recorder:
             events += [_event(*event, sql) for event in found]
             counts.append(_counting(pixel_id, [(v.kind, f.at) for f, _, v, _ in found], sql))
         if events:
-            plan.events, plan.counts = _params(sql, events), _params(sql, counts)
+            plan.events, plan.counts = _params(events), _params(counts)
         return plan
 
     def _judge(self, one, seen):
@@ -687,8 +687,8 @@ class Recorder:
         notices = outbox.to_notify(pixel_id, reason, verdict.source, fetch.at) if reason else []
         event = [_event(fetch, facts, verdict, client, sql)]
         if sql.sqlite:
-            event_id = _put(sql, sql.insert, event).lastrowid
+            event_id = _put(sql.insert, event).lastrowid
         else:
-            event_id = _put(sql, f"{sql.insert} RETURNING id", event).fetchone()[0]
-        _put(sql, sql.count, [_counting(pixel_id, [(verdict.kind, fetch.at)], sql)])
+            event_id = _put(f"{sql.insert} RETURNING id", event).fetchone()[0]
+        _put(sql.count, [_counting(pixel_id, [(verdict.kind, fetch.at)], sql)])
         outbox.queue(notices, event_id)
