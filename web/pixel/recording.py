@@ -141,16 +141,29 @@ def _rows(sqlite, columns):
     (_params), as a table `d` (one statement, one step, one plan; and json.dumps is the
     cheapest way there is to hand a database a few hundred values from Python). ({column:
     value expression}, the FROM clause)."""
-    value = {name: f"d.{name}" for name in columns}
+    return {name: f"d.{name}" for name in columns}, f"({_rows_select(sqlite, columns)}) AS d"
+
+
+def _rows_select(sqlite, columns):
+    """The SELECT that makes the rows of one JSON parameter into a table of `columns`."""
     if sqlite:
         picked = ", ".join(
             f"json_extract(value, '$[{n}]') AS {name}" for n, name in enumerate(columns)
         )
-        return value, f"(SELECT {picked} FROM json_each(?)) AS d"
+        return f"SELECT {picked} FROM json_each(?)"
     picked = ", ".join(
         f"(v->>{n})::{kind} AS {name}" for n, (name, kind) in enumerate(columns.items())
     )
-    return value, f"(SELECT {picked} FROM json_array_elements(%s::json) AS v) AS d"
+    return f"SELECT {picked} FROM json_array_elements(%s::json) AS v"
+
+
+def _twin(within):
+    """An event `e` from the fetcher of the planned event `d` (the same pixel, network, link,
+    source and client: what the repeat check compares) within the repeat window around it."""
+    same = " AND ".join(
+        f"e.{name} IS NOT DISTINCT FROM d.{name}" for name in ("ip", "link_id", "source", "client")
+    )
+    return f"e.pixel_id = d.pixel_id AND {same} AND {within}"
 
 
 def _count_statement(sqlite):
@@ -196,6 +209,8 @@ def statements(database):
     # A version of what was read (_Seen): PostgreSQL, the row's (xmin), which every write to it
     # changes; SQLite, the newest event's id, which every stored event moves on.
     version = "coalesce((SELECT max(id) FROM event), 0)" if sqlite else "p.xmin::text"
+    window = f"interval '{REPEAT_WINDOW.total_seconds():g} seconds'"
+    within = f"e.at BETWEEN d.at - {window} AND d.at + {window}"
     # PostgreSQL: a pixel's facts as one text, which the read gives and write_at_once compares.
     facts_row = (
         "NULL"
@@ -275,8 +290,9 @@ def statements(database):
         insert=f"INSERT INTO event ({columns}) SELECT {columns} FROM {rows}",
         count=_count_statement(sqlite),
         # PostgreSQL, once the pixels' rows are locked: the batch's events and counts as the
-        # screen planned them, in one statement, if its read still holds (the pixels' facts as
-        # they were, as many events from the batch's pairs as it found); whether it did.
+        # screen planned them, in one statement, if what they were judged on still holds (the
+        # pixels' facts as read, and no event stored meanwhile from the fetcher of one of them
+        # within the repeat window around it: another worker's twin); whether it did.
         write_at_once=None
         if sqlite
         else (
@@ -284,10 +300,10 @@ def statements(database):
             f"AND coalesce(bool_and(x.pair->>1 = {facts_row}), true) AS yes "
             "FROM json_array_elements(%s::json) AS x(pair) "
             "JOIN pixel p ON p.public_id = x.pair->>0), "
-            "holds AS (SELECT (SELECT yes FROM unchanged) AND (SELECT count(*) "
-            f"FROM {pairs} JOIN pixel p ON p.public_id = f.public_id JOIN {fetched_from}) = %s "
-            "AS yes), "
-            f"stored AS (INSERT INTO event ({columns}) SELECT {columns} FROM {rows} "
+            f"planned AS ({_rows_select(sqlite, EVENT_COLUMNS)}), "
+            "holds AS (SELECT (SELECT yes FROM unchanged) AND NOT EXISTS (SELECT 1 FROM planned d "
+            f"WHERE EXISTS (SELECT 1 FROM event e WHERE {_twin(within)} OFFSET 0)) AS yes), "
+            f"stored AS (INSERT INTO event ({columns}) SELECT {columns} FROM planned "
             "WHERE (SELECT yes FROM holds)), "
             f"counted AS ({_count_statement(sqlite)} AND (SELECT yes FROM holds)) "
             "SELECT yes FROM holds"
@@ -583,7 +599,7 @@ class Recorder:
             return False
         wanted = sorted({one.fetch.public_id for one in todo})
         facts = [(public_id, screen.facts_rows[public_id]) for public_id in wanted]
-        params = (len(wanted), _listed(facts), *screen.params, screen.events)
+        params = (len(wanted), _listed(facts))
         transaction = ";".join(["BEGIN", *waits.settings, sql.lock, sql.write_at_once, "COMMIT"])
         with __exception_wrapper__:
             cursor = psycopg.ClientCursor(db.connection())
