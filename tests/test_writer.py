@@ -21,7 +21,7 @@ from web.pixel import journal, spool, writer
 from web.storage.engine import utcnow
 from web.storage.models import Event, Pixel
 
-from .helpers import mint, pixel_path, wait_for
+from .helpers import held, mint, pixel_path, wait_for
 
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0"
 
@@ -489,6 +489,9 @@ def test_a_fetch_the_database_cannot_take_is_spooled_with_the_reason_in_one_shor
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fetch ")]
     assert logged == [f"fetch spooled: database: {reason}"]
     assert spool.pending(app.config["DATA_DIR"]) == 1
+    # With a key of its own, which the replay stores with it: a replay cut short stores it once.
+    (line,) = (spool_dir(app) / spool.ACTIVE).read_text(encoding="ascii").splitlines()
+    assert len(json.loads(line)["key"]) == 32
 
 
 def test_a_fetch_neither_the_database_nor_the_spool_takes_is_said_lost(
@@ -510,13 +513,43 @@ def test_a_fetch_neither_the_database_nor_the_spool_takes_is_said_lost(
 
 
 def test_a_journal_that_cannot_be_written_leaves_no_half_line(tmp_path, monkeypatch):
+    """A line written in part is taken back, and only it: the lines before it stay whole."""
     kept = journal.Journal(tmp_path / "spool")
     kept.append(b"one\n")
+    kept.append(b"one and a half\n")
     writes_cut_to(monkeypatch, 2)
     with pytest.raises(OSError):
         kept.append(b"two\n")
     monkeypatch.undo()
     kept.append(b"three\n")
-    assert kept.path.read_bytes() == b"one\nthree\n"
+    assert kept.path.read_bytes() == b"one\none and a half\nthree\n"
     kept.close()
     assert kept.path.exists()  # it still holds a fetch: left to the spool's replay
+
+
+def test_a_drain_the_database_holds_up_says_so_when_its_time_is_up(app, client, auth, database):
+    """The queue cannot be stored within the drain's time (another writer holds the receipt):
+    drain() says so rather than that all is stored; once the writer lets go, it is."""
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+    assert queued_while_busy(app, [fetch_of(pixel, 1)]) == [writer.QUEUED]
+    with held(app, pixel):
+        busy._hand_over()
+        assert busy.drain(0.3) is False
+    assert busy.drain(10)
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 1
+
+
+def test_a_queued_fetch_from_a_city_with_a_non_ascii_name_is_journaled_in_ascii(
+    app, client, auth, database
+):
+    """The spool's replay sets aside as damaged any line that is not ASCII: a journal line
+    escapes what is not (a city's name), so that a dead worker's journal is replayed whole."""
+    pixel = mint(client, auth)["id"]
+    assert queued_while_busy(app, [fetch_of(pixel, 1, city="Zürich")]) == [writer.QUEUED]
+    (line,) = journals(app)[0].read_bytes().splitlines()
+    assert line.isascii() and json.loads(line)["city"] == "Zürich"
+    stored_alone_and_handed_over(app)
+    with app.app_context():
+        assert Event.get().city == "Zürich"
