@@ -228,6 +228,37 @@ def test_a_full_queue_makes_the_next_fetch_wait_for_room(app, client, auth, data
         assert Pixel.get(Pixel.public_id == pixel).open_count == 3
 
 
+def test_a_fetch_that_waited_for_room_while_the_writer_finished_is_stored_alone(
+    app, client, auth, database, monkeypatch
+):
+    """The writer takes the full queue and, finding nothing more, is done before the fetch that
+    waited for room runs again: that fetch is stored by its own thread, not queued where no
+    writer would come for it."""
+    monkeypatch.setattr(writer, "MOST_QUEUED", 2)
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+    assert queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)]) == [writer.QUEUED] * 2
+    outcome = []
+
+    def third():
+        with app.app_context():
+            outcome.append(busy.record(fetch_of(pixel, 2)))
+
+    thread = threading.Thread(target=third)
+    thread.start()
+    assert wait_for(lambda: busy._room._waiters)
+    with busy._lock:  # as the writer does: its batch taken, then nothing left, it is done
+        taken = [fetch for fetch, _, _ in (busy._queue.popleft(), busy._queue.popleft())]
+        busy._room.notify_all()
+        busy._writing = False
+    thread.join(10)
+    assert outcome == ["recorded: open"]
+    assert not busy._queue and not busy._writing
+    with app.app_context():
+        app.extensions["openreceipt"].recorder.record_queued(taken)
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 3
+
+
 def test_a_fetch_that_finds_no_room_within_its_wait_is_spooled(
     app, client, auth, database, monkeypatch
 ):

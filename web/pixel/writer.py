@@ -92,13 +92,14 @@ class Writer:
         keyed = replace(fetch, key=ordered_key())
         line = (json.dumps(spool.to_json(keyed), ensure_ascii=True) + "\n").encode()
         with self._lock:
+            room = self._room_within(ROOM_WAIT_SECONDS) if self._writing else True
+            # Nobody in the worker storing fetches, even if the writer finished while this one
+            # waited for room: it is stored now (queued, nobody would come for it).
             alone = not self._writing
             if alone:
                 self._writing = True
-            else:
-                room = self._room_within(ROOM_WAIT_SECONDS)
-                if room and self._queue_fetch(keyed, line):
-                    return QUEUED
+            elif room and self._queue_fetch(keyed, line):
+                return QUEUED
         if alone:
             try:
                 return self._store_now(fetch)
