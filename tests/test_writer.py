@@ -203,11 +203,10 @@ def test_the_writer_gathers_a_moments_fetches_into_one_batch(
         assert Pixel.get(Pixel.public_id == pixel).open_count == 3
 
 
-def test_a_full_queue_makes_the_next_fetch_wait_for_room(app, client, auth, database, monkeypatch):
-    """The writer is behind: past MOST_QUEUED a fetch waits until the writer takes fetches off
-    the queue, then is queued and answered."""
+def waiting_for_room(app, pixel, monkeypatch):
+    """A full queue (MOST_QUEUED 2, both queued while the worker is busy) and a third fetch of
+    `pixel` waiting for room in a thread of its own: (the thread, its outcome once answered)."""
     monkeypatch.setattr(writer, "MOST_QUEUED", 2)
-    pixel = mint(client, auth)["id"]
     busy = writer_of(app)
     assert queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)]) == [writer.QUEUED] * 2
     outcome = []
@@ -220,10 +219,33 @@ def test_a_full_queue_makes_the_next_fetch_wait_for_room(app, client, auth, data
     thread.start()
     assert wait_for(lambda: busy._room._waiters)  # it waits for room
     assert outcome == []
-    stored_alone_and_handed_over(app)
+    return thread, outcome
+
+
+def writer_takes_its_batch(app):
+    """As the writer does under its lock: the queue's fetches taken off it as its batch, and
+    whoever waits for room told; the fetches taken."""
+    busy = writer_of(app)
+    taken = [fetch for fetch, _, _ in busy._queue]
+    busy._queue.clear()
+    busy._room.notify_all()
+    return taken
+
+
+def test_a_full_queue_makes_the_next_fetch_wait_for_room(app, client, auth, database, monkeypatch):
+    """The writer is behind: past MOST_QUEUED a fetch waits until the writer takes fetches off
+    the queue, then is queued and answered (the writer still at work: here its batch is stored
+    after the fetch is queued, so that the writer cannot be done first)."""
+    pixel = mint(client, auth)["id"]
+    thread, outcome = waiting_for_room(app, pixel, monkeypatch)
+    busy = writer_of(app)
+    with busy._lock:
+        taken = writer_takes_its_batch(app)
     thread.join(10)
     assert outcome == [writer.QUEUED]
-    assert busy.drain(10)
+    with app.app_context():
+        app.extensions["openreceipt"].recorder.record_queued(taken)
+    stored_alone_and_handed_over(app)
     with app.app_context():
         assert Pixel.get(Pixel.public_id == pixel).open_count == 3
 
@@ -234,22 +256,11 @@ def test_a_fetch_that_waited_for_room_while_the_writer_finished_is_stored_alone(
     """The writer takes the full queue and, finding nothing more, is done before the fetch that
     waited for room runs again: that fetch is stored by its own thread, not queued where no
     writer would come for it."""
-    monkeypatch.setattr(writer, "MOST_QUEUED", 2)
     pixel = mint(client, auth)["id"]
+    thread, outcome = waiting_for_room(app, pixel, monkeypatch)
     busy = writer_of(app)
-    assert queued_while_busy(app, [fetch_of(pixel, n) for n in range(2)]) == [writer.QUEUED] * 2
-    outcome = []
-
-    def third():
-        with app.app_context():
-            outcome.append(busy.record(fetch_of(pixel, 2)))
-
-    thread = threading.Thread(target=third)
-    thread.start()
-    assert wait_for(lambda: busy._room._waiters)
-    with busy._lock:  # as the writer does: its batch taken, then nothing left, it is done
-        taken = [fetch for fetch, _, _ in (busy._queue.popleft(), busy._queue.popleft())]
-        busy._room.notify_all()
+    with busy._lock:  # its batch taken, then nothing left, the writer is done
+        taken = writer_takes_its_batch(app)
         busy._writing = False
     thread.join(10)
     assert outcome == ["recorded: open"]
