@@ -183,20 +183,20 @@ def test_postgresql_writes_a_plan_that_holds_with_its_lock_in_one_message(
         sql = recording._sql()
         first = screened(app, fetch_of(pixel, 7))
         assert recorder.record_now([fetch_of(pixel, 7, GMAIL_PROXY)]) == ["recorded: open"]
-        assert recorder._wrote_at_once(sql, [first], recording.LONG_WAITS) is postgresql
+        assert recorder._wrote_at_once(sql, [first], [pixel], recording.LONG_WAITS) is postgresql
         assert Event.select().count() == (2 if postgresql else 1)
 
         twin = screened(app, fetch_of(pixel, 8, GMAIL_PROXY))
         assert recorder.record_now([fetch_of(pixel, 8, GMAIL_PROXY)]) == ["recorded: open"]
         stored = Event.select().count()
-        assert recorder._wrote_at_once(sql, [twin], recording.LONG_WAITS) is False
+        assert recorder._wrote_at_once(sql, [twin], [pixel], recording.LONG_WAITS) is False
         assert Event.select().count() == stored
         assert write_screened(app, twin) == "not recorded: repeat of a fetch seconds ago"
 
         late = screened(app, fetch_of(pixel, 9))
         if postgresql:
             with held(app, pixel), pytest.raises(OperationalError, match="lock timeout"):
-                recorder._wrote_at_once(sql, [late], recording.SHORT_WAITS)
+                recorder._wrote_at_once(sql, [late], [pixel], recording.SHORT_WAITS)
         assert write_screened(app, late) == "recorded: open"
         assert Event.select().count() == stored + 1
         assert Pixel.get(Pixel.public_id == pixel).open_count == stored + 1

@@ -565,23 +565,23 @@ class Recorder:
         short, or a journal taken over, may hold fetches already stored)."""
         sql = _sql()
         todo = [one for one in pending if one.outcome is None]
+        wanted = sorted({one.fetch.public_id for one in todo})  # the pixels to lock, in order
         outcomes = {}
 
         def write():
             with write_transaction(settings="; ".join(waits.settings) if waits else None):
                 versions = None
                 if sql.lock:
-                    ids = sorted({one.fetch.public_id for one in todo})
-                    versions = db.execute_sql(sql.lock, (_listed(ids),)).fetchall()
+                    versions = db.execute_sql(sql.lock, (_listed(wanted),)).fetchall()
                 return self._store(sql, todo, versions, check_keys=waits is None)
 
-        if todo and waits and self._wrote_at_once(sql, todo, waits):
+        if todo and waits and self._wrote_at_once(sql, todo, wanted, waits):
             outcomes = todo[0].seen.plan[1].outcomes
         elif todo:
             outcomes = waits.run(write) if waits else write()
         return [outcomes.get(id(one), one.outcome) for one in pending]
 
-    def _wrote_at_once(self, sql, todo, waits):
+    def _wrote_at_once(self, sql, todo, wanted, waits):
         """PostgreSQL: store the `todo` fetches as the screen planned them, the whole transaction
         (BEGIN, its settings, the pixels' rows locked, the writing, COMMIT) sent as one message
         (psycopg's client-side binding, one simple query), so that the rows are held only while
@@ -597,16 +597,14 @@ class Recorder:
         plan = screen.plan[1]
         if plan.notified or plan.events is None:
             return False
-        wanted = sorted({one.fetch.public_id for one in todo})
         facts = [(public_id, screen.facts_rows[public_id]) for public_id in wanted]
-        params = (len(wanted), _listed(facts))
         transaction = ";".join(["BEGIN", *waits.settings, sql.lock, sql.write_at_once, "COMMIT"])
         with __exception_wrapper__:
             cursor = psycopg.ClientCursor(db.connection())
             try:
                 cursor.execute(
                     transaction,
-                    (_listed(wanted), *params, *plan.events, *plan.counts),
+                    (_listed(wanted), len(wanted), _listed(facts), *plan.events, *plan.counts),
                     prepare=False,
                 )
             except BaseException:
