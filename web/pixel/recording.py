@@ -108,10 +108,7 @@ class Statements:
     sqlite: bool
 
 
-# The columns of an event as the pixel stores it (_event gives them in this order), and of a
-# pixel's count of its new events (_counting): the events of each kind, the latest event, the
-# earliest that shows delivery, the earliest and the latest open (NULL when none), the furthest
-# state reached (NULL when none).
+# The columns of an event as the pixel stores it (_event gives them in this order).
 EVENT_COLUMNS = {
     "pixel_id": "integer",
     "at": "timestamp",
@@ -125,27 +122,13 @@ EVENT_COLUMNS = {
     "spool_key": "text",
     "link_id": "integer",
 }
-COUNT_COLUMNS = {
-    "id": "integer",
-    **{kind.value: "integer" for kind in KINDS},
-    "latest": "timestamp",
-    "delivered": "timestamp",
-    "first_open": "timestamp",
-    "last_open": "timestamp",
-    "reached": "text",
-}
-
-
-def _rows(sqlite, columns):
-    """Where a statement takes its rows: all of them in one parameter, a JSON array of rows
-    (_params), as a table `d` (one statement, one step, one plan; and json.dumps is the
-    cheapest way there is to hand a database a few hundred values from Python). ({column:
-    value expression}, the FROM clause)."""
-    return {name: f"d.{name}" for name in columns}, f"({_rows_select(sqlite, columns)}) AS d"
 
 
 def _rows_select(sqlite, columns):
-    """The SELECT that makes the rows of one JSON parameter into a table of `columns`."""
+    """The SELECT that makes the rows of one JSON parameter (a JSON array of rows: _params) into
+    a table of `columns`: one statement, one step, one plan for all the rows of a batch, and
+    json.dumps is the cheapest way there is to hand a database a few hundred values from
+    Python."""
     if sqlite:
         picked = ", ".join(
             f"json_extract(value, '$[{n}]') AS {name}" for n, name in enumerate(columns)
@@ -166,11 +149,11 @@ def _twin(within):
     return f"e.pixel_id = d.pixel_id AND {same} AND {within}"
 
 
-def _count_statement(sqlite):
-    """The UPDATE that counts each pixel's new events at once: counts only ever added to, times
-    only moved outwards (a replayed fetch may be older than one recorded meanwhile), the state
-    only forwards."""
-    value, rows = _rows(sqlite, COUNT_COLUMNS)
+def _count_statement(sqlite, events):
+    """The UPDATE that counts each pixel's new events at once, from `events` (a FROM item of
+    rows of EVENT_COLUMNS called `d`: the same rows the INSERT takes): counts only ever added
+    to, times only moved outwards (a replayed fetch may be older than one recorded meanwhile),
+    the state only forwards."""
 
     def rank(expression):
         ranks = " ".join(f"WHEN '{state}' THEN {n}" for n, state in enumerate(STATES))
@@ -183,17 +166,33 @@ def _count_statement(sqlite):
             f"THEN {column} ELSE {new} END"
         )
 
-    parts = [f"{kind}_count = {kind}_count + {value[kind]}" for kind in KINDS]
+    # Each pixel's new events: how many of each kind, the latest, the earliest that shows
+    # delivery, the earliest and the latest open (NULL when none), the furthest state they
+    # reach (NULL when none).
+    reaches = " ".join(
+        f"WHEN '{kind}' THEN {STATES.index(state)}" for kind, state in STATE_REACHED.items()
+    )
+    states = " ".join(f"WHEN {n} THEN '{state}'" for n, state in enumerate(STATES))
+    delivery = ", ".join(f"'{kind}'" for kind in SHOWS_DELIVERY)
+    opens = f"FILTER (WHERE d.kind = '{Kind.OPEN}')"
+    counted = (
+        "SELECT d.pixel_id AS id, "
+        + "".join(f"count(*) FILTER (WHERE d.kind = '{kind}') AS {kind}, " for kind in KINDS)
+        + f"max(d.at) AS latest, min(d.at) FILTER (WHERE d.kind IN ({delivery})) AS delivered, "
+        f"min(d.at) {opens} AS first_open, max(d.at) {opens} AS last_open, "
+        f"CASE max(CASE d.kind {reaches} END) {states} END AS reached "
+        f"FROM {events} GROUP BY d.pixel_id"
+    )
+    parts = [f"{kind}_count = {kind}_count + c.{kind}" for kind in KINDS]
     parts += [
-        moved("last_event_at", value["latest"], ">="),
-        moved("activity_at", value["latest"], ">="),
-        moved("delivered_at", value["delivered"], "<="),
-        moved("first_open_at", value["first_open"], "<="),
-        moved("last_open_at", value["last_open"], ">="),
-        f"state = CASE WHEN {rank('state')} < {rank(value['reached'])} "
-        f"THEN {value['reached']} ELSE state END",
+        moved("last_event_at", "c.latest", ">="),
+        moved("activity_at", "c.latest", ">="),
+        moved("delivered_at", "c.delivered", "<="),
+        moved("first_open_at", "c.first_open", "<="),
+        moved("last_open_at", "c.last_open", ">="),
+        f"state = CASE WHEN {rank('state')} < {rank('c.reached')} THEN c.reached ELSE state END",
     ]
-    return f"UPDATE pixel SET {', '.join(parts)} FROM {rows} WHERE pixel.id = {value['id']}"
+    return f"UPDATE pixel SET {', '.join(parts)} FROM ({counted}) AS c WHERE pixel.id = c.id"
 
 
 def statements(database):
@@ -218,7 +217,8 @@ def statements(database):
         else f"ROW({', '.join('p.' + name for name in FACT_COLUMNS)}, "
         f"p.tracking_stopped_at, {notified})::text"
     )
-    value, rows = _rows(sqlite, EVENT_COLUMNS)
+    # The batch's events, from their one parameter.
+    rows = f"({_rows_select(sqlite, EVENT_COLUMNS)}) AS d"
     columns = ", ".join(EVENT_COLUMNS)
     # The batch's (public id, network) pairs as a table `f` (_pairs gives the parameters), and
     # the events from each pair's network within the repeat window (an event without a network
@@ -288,7 +288,7 @@ def statements(database):
         else f"SELECT count(*) FROM {pairs} JOIN pixel p ON p.public_id = f.public_id "
         f"JOIN {fetched_from}",
         insert=f"INSERT INTO event ({columns}) SELECT {columns} FROM {rows}",
-        count=_count_statement(sqlite),
+        count=_count_statement(sqlite, rows),
         # PostgreSQL, once the pixels' rows are locked: the batch's events and counts as the
         # screen planned them, in one statement, if what they were judged on still holds (the
         # pixels' facts as read, and no event stored meanwhile from the fetcher of one of them
@@ -305,7 +305,7 @@ def statements(database):
             f"WHERE EXISTS (SELECT 1 FROM event e WHERE {_twin(within)} OFFSET 0)) AS yes), "
             f"stored AS (INSERT INTO event ({columns}) SELECT {columns} FROM planned "
             "WHERE (SELECT yes FROM holds)), "
-            f"counted AS ({_count_statement(sqlite)} AND (SELECT yes FROM holds)) "
+            f"counted AS ({_count_statement(sqlite, 'planned AS d')} AND (SELECT yes FROM holds)) "
             "SELECT yes FROM holds"
         ),
         sqlite=sqlite,
@@ -321,14 +321,14 @@ def _listed(values):
 
 
 def _put(statement, rows):
-    """Run the statement for all the rows ({column: value}, in the statement's order) at once.
-    The cursor."""
+    """Run the statement for all the rows (each a list, in the statement's order) at once. The
+    cursor."""
     return db.execute_sql(statement, _params(rows))
 
 
 def _params(rows):
     """The rows as a statement's parameters: one JSON array of rows (times in ISO 8601)."""
-    return (json.dumps([list(row.values()) for row in rows], default=_iso),)
+    return (json.dumps(rows, default=_iso),)
 
 
 def _iso(value):
@@ -339,12 +339,12 @@ def _iso(value):
 class _Plan:
     """What storing a batch's fresh fetches takes, worked out before it is done: the outcomes
     {id(pending): outcome}, the events of receipts whose owners are notified (stored one by
-    one), and the parameters of the INSERT of the others and of their counters' UPDATE."""
+    one), and the parameters of the others' INSERT and of their counters' UPDATE (the same
+    rows: the UPDATE counts them)."""
 
     outcomes: dict
     notified: list
     events: object = None
-    counts: object = None
 
 
 @dataclass(eq=False)  # one fetch's own: compared by identity (the screen's plan is for these)
@@ -409,10 +409,11 @@ class _Seen:
     def repeat(self, fetcher, at):
         """Whether `fetcher` fetched within the repeat window around `at`; if not, that it did
         now."""
-        low, high = _window(self.sql, at)
         times = self.fetched[fetcher]
-        if any(low <= time <= high for time in times):
-            return True
+        if times:
+            low, high = _window(self.sql, at)
+            if any(low <= time <= high for time in times):
+                return True
         times.append(sql_time(at, self.sql.sqlite))
         return False
 
@@ -450,7 +451,7 @@ def _pairs(fetches):
 
 def _event(fetch, facts, verdict, client, sql):
     """The event's row, EVENT_COLUMNS."""
-    values = (
+    return [
         facts["id"],
         sql_time(fetch.at, sql.sqlite),
         verdict.kind,
@@ -462,29 +463,7 @@ def _event(fetch, facts, verdict, client, sql):
         client,
         fetch.key,
         fetch.link_id,
-    )
-    return dict(zip(EVENT_COLUMNS, values, strict=True))
-
-
-def _counting(pixel_id, events, sql):
-    """The count of a pixel's new events [(kind, at)], COUNT_COLUMNS."""
-    count = dict.fromkeys(COUNT_COLUMNS)
-    count.update(id=pixel_id, **dict.fromkeys(KINDS, 0))
-    for kind, _ in events:
-        count[kind] += 1
-    every = [at for _, at in events]
-    delivery = [at for kind, at in events if kind in SHOWS_DELIVERY]
-    opens = [at for kind, at in events if kind == Kind.OPEN]
-    reached = [STATE_REACHED[kind] for kind, _ in events if kind in STATE_REACHED]
-    times = {
-        "latest": max(every),
-        "delivered": min(delivery, default=None),
-        "first_open": min(opens, default=None),
-        "last_open": max(opens, default=None),
-    }
-    count.update({name: sql_time(at, sql.sqlite) for name, at in times.items()})
-    count["reached"] = max(reached, key=STATES.index) if reached else None
-    return count
+    ]
 
 
 def _screen_holds(sql, todo, fresh, versions):
@@ -604,7 +583,7 @@ class Recorder:
             try:
                 cursor.execute(
                     transaction,
-                    (_listed(wanted), len(wanted), _listed(facts), *plan.events, *plan.counts),
+                    (_listed(wanted), len(wanted), _listed(facts), *plan.events),
                     prepare=False,
                 )
             except BaseException:
@@ -647,29 +626,25 @@ class Recorder:
             self._store_notified(sql, *event)
         if plan.events is not None:
             db.execute_sql(sql.insert, plan.events)
-            db.execute_sql(sql.count, plan.counts)
+            db.execute_sql(sql.count, plan.events)
         outcomes.update(plan.outcomes)
         return outcomes
 
     def _plan(self, sql, fresh, judgements):
         """The _Plan that stores the fresh fetches as judged: [(outcome, judged)] in order."""
-        outcomes = {}
-        stored = defaultdict(list)  # pixel id -> [(fetch, facts, verdict, client)]
+        plan = _Plan({}, [])
+        events = []
         for one, (outcome, judged) in zip(fresh, judgements, strict=True):
             if outcome is None:
-                stored[judged[0]["id"]].append((one.fetch, *judged))
-                outcome = f"recorded: {judged[1].kind}"
-            outcomes[id(one)] = outcome
-        plan = _Plan(outcomes, [])
-        events, counts = [], []
-        for pixel_id, found in stored.items():
-            if found[0][1]["notified"]:
-                plan.notified += found
-                continue
-            events += [_event(*event, sql) for event in found]
-            counts.append(_counting(pixel_id, [(v.kind, f.at) for f, _, v, _ in found], sql))
+                facts, verdict, _ = judged
+                if facts["notified"]:
+                    plan.notified.append((one.fetch, *judged))
+                else:
+                    events.append(_event(one.fetch, *judged, sql))
+                outcome = f"recorded: {verdict.kind}"
+            plan.outcomes[id(one)] = outcome
         if events:
-            plan.events, plan.counts = _params(events), _params(counts)
+            plan.events = _params(events)
         return plan
 
     def _judge(self, one, seen):
@@ -704,5 +679,5 @@ class Recorder:
             event_id = _put(sql.insert, event).lastrowid
         else:
             event_id = _put(f"{sql.insert} RETURNING id", event).fetchone()[0]
-        _put(sql.count, [_counting(pixel_id, [(verdict.kind, fetch.at)], sql)])
+        _put(sql.count, event)
         outbox.queue(notices, event_id)
