@@ -7,6 +7,7 @@ and what is neither a known machine nor positively a reader is `unknown`, never 
 """
 
 import datetime
+import functools
 import hmac
 import re
 from dataclasses import dataclass
@@ -119,10 +120,9 @@ FETCHERS = {
 def fetcher(ua, ip, networks):
     """The named fetcher behind a request — a mail provider's proxy or prefetch, a security
     scanner, Apple's privacy protection — or None for a program fetching for itself."""
-    if GMAIL_PREFETCH_UA in ua or ua.endswith("Gmail-content-sampling"):
-        return "gmail-prefetch"
-    if _GMAIL_PROXY.search(ua):
-        return "gmail-proxy"
+    first, last = _named_by_agent(ua)
+    if first:
+        return first
     if networks.microsoft_protection.meets(ip):
         return "scanner-microsoft"
     gateway = networks.gateway(ip)
@@ -132,13 +132,26 @@ def fetcher(ua, ip, networks):
         return "scanner"
     if ua == APPLE_MPP_UA and networks.apple.meets(ip):
         return "apple-mpp"
-    for source, pattern in SECURITY_PRODUCTS:
+    return last
+
+
+# Distinct user agents whose names are kept: 4 MB at most (user agents are cut to 1 KB).
+AGENTS_NAMED = 4096
+
+
+@functools.lru_cache(maxsize=AGENTS_NAMED)
+def _named_by_agent(ua):
+    """What the user agent alone names (fetcher()): (Gmail's proxy or prefetch, which no network
+    overrides; a security product or a webmail proxy, which the networks' names go before). A
+    few clients fetch mail over and over: each user agent is matched once."""
+    if GMAIL_PREFETCH_UA in ua or ua.endswith("Gmail-content-sampling"):
+        return "gmail-prefetch", None
+    if _GMAIL_PROXY.search(ua):
+        return "gmail-proxy", None
+    for source, pattern in (*SECURITY_PRODUCTS, *PROXIES):
         if pattern.search(ua):
-            return source
-    for source, pattern in PROXIES:
-        if pattern.search(ua):
-            return source
-    return None
+            return None, source
+    return None, None
 
 
 def classify(fetch, networks):

@@ -1,6 +1,7 @@
 """Sets of IP networks with fast membership tests, built once at start-up."""
 
 import bisect
+import functools
 import ipaddress
 import socket
 
@@ -45,17 +46,29 @@ class NetworkSet:
         """Whether any network overlaps the block a masked address stands for (its /24 or /48).
         Apple's egress list holds prefixes as small as /31, which the masked address itself
         (the block's first address) would miss."""
-        if not masked_ip:
+        block = _block(masked_ip) if masked_ip else None
+        if block is None:
             return False
-        try:
-            version, _, value = _span(masked_ip)
-        except ValueError:
-            return False
-        host_bits = (32 - IPV4_PREFIX) if version == 4 else (128 - IPV6_PREFIX)
-        first = value >> host_bits << host_bits
-        last = first | ((1 << host_bits) - 1)
+        version, first, last = block
         index = bisect.bisect_right(self._starts[version], last) - 1
         return index >= 0 and self._ends[version][index] >= first
+
+
+# Masked addresses whose blocks are kept: a fetch's address is looked up in several sets.
+BLOCKS_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=BLOCKS_KEPT)
+def _block(masked_ip):
+    """(version, first, last) address of the block a masked address stands for (its /24 or
+    /48), as integers; None when it is not an address."""
+    try:
+        version, _, value = _span(masked_ip)
+    except ValueError:
+        return None
+    host_bits = (32 - IPV4_PREFIX) if version == 4 else (128 - IPV6_PREFIX)
+    first = value >> host_bits << host_bits
+    return version, first, first | ((1 << host_bits) - 1)
 
 
 def _span(prefix):
