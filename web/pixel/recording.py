@@ -40,6 +40,7 @@ path, every fetch's, and each part's correctness (exactly once, repeats folded, 
 lost) rests on the others."""
 
 import datetime
+import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -418,15 +419,21 @@ class _Seen:
         return False
 
 
+# The pixels whose facts, as read, are kept as the judgement reads them: a busy receipt is in
+# every batch, its facts mostly the same as before.
+FACTS_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=FACTS_KEPT)
 def _facts(pixel_id, *row):
-    """{fact: value} from a pixel's part of a read row, with "judged_on": the facts the
-    judgement rests on."""
+    """{fact: value} from a pixel's part of a read row, with "judged_on": the PixelFacts the
+    judgement rests on. The same for every read of the same values: never changed."""
     *facts, stopped, notified = row
     values = dict(zip(FACT_COLUMNS, facts, strict=True))
     values.update(id=pixel_id, tracking_stopped_at=stopped, notified=bool(notified))
     for name in TIME_COLUMNS:
         values[name] = Pixel._meta.fields[name].python_value(values[name])
-    values["judged_on"] = tuple(values[name] for name in FACT_COLUMNS)
+    values["judged_on"] = PixelFacts(*(values[name] for name in FACT_COLUMNS))
     return values
 
 
@@ -658,8 +665,7 @@ class Recorder:
             return STOPPED, None
         judged_on = facts["judged_on"]
         if judged_on not in one.verdicts:
-            pixel = PixelFacts(*judged_on)
-            verdict = self.judge.verdict(fetch, pixel, fetch.at)
+            verdict = self.judge.verdict(fetch, judged_on, fetch.at)
             one.verdicts[judged_on] = (verdict, self.judge.client(fetch.user_agent, verdict.source))
         verdict, client = one.verdicts[judged_on]
         fetcher = (facts["id"], fetch.ip, fetch.link_id, verdict.source, client)
