@@ -138,16 +138,24 @@ def _rows_select(sqlite, columns):
     picked = ", ".join(
         f"(v->>{n})::{kind} AS {name}" for n, (name, kind) in enumerate(columns.items())
     )
-    return f"SELECT {picked} FROM json_array_elements(%s::json) AS v"
+    return f"SELECT {picked} FROM jsonb_array_elements(%s::jsonb) AS v"
 
 
-def _twin(within):
-    """An event `e` from the fetcher of the planned event `d` (the same pixel, network, link,
-    source and client: what the repeat check compares) within the repeat window around it."""
+def _twin_stored(within):
+    """PostgreSQL: whether an event `e` from the fetcher of the planned event `d` (the same
+    pixel, network, link, source and client: what the repeat check compares) is stored within
+    the repeat window around it. The network is compared with = (or, for a planned event
+    without one, IS NULL), which the index on event(pixel_id, at, ip) checks among its own
+    entries; with IS NOT DISTINCT FROM, every event of the pixel within the window, from any
+    network, would be read from the table to compare it."""
     same = " AND ".join(
-        f"e.{name} IS NOT DISTINCT FROM d.{name}" for name in ("ip", "link_id", "source", "client")
+        f"e.{name} IS NOT DISTINCT FROM d.{name}" for name in ("link_id", "source", "client")
     )
-    return f"e.pixel_id = d.pixel_id AND {same} AND {within}"
+    twin = f"SELECT 1 FROM event e WHERE e.pixel_id = d.pixel_id AND {{}} AND {within} AND {same}"
+    return (
+        f"(EXISTS ({twin.format('e.ip = d.ip')}) "
+        f"OR (d.ip IS NULL AND EXISTS ({twin.format('e.ip IS NULL')})))"
+    )
 
 
 def _count_statement(sqlite, events):
@@ -203,7 +211,7 @@ def statements(database):
     in_list = (
         f"IN (SELECT value FROM json_each({p}))"
         if sqlite
-        else f"IN (SELECT json_array_elements_text({p}::json))"
+        else f"IN (SELECT jsonb_array_elements_text({p}::jsonb))"
     )
     notified = "EXISTS (SELECT 1 FROM notify_channel c WHERE c.user_id = p.owner_id)"
     # A version of what was read (_Seen): PostgreSQL, the row's (xmin), which every write to it
@@ -232,7 +240,7 @@ def statements(database):
     else:
         pairs = (
             "(SELECT DISTINCT v->>0 AS public_id, v->>1 AS ip "
-            "FROM json_array_elements(%s::json) AS v) AS f"
+            "FROM jsonb_array_elements(%s::jsonb) AS v) AS f"
         )
     fetched = f"e.pixel_id = p.id AND e.at BETWEEN {p} AND {p} AND (e.ip IS NULL OR e.ip = f.ip)"
     # PostgreSQL: a LATERAL subquery that the planner may not merge into the join (OFFSET 0),
@@ -299,11 +307,11 @@ def statements(database):
         else (
             "WITH unchanged AS (SELECT count(*) = %s "
             f"AND coalesce(bool_and(x.pair->>1 = {facts_row}), true) AS yes "
-            "FROM json_array_elements(%s::json) AS x(pair) "
+            "FROM jsonb_array_elements(%s::jsonb) AS x(pair) "
             "JOIN pixel p ON p.public_id = x.pair->>0), "
             f"planned AS ({_rows_select(sqlite, EVENT_COLUMNS)}), "
             "holds AS (SELECT (SELECT yes FROM unchanged) AND NOT EXISTS (SELECT 1 FROM planned d "
-            f"WHERE EXISTS (SELECT 1 FROM event e WHERE {_twin(within)} OFFSET 0)) AS yes), "
+            f"WHERE {_twin_stored(within)}) AS yes), "
             f"stored AS (INSERT INTO event ({columns}) SELECT {columns} FROM planned "
             "WHERE (SELECT yes FROM holds)), "
             f"counted AS ({_count_statement(sqlite, 'planned AS d')} AND (SELECT yes FROM holds)) "
