@@ -202,6 +202,30 @@ def test_postgresql_writes_a_plan_that_holds_with_its_lock_in_one_message(
         assert Pixel.get(Pixel.public_id == pixel).open_count == stored + 1
 
 
+def test_a_twin_without_a_network_is_found_as_one_with_a_network_is(app, client, auth, database):
+    """A fetch without a network (no address came with it: a socket with no proxy in front)
+    has a twin in an event without one: stored meanwhile, it makes the fetch a repeat, and
+    PostgreSQL's one-message write (which compares networks with =, and a missing one with IS
+    NULL) writes nothing. An event without a network is no twin of a fetch from one."""
+    pixel = mint(client, auth)["id"]
+    recorder = app.extensions["openreceipt"].recorder
+    postgresql = app.config["DATABASE_URL"].startswith("postgresql")
+    nowhere = replace(fetch_of(pixel, 7, GMAIL_PROXY), ip=None)
+    with app.app_context():
+        sql = recording._sql()
+        first = screened(app, nowhere)
+        assert recorder.record_now([replace(nowhere, at=utcnow())]) == ["recorded: open"]
+        assert recorder._wrote_at_once(sql, [first], [pixel], recording.LONG_WAITS) is False
+        assert write_screened(app, first) == "not recorded: repeat of a fetch seconds ago"
+
+        somewhere = screened(app, fetch_of(pixel, 7, GMAIL_PROXY))
+        wrote = recorder._wrote_at_once(sql, [somewhere], [pixel], recording.LONG_WAITS)
+        assert wrote is postgresql
+        if not postgresql:
+            assert write_screened(app, somewhere) == "recorded: open"
+        assert sorted(str(event.ip) for event in Event.select()) == ["81.2.7.0", "None"]
+
+
 def test_facts_that_change_after_the_judgement_are_judged_again(app, client, auth, database):
     """The sender's own Gmail tab shows the message between the judgement and the store: the
     Gmail-proxy fetch judged an open is the sender's own view after all."""
