@@ -7,7 +7,7 @@ answered fetches (once a database, with the every-fetch-new run). Not a timed te
 hand (see bench/README.md). Exits 1 when a run does (an error, or events that do not add up).
 
     .venv/bin/python bench/ingest.py [--database-url postgresql://...] [--duration 6]
-        [--rounds 2] [--kill]
+        [--rounds 4] [--kill]
 """
 
 import argparse
@@ -80,7 +80,7 @@ def parse_args(argv):
     parser.add_argument(
         "--duration", type=int, default=6, help="seconds of load a server and round (default 6)"
     )
-    parser.add_argument("--rounds", type=int, default=2, help="rounds a configuration (default 2)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds a configuration (default 4)")
     parser.add_argument(
         "--kill",
         action="store_true",
@@ -130,8 +130,10 @@ def print_table(results, args):
         )
     print()
     note = (
-        f"ratio: pixel req/s / floor req/s, against the target (every-fetch-new 0.8 on "
-        f"SQLite, 0.6 on PostgreSQL; repeat-heavy 0.9). p50/p99: the rounds' medians. events = "
+        f"ratio: pixel req/s / floor req/s, the median of the rounds' (each round loads the two "
+        f"back to back; pixel and floor req/s are over all the rounds), against the target "
+        f"(every-fetch-new 0.8 on SQLite, 0.6 on PostgreSQL; repeat-heavy 0.9). p50/p99: the "
+        f"rounds' medians. events = "
         f"answers: events stored / fetches answered 'recorded', 'queued' or 'spooled' (the "
         f"probes' included), checked as pixel_load.py does. visible: from sending a probe's "
         f"fetch (a fresh pixel every {pixel_load.PROBE_INTERVAL * 1000:.0f} ms) to seeing "
