@@ -9,6 +9,7 @@ import random
 import pytest
 import ua_parser
 
+import web.judgement.classify as classify_module
 from web.judgement.classify import (
     SCANNER_WINDOW,
     Fetch,
@@ -781,10 +782,13 @@ def test_a_scanner_the_operator_lists_is_a_delivery_not_an_open():
     assert classify(Fetch(CHROME_WINDOWS, "198.51.101.7"), networks).kind == "open"
 
 
-def test_the_servers_judge_classifies_each_request_once_and_tells_requests_apart(parser):
+def test_the_servers_judge_classifies_each_request_once_and_tells_requests_apart(
+    parser, monkeypatch
+):
     """Judge keeps classify()'s verdict per request (the same proxies fetch over and over): a
-    request seen before is not classified again, and one that differs in its user agent,
-    network, method or prefetch hint is, with the verdict it would get on its own."""
+    request seen before is not classified again, nor by judge(), which gets the verdict handed
+    on; one that differs in its user agent, network, method or prefetch hint is, with the
+    verdict it would get on its own."""
     server_judge = Judge(NETWORKS, parser)
     facts = PixelFacts(sent_at=SENT)
     later = SENT + datetime.timedelta(hours=1)
@@ -801,3 +805,10 @@ def test_the_servers_judge_classifies_each_request_once_and_tells_requests_apart
     assert len({server_judge.verdict(fetch, facts, later) for fetch in requests}) == len(requests)
     cached = server_judge._classified.cache_info()
     assert (cached.misses, cached.hits) == (len(requests), len(requests) * 2)
+
+    def classified_again(*args):
+        raise AssertionError("judge() classified a request the server's judge had classified")
+
+    monkeypatch.setattr(classify_module, "classify", classified_again)
+    for fetch in requests:
+        server_judge.verdict(fetch, facts, later)
