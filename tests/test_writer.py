@@ -583,6 +583,45 @@ def test_a_drain_the_database_holds_up_says_so_when_its_time_is_up(app, client, 
         assert Pixel.get(Pixel.public_id == pixel).open_count == 1
 
 
+def test_a_worker_that_stops_with_fetches_still_queued_keeps_them_in_its_journal(
+    app, client, auth, database
+):
+    """The worker exits while fetches wait in its queue (its writer never came for them within
+    stop()'s time): the journal keeps them for the spool's replay."""
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+    assert queued_while_busy(app, [fetch_of(pixel, 1), fetch_of(pixel, 2)]) == [writer.QUEUED] * 2
+    (path,) = journals(app)
+    keys = journal_keys(path)
+    busy.stop(0.3)
+    assert path.exists() and journal_keys(path) == keys
+
+
+def test_a_worker_that_stops_while_its_batch_is_held_keeps_the_batch_in_its_journal(
+    app, client, auth, database
+):
+    """The worker exits while its writer's batch waits for the database (another writer holds
+    the receipt) past stop()'s time: the queue is empty, the batch taken off it but not stored,
+    and the journal keeps the batch's fetches for the spool's replay (emptied, they would go
+    with the process)."""
+    pixel = mint(client, auth)["id"]
+    busy = writer_of(app)
+    assert queued_while_busy(app, [fetch_of(pixel, 1)]) == [writer.QUEUED]
+    (path,) = journals(app)
+    keys = journal_keys(path)
+    with held(app, pixel):
+        busy._hand_over()
+        deadline = time.monotonic() + 10
+        while busy._queue and time.monotonic() < deadline:
+            time.sleep(0.01)  # the writer takes its batch off the queue
+        assert not busy._queue and busy._writing
+        busy.stop(0.3)
+        assert path.exists() and journal_keys(path) == keys
+    assert busy.drain(10)
+    with app.app_context():
+        assert Pixel.get(Pixel.public_id == pixel).open_count == 1
+
+
 def test_a_queued_fetch_from_a_city_with_a_non_ascii_name_is_journaled_in_ascii(
     app, client, auth, database
 ):

@@ -313,13 +313,14 @@ class Writer:
 
     def stop(self, timeout=10):
         """The worker exits: store what is queued, then close the journal (left for the spool's
-        replay if the database did not take everything)."""
+        replay if the database did not take everything: fetches still queued, or a batch taken
+        off the queue that its transaction has not stored yet)."""
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
         if running:
             self.drain(timeout)
         with self._lock:
-            if not self._queue:
+            if not self._queue and not self._writing:
                 self._empty_journal()
             self.journal.close()
 
