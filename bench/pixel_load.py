@@ -751,7 +751,8 @@ def run(args, url, data_dir):
         (spool_left, spool_rejected),
         (pixel, floor),
         prober.visibility,
-        (ratio, target),
+        ratio,
+        target,
         "SQLite" if sqlite else "PostgreSQL",
         args,
     )
@@ -1283,7 +1284,9 @@ def describe_database(url, sqlite_path):
     return f"PostgreSQL {version.split()[0]}, a new schema {schema} (dropped at the end)"
 
 
-def report(loads, memory, stored, replay, spool, servers, visibility, ratio, database, args):
+def report(
+    loads, memory, stored, replay, spool, servers, visibility, ratio, target, database, args
+):
     """Print the figures and the check of the events; returns the exit status."""
     floor, pixel = loads["floor"], loads["pixel"]
     print()
@@ -1301,7 +1304,6 @@ def report(loads, memory, stored, replay, spool, servers, visibility, ratio, dat
             f"{load.cpu_ms:10.2f}"
         )
     print("CPU ms/req: the workers' CPU time (user + system) over the rounds, per answered request")
-    ratio, target = ratio
     met = "met" if ratio >= target else "not met"
     overall = pixel.rate / floor.rate if floor.rate else math.nan
     print(

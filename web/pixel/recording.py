@@ -227,7 +227,8 @@ def statements(database):
         f"p.tracking_stopped_at, {notified})::text"
     )
     # The batch's events, from their one parameter.
-    rows = f"({_rows_select(sqlite, EVENT_COLUMNS)}) AS d"
+    events = _rows_select(sqlite, EVENT_COLUMNS)
+    rows = f"({events}) AS d"
     columns = ", ".join(EVENT_COLUMNS)
     # The batch's (public id, network) pairs as a table `f` (_pairs gives the parameters), and
     # the events from each pair's network within the repeat window (an event without a network
@@ -309,7 +310,7 @@ def statements(database):
             f"AND coalesce(bool_and(x.pair->>1 = {facts_row}), true) AS yes "
             "FROM jsonb_array_elements(%s::jsonb) AS x(pair) "
             "JOIN pixel p ON p.public_id = x.pair->>0), "
-            f"planned AS ({_rows_select(sqlite, EVENT_COLUMNS)}), "
+            f"planned AS ({events}), "
             "holds AS (SELECT (SELECT yes FROM unchanged) AND NOT EXISTS (SELECT 1 FROM planned d "
             f"WHERE {_twin_stored(within)}) AS yes), "
             f"stored AS (INSERT INTO event ({columns}) SELECT {columns} FROM planned "
